@@ -1,0 +1,125 @@
+"""`aaudit-verify`: the third parties' verifier. Exit 0 verified, 1 failed, 2 unusable input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from verifier import policy as policy_mod
+from verifier.errors import AAuditError, UnusableInput
+from verifier.evidence import verify_evidence
+from verifier.inputs import decode_blob, parse_hex, parse_time, read_certs, read_file
+from verifier.models import PLATFORMS, Evidence, Verdict
+from verifier.render import as_json, table
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; this keeps its message short and on stderr."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_UNUSABLE)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--at", metavar="TIME", help="verification time, ISO 8601 (default: now); used for "
+                   "every certificate, CRL and collateral validity check")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the step table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aaudit-verify", description="Verify attestable audit bundles and TEE evidence, offline.",
+                     epilog="Exit status: 0 verified, 1 verification failed, 2 unusable input.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("bundle", help="verify an audit bundle (evidence, keys, signed report, log entry)",
+                       description="Verify an audit bundle against a policy: platform evidence, key binding, "
+                       "DSSE signature, the final evidence bound to the statement, expected digests, "
+                       "compliance thresholds and (if present or required) the transparency-log entry.")
+    b.add_argument("bundle", metavar="BUNDLE.json")
+    b.add_argument("--policy", required=True, metavar="POLICY.toml")
+    b.add_argument("--witness-state", metavar="FILE", help="remember the newest log checkpoint seen here and "
+                   "demand consistency with it")
+    _common(b)
+
+    e = sub.add_parser("evidence", help="verify one piece of platform attestation evidence",
+                       description="Verify raw TEE evidence. Evidence may be raw bytes, hex or base64 text; "
+                       "certificates PEM or DER, in any order. Without --policy a baseline applies: authentic "
+                       "and not debug (TDX: TCB status UpToDate); measurements are then not pinned.")
+    e.add_argument("--platform", required=True, choices=PLATFORMS)
+    e.add_argument("--evidence", required=True, metavar="FILE")
+    e.add_argument("--certs", action="append", default=[], metavar="FILE", help="certificate file(s), repeatable")
+    e.add_argument("--collateral", metavar="FILE", help="platform collateral (TDX: dcap-qvl JSON)")
+    e.add_argument("--nonce", metavar="HEX", help="expected nonce (Nitro nonce, NVIDIA request nonce; "
+                   "SEV-SNP/TDX: compared with report data, zero-padded)")
+    e.add_argument("--report-data", metavar="HEX", help="expected report data (zero-padded to 64 bytes)")
+    e.add_argument("--policy", metavar="POLICY.toml")
+    e.add_argument("--allow-debug", action="store_true", help="baseline only: accept debug-mode evidence")
+    _common(e)
+    return parser
+
+
+def _evidence(args: argparse.Namespace) -> Verdict:
+    at = parse_time(args.at)
+    blob = decode_blob(read_file(args.evidence, "evidence"))
+    certs: list[bytes] = []
+    for path in args.certs:
+        certs.extend(read_certs(read_file(path, "certificates"), path))
+    collateral = read_file(args.collateral, "collateral") if args.collateral else None
+    if args.policy:
+        if args.allow_debug:
+            raise UnusableInput("--allow-debug applies to the baseline only; say allow_debug in the policy instead")
+        pol = policy_mod.load(args.policy)
+    else:
+        pol = policy_mod.baseline(args.platform, args.allow_debug)
+    ev = Evidence(args.platform, blob, tuple(certs), collateral)
+    verdict, _ = verify_evidence(
+        ev, at=at, policy=pol,
+        expected_report_data=parse_hex(args.report_data, "--report-data", 64),
+        expected_nonce=parse_hex(args.nonce, "--nonce", 64),
+    )
+    if not args.policy:
+        verdict.skip("policy", "no --policy given: baseline checks only, measurements were NOT pinned")
+    verdict.claims.setdefault("verified_at", at.isoformat())
+    return verdict
+
+
+def _bundle(args: argparse.Namespace) -> Verdict:
+    from verifier.bundle import verify_bundle_file
+
+    return verify_bundle_file(args.bundle, policy_mod.load(args.policy), at=parse_time(args.at),
+                              witness_state=args.witness_state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        verdict = _evidence(args) if args.command == "evidence" else _bundle(args)
+    except UnusableInput as exc:
+        _report_error(args, str(exc))
+        return EXIT_UNUSABLE
+    except AAuditError as exc:
+        _report_error(args, str(exc), unusable=False)
+        return EXIT_FAILED
+    if args.json:
+        as_json(verdict, sys.stdout, platform=verdict.claims.get("platform", verdict.subject))
+    else:
+        table(verdict, sys.stdout)
+    return EXIT_OK if verdict.verified else EXIT_FAILED
+
+
+def _report_error(args: argparse.Namespace, message: str, unusable: bool = True) -> None:
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({"verified": False, "error": message, "unusable_input": unusable}))
+    else:
+        print(f"aaudit-verify: {'unusable input' if unusable else 'failed'}: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

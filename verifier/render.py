@@ -1,0 +1,48 @@
+"""How verdicts are shown: a step table for people, one JSON object for machines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from typing import Any, TextIO
+
+from verifier.models import Status, Verdict
+
+_MARK = {Status.OK: "ok", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}
+
+
+def table(verdict: Verdict, out: TextIO) -> None:
+    width = max(60, min(shutil.get_terminal_size((100, 20)).columns, 140))
+    name_w = min(max((len(s.name) for s in verdict.steps), default=4), 42)
+    reason_w = max(20, width - name_w - 12)
+    out.write(f"{'step':<{name_w}}  {'result':<7}  reason\n")
+    out.write(f"{'-' * name_w}  {'-' * 7}  {'-' * min(reason_w, 40)}\n")
+    for s in verdict.steps:
+        lines = textwrap.wrap(s.reason, reason_w) or [""]
+        out.write(f"{s.name:<{name_w}}  {_MARK[s.status]:<7}  {lines[0]}\n")
+        for extra in lines[1:]:
+            out.write(f"{'':<{name_w}}  {'':<7}  {extra}\n")
+    if verdict.claims:
+        out.write("\nclaims:\n")
+        _claims(verdict.claims, out, "  ")
+    n_failed = len(verdict.failures)
+    out.write("\n" + (f"VERIFIED ({verdict.subject})\n" if verdict.verified
+                      else f"NOT VERIFIED ({verdict.subject}): {n_failed} step(s) failed\n"))
+
+
+def _claims(claims: dict[str, Any], out: TextIO, indent: str) -> None:
+    for key, value in claims.items():
+        if isinstance(value, dict):
+            out.write(f"{indent}{key}:\n")
+            _claims(value, out, indent + "  ")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                out.write(f"{indent}{key}[{i}]:\n")
+                _claims(v, out, indent + "  ")
+        else:
+            out.write(f"{indent}{key}: {value}\n")
+
+
+def as_json(verdict: Verdict, out: TextIO, **extra: Any) -> None:
+    out.write(json.dumps({**verdict.to_json(), **extra}, indent=2, default=str) + "\n")
