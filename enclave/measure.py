@@ -1,0 +1,39 @@
+"""The enclave's code identity: what every statement says about the code that ran.
+
+A SHA-256 over a canonical manifest of the installed project files (each file's path relative to
+the project root, size and SHA-256; sorted) and, when present, the dependency lock file. It is the
+`measurement` of the simulated attester and the code identity a hardware image pins beside its
+launch measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("aaudit", "benchmarks", "enclave", "protos", "sealing", "tlog", "verifier")
+LOCK_FILES = ("requirements.lock",)
+
+
+def _files(root: Path) -> list[Path]:
+    out = []
+    for pkg in PACKAGES:
+        base = root / pkg
+        if base.is_dir():
+            out.extend(p for p in base.rglob("*") if p.is_file() and p.suffix in (".py", ".proto", ".pem", ".toml", ".yaml"))
+    out.extend(root / f for f in LOCK_FILES if (root / f).is_file())
+    return sorted(out)
+
+
+@lru_cache(maxsize=None)
+def code_identity(root: Path = ROOT) -> str:
+    """Hex SHA-256 of the manifest of the project's code files under `root`."""
+    manifest = [
+        {"path": p.relative_to(root).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+         "size": p.stat().st_size}
+        for p in _files(root)
+    ]
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
