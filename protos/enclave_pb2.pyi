@@ -1,0 +1,133 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttestRequest(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestResponse(_message.Message):
+    __slots__ = ("evidence", "signing_public_key", "hpke_suite", "hpke_public_key", "platform", "code_identity")
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HPKE_SUITE_FIELD_NUMBER: _ClassVar[int]
+    HPKE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    CODE_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    evidence: bytes
+    signing_public_key: bytes
+    hpke_suite: str
+    hpke_public_key: bytes
+    platform: str
+    code_identity: str
+    def __init__(self, evidence: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., hpke_suite: _Optional[str] = ..., hpke_public_key: _Optional[bytes] = ..., platform: _Optional[str] = ..., code_identity: _Optional[str] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("kind", "digest", "wrapped_key", "stream_header", "party_public_key", "attest_nonce")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_HEADER_FIELD_NUMBER: _ClassVar[int]
+    PARTY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEST_NONCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    digest: str
+    wrapped_key: bytes
+    stream_header: bytes
+    party_public_key: bytes
+    attest_nonce: bytes
+    def __init__(self, kind: _Optional[str] = ..., digest: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., stream_header: _Optional[bytes] = ..., party_public_key: _Optional[bytes] = ..., attest_nonce: _Optional[bytes] = ...) -> None: ...
+
+class UploadPart(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadResult(_message.Message):
+    __slots__ = ("kind", "digest", "plaintext_bytes", "manifest_digest")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    digest: str
+    plaintext_bytes: int
+    manifest_digest: str
+    def __init__(self, kind: _Optional[str] = ..., digest: _Optional[str] = ..., plaintext_bytes: _Optional[int] = ..., manifest_digest: _Optional[str] = ...) -> None: ...
+
+class ManifestRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Manifest(_message.Message):
+    __slots__ = ("manifest_json", "digest", "approved_by", "complete")
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    manifest_json: bytes
+    digest: str
+    approved_by: _containers.RepeatedScalarFieldContainer[str]
+    complete: bool
+    def __init__(self, manifest_json: _Optional[bytes] = ..., digest: _Optional[str] = ..., approved_by: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("role", "manifest_digest", "signature")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    manifest_digest: str
+    signature: bytes
+    def __init__(self, role: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ApprovalResult(_message.Message):
+    __slots__ = ("approved_by", "ready")
+    APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    approved_by: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    def __init__(self, approved_by: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class RunRequest(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("stage", "fraction", "message")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    fraction: float
+    message: str
+    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("progress", "bundle")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    bundle: bytes
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+
+class ResultRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResultResponse(_message.Message):
+    __slots__ = ("bundle",)
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    bundle: bytes
+    def __init__(self, bundle: _Optional[bytes] = ...) -> None: ...
