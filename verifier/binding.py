@@ -6,6 +6,7 @@
     statement binding = SHA-512( "attestable-audits/v1/statement\\0"
                                   || lp(signing public key) || lp(SHA-256 of the DSSE payload) )
     gpu nonce         = SHA-256( "attestable-audits/v1/gpu\\0" || cpu report data )
+    wrap info         = "attestable-audits/v1/wrap\\0" || lp(kind) || lp(digest) || lp(signing public key)
 
 `lp(x)` is x's length as 4 big-endian bytes, then x. Report data is 64 bytes (SEV-SNP, TDX, and
 Nitro `user_data`); the GPU nonce is the 32-byte SPDM nonce, so GPU evidence is bound to the same
@@ -40,3 +41,12 @@ def statement_binding(signing_public: bytes, payload: bytes) -> bytes:
 
 def gpu_nonce(cpu_report_data: bytes) -> bytes:
     return hashlib.sha256(_GPU + cpu_report_data).digest()
+
+
+_WRAP = b"attestable-audits/v1/wrap\x00"
+
+
+def wrap_info(kind: str, digest: str, enclave_signing_public: bytes) -> bytes:
+    """HPKE `info` for a wrapped data key: the key opens only for this asset kind and digest, in
+    the enclave whose attested signing key is given, so a wrapped key cannot be replayed elsewhere."""
+    return _WRAP + _lp(kind.encode()) + _lp(digest.encode()) + _lp(enclave_signing_public)

@@ -1,0 +1,70 @@
+"""`aaudit enclave ...`: run the enclave service (inside the TEE)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from enclave.tee.select import GPU_CHOICES, TEE_CHOICES, make_attester
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("enclave", help="run and inspect the enclave service (inside the TEE)",
+                       description="Commands that run inside the TEE.")
+    esub = p.add_subparsers(dest="enclave_command", required=True)
+    s = esub.add_parser("serve", help="start the enclave gRPC service",
+                        description="Start the enclave service: fresh keys at every start, evidence bound to them and "
+                        "to each client's nonce, sealed uploads, two-party approval, one audit job at a time.")
+    s.add_argument("--tee", choices=TEE_CHOICES, default="auto",
+                   help="attester: 'auto' picks the TEE really present and never falls back to sim; "
+                   "'sim' is for development and says SIMULATED in all evidence (default: auto)")
+    s.add_argument("--gpu-evidence", choices=GPU_CHOICES, default="auto",
+                   help="attach NVIDIA GPU evidence bound to the CPU evidence (default: auto)")
+    s.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
+                   help="address to listen on (port 0 picks a free port; default 127.0.0.1:50051)")
+    s.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="tmpfs folder for decrypted model files during a job (default /dev/shm)")
+    s.add_argument("--unsafe-allow-disk-workdir", action="store_true",
+                   help="DEVELOPMENT ONLY: allow a work folder that is not on tmpfs")
+    s.add_argument("--device", default=None, help="torch device for the run (default: cuda if present, else cpu)")
+    s.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
+    s.set_defaults(func=_serve)
+    try:
+        tools = importlib.import_module("aaudit.cmd_enclave_tools")
+    except ModuleNotFoundError as exc:
+        if exc.name != "aaudit.cmd_enclave_tools":
+            raise
+    else:
+        tools.register_tools(esub)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # The attester comes first: on a machine without the requested TEE this fails in milliseconds.
+    attester = make_attester(args.tee, args.gpu_evidence)
+    from enclave.measure import code_identity
+    from enclave.service import EnclaveService, serve
+    from enclave.workdir import make_workdir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    workdir = make_workdir(args.workdir, unsafe_allow_disk=args.unsafe_allow_disk_workdir)
+    service = EnclaveService(attester, code_identity(), workdir, device=args.device)
+    server = serve(service, args.listen)
+    host = args.listen.rsplit(":", 1)[0]
+    if attester.platform == "sim":
+        print("WARNING: --tee sim: evidence is SIMULATED and proves nothing about hardware", file=sys.stderr)
+    print(f"enclave listening on {host}:{server.bound_port} (platform {attester.platform}, "
+          f"code identity {service.code_identity})", flush=True)
+    if args.port_file:
+        args.port_file.write_text(str(server.bound_port))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()
+    service.close()
+    return 0

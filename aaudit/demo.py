@@ -1,0 +1,183 @@
+"""`aaudit demo` / `make demo`: the whole protocol once, offline, on loopback, with the sim attester.
+
+Builds a tiny seeded Llama and two small benchmarks written for this project, starts the enclave
+and the transparency log as servers, runs the provider and the auditor as separate client
+processes, verifies the bundle as a third party would, and leaves everything in the output folder
+so anyone can re-run the verification or stock `lm_eval` on the plaintext and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+PY = sys.executable
+SEED = 1234
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole protocol offline on loopback with the simulated TEE",
+                       description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out/, replaced)")
+    p.set_defaults(func=lambda args: run_demo(args.out))
+
+
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _aaudit(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """One party's command, as its own process."""
+    proc = subprocess.run([PY, "-m", "aaudit.cli", *args], cwd=cwd, text=True, stdout=subprocess.PIPE)
+    sys.stdout.write(proc.stdout)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: `aaudit {' '.join(args)}` failed with exit {proc.returncode}")
+    return proc
+
+
+def _start(args: Sequence[str], port_file: Path, log: Path) -> subprocess.Popen:
+    logf = open(log, "w")
+    proc = subprocess.Popen([PY, "-m", "aaudit.cli", *args, "--port-file", str(port_file)],
+                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"demo: server `{' '.join(args)}` did not start; see {log}")
+        time.sleep(0.1)
+    return proc
+
+
+def run_demo(out: Path) -> int:
+    from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
+    from benchmarks.spec import parse_spec, spec_to_lm_eval_yaml
+
+    t0 = time.monotonic()
+    out = out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    for d in ("data", "tasks", "spec", "keys", "sealed/provider", "sealed/auditor", "log", "run"):
+        (out / d).mkdir(parents=True)
+
+    _step("1. provider builds a tiny seeded Llama model (plaintext in model/)")
+    build_tiny_model(out / "model", seed=SEED)
+    _step("2. auditor writes the benchmarks (data/) and the audit spec (spec/audit.toml, tasks/*.yaml)")
+    write_demo_data(out / "data")
+    spec_text = demo_spec_toml()
+    (out / "spec" / "audit.toml").write_text(spec_text)
+    spec = parse_spec(spec_text.encode())
+    for name, yaml_text in spec_to_lm_eval_yaml(spec, "data").items():
+        (out / "tasks" / f"{name}.yaml").write_text(yaml_text)
+
+    _step("3. both parties make identity keys and seal their assets")
+    _aaudit("keygen", "--role", "provider", "--out", str(out / "keys"))
+    _aaudit("keygen", "--role", "auditor", "--out", str(out / "keys"))
+    _aaudit("seal", "model", str(out / "model"), "--out", str(out / "sealed/provider"))
+    _aaudit("seal", "dataset", str(out / "data"), "--out", str(out / "sealed/auditor"))
+    _aaudit("seal", "spec", str(out / "spec/audit.toml"), "--out", str(out / "sealed/auditor"))
+
+    servers: list[subprocess.Popen] = []
+    try:
+        _step("4. start the transparency log and the enclave (sim TEE) on loopback")
+        servers.append(_start(["log", "serve", "--db", str(out / "log/log.db"), "--listen", "127.0.0.1:0"],
+                              out / "run/log.port", out / "run/log.txt"))
+        log_addr = f"127.0.0.1:{(out / 'run/log.port').read_text().strip()}"
+        servers.append(_start(["enclave", "serve", "--tee", "sim", "--gpu-evidence", "none",
+                               "--listen", "127.0.0.1:0"], out / "run/enclave.port", out / "run/enclave.txt"))
+        enclave = f"127.0.0.1:{(out / 'run/enclave.port').read_text().strip()}"
+
+        from enclave.measure import code_identity
+        from tlog.keys import verifier_key_for_db
+
+        enclave_policy = out / "enclave-policy.toml"
+        enclave_policy.write_text(
+            "# What the provider and the auditor accept before they send anything.\n"
+            "allow_simulated = true  # demo only: the sim attester proves nothing about hardware\n\n"
+            f'[sim]\nmeasurements = ["{code_identity()}"]\n')
+
+        _step("5. provider and auditor attest the enclave and upload their sealed assets")
+        pkey, akey = str(out / "keys/provider.key"), str(out / "keys/auditor.key")
+        common = ["--enclave", enclave, "--policy", str(enclave_policy)]
+        _aaudit("provider", "upload", str(out / "sealed/provider"), *common, "--identity", pkey)
+        _aaudit("auditor", "upload", str(out / "sealed/auditor"), *common, "--identity", akey)
+
+        _step("6. both approve the run manifest")
+        _aaudit("provider", "approve", str(out / "sealed/provider"), *common, "--identity", pkey)
+        _aaudit("auditor", "approve", str(out / "sealed/auditor"), *common, "--identity", akey)
+
+        _step("7. auditor runs the audit inside the enclave")
+        _aaudit("auditor", "run", *common, "--out", str(out / "bundle.json"))
+
+        _step("8. the bundle is published to the transparency log")
+        _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
+        log_key = verifier_key_for_db(out / "log/log.db")
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    _step("9. a third party verifies the bundle against the regulator's policy (policy.toml)")
+    digests = {k: json.loads((out / f"sealed/{role}/{k}.json").read_text())["digest"]
+               for k, role in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
+    (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, log_key))
+    verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"),
+                             "--policy", str(out / "policy.toml")], text=True, stdout=subprocess.PIPE)
+    print(verify.stdout)
+    tasks = " ".join(t.name for t in spec.tasks)
+    print(f"Re-run the check: .venv/bin/aaudit-verify bundle {out.name}/bundle.json --policy {out.name}/policy.toml")
+    print(f"Compare with stock lm-eval: cd {out.name} && lm_eval --model hf --model_args pretrained=model "
+          f"--include_path tasks --tasks {tasks.replace(' ', ',')} --seed {SEED}")
+    print(f"demo finished in {time.monotonic() - t0:.0f} s")
+    return verify.returncode
+
+
+def _third_party_policy(code_id: str, digests: dict[str, str], log_key: str) -> str:
+    return f"""# A regulator's policy for the demo bundle. Every field is explained in verifier/policy.py.
+allow_simulated = true   # demo only: real audits name [sev-snp], [tdx] or [nitro] here instead
+max_age = "30d"
+
+[sim]
+measurements = ["{code_id}"]   # the enclave code identity (`aaudit enclave measure`)
+
+[expect]
+model_digest = "{digests['model']}"
+dataset_digest = "{digests['dataset']}"
+spec_digest = "{digests['spec']}"
+
+# Illustrative compliance thresholds: a random tiny model is near chance on the multiple-choice set.
+[[threshold]]
+task = "aa_demo_mc"
+metric = "acc"
+min = 0.1
+
+[[threshold]]
+task = "aa_demo_gen"
+metric = "exact_match"
+max = 0.5
+
+[log]
+public_key = "{log_key}"
+require_inclusion = true
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aaudit.demo", description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("demo-out"))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return run_demo(args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

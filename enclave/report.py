@@ -1,0 +1,64 @@
+"""The signed report: an in-toto Statement in a DSSE envelope, and the bundle that carries it.
+
+The enclave signs with its boot key and then takes one more attestation whose report data binds
+the statement itself (verifier/binding.statement_binding), so the result stays bound to the
+hardware even if the signing key were exposed later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enclave.keys import BootKeys
+from enclave.session import JobInputs
+from enclave.tee import CompositeAttester
+from verifier import dsse
+from verifier.binding import key_binding, statement_binding
+from verifier.bundle import MEDIA_TYPE
+from verifier.models import b64e, canonical_json
+from verifier.statement import PREDICATE_TYPE, STATEMENT_TYPE
+
+
+def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool, code_identity: str,
+                    nonce: bytes) -> dict[str, Any]:
+    """`run` is an `enclave.runner.AuditRun`."""
+    model_sha = job.manifest["assets"]["model"]["digest"].removeprefix("sha256:")
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "model", "digest": {"sha256": model_sha}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "manifest": job.manifest,
+            "manifestDigest": job.manifest_digest,
+            "approvals": job.approvals,
+            "platform": {"name": platform, "simulated": simulated, "codeIdentity": code_identity},
+            "results": run.results,
+            "nSamples": run.n_samples,
+            "configs": run.configs,
+            "seeds": run.seeds,
+            "samples": {"merkleRoot": run.samples_root, "count": len(run.records), "hashing": "RFC9162-SHA256"},
+            "runtime": {"versions": run.versions, "device": run.device, "dtype": run.dtype},
+            "startedAt": run.started_at,
+            "finishedAt": run.finished_at,
+            "nonce": nonce.hex(),
+            "partyNonces": job.party_nonces,
+        },
+    }
+
+
+def build_bundle(statement: dict[str, Any], *, keys: BootKeys, attester: CompositeAttester, nonce: bytes) -> dict[str, Any]:
+    """Sign the statement and collect the session and final evidence into a bundle."""
+    payload = canonical_json(statement)
+    envelope = dsse.sign(keys.signing, dsse.IN_TOTO_PAYLOAD_TYPE, payload)
+    hpke_pub = keys.hpke.public_bytes()
+    session = attester.attest(key_binding(keys.signing_public, keys.hpke.suite, hpke_pub, nonce))
+    final = attester.attest(statement_binding(keys.signing_public, payload))
+    return {
+        "mediaType": MEDIA_TYPE,
+        "envelope": envelope.to_json(),
+        "enclave": {"signingKey": {"alg": "ed25519", "public": b64e(keys.signing_public)},
+                    "hpke": {"suite": keys.hpke.suite, "public": b64e(hpke_pub)}},
+        "nonce": nonce.hex(),
+        "evidence": session.to_json(),
+        "finalEvidence": final.to_json(),
+    }
