@@ -23,10 +23,12 @@ def read_file(path: str | Path, what: str) -> bytes:
 
 
 def decode_blob(data: bytes) -> bytes:
-    """Raw bytes, hex text or base64 text, detected: text that is valid hex is hex, else base64."""
+    """Raw bytes, hex text (optionally 0x-prefixed) or base64 text: text that is valid hex is hex, else base64."""
     stripped = data.strip()
     if not stripped:
         raise UnusableInput("evidence file is empty")
+    if stripped[:2] in (b"0x", b"0X") and _HEX.match(stripped[2:]):
+        stripped = stripped[2:]  # hex as Ethereum tools and dcap-qvl's samples write it
     if _HEX.match(stripped) and len(b"".join(stripped.split())) % 2 == 0:
         return bytes.fromhex(b"".join(stripped.split()).decode())
     if _B64.match(stripped):

@@ -43,7 +43,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 def load_der(data: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
         raise ParseError(f"{what}: not a DER X.509 certificate ({exc})") from None
 
 

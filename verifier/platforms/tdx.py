@@ -1,0 +1,363 @@
+"""Intel TDX quotes, versions 4 and 5 (ECDSA P-256 attestation key, QE report certification data).
+
+Layout (Intel TDX DCAP Quoting Library API, appendix "Quote format"), little-endian:
+
+    header      48   version u16 (4|5), att_key_type u16 (2 = ECDSA P-256), tee_type u32 (0x81),
+                     qe_svn u16, pce_svn u16, qe_vendor_id 16, user_data 20
+    v4 body    584   TD report 1.0
+    v5 body          body_type u16 (2 = TD report 1.0, 584 bytes; 3 = TD report 1.5, 648 bytes),
+                     body_size u32, then the body
+    sig_len u32, then signature data: quote signature 64 (r||s over header + body), attestation
+    key 64, certification data (type u16 = 6, size u32): QE report 384, QE report signature 64,
+    QE auth data (size u16 + bytes), inner certification data (type u16 = 5, size u32, PCK chain PEM)
+
+Real quotes carry zero padding after the signature data, so everything is parsed by length fields.
+The cryptographic check of quote + QE report + PCK chain + Intel collateral is dcap-qvl's; this
+module parses the TD report itself, checks the PCK chain to the pinned root separately (so a wrong
+root is named clearly) and applies the policy (measurements, debug, TCB status).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import dcap_qvl
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from verifier import x509chain
+from verifier.errors import ParseError, PolicyError
+from verifier.models import Evidence, Verdict
+from verifier.platforms import Bound
+from verifier.platforms.allowlist import hex_allow_list
+
+NAME = "tdx"
+ROOT_NAME = "Intel SGX Root CA"
+ROOT_FILE = "intel/sgx_root_ca.pem"
+
+HEADER_LEN = 48
+TEE_TDX = 0x81
+ATT_KEY_ECDSA_P256 = 2
+BODY_TYPES = {2: ("1.0", 584), 3: ("1.5", 648)}  # v5 body descriptor type -> (TD report version, size)
+CERT_QE_REPORT = 6
+CERT_PCK_CHAIN = 5
+QE_REPORT_LEN = 384
+TCB_STATUSES = (
+    "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate", "OutOfDateConfigurationNeeded", "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded",
+)
+MEASUREMENT_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner")
+
+
+@dataclass(frozen=True)
+class TdReport:
+    """The TD report body the quote signs (TDX module 1.0, or 1.5 with two more fields)."""
+
+    tee_tcb_svn: bytes
+    mrseam: bytes
+    mrsignerseam: bytes
+    seam_attributes: bytes
+    td_attributes: bytes
+    xfam: bytes
+    mrtd: bytes
+    mrconfigid: bytes
+    mrowner: bytes
+    mrownerconfig: bytes
+    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+    tee_tcb_svn_2: bytes | None = None
+    mrservicetd: bytes | None = None
+
+    @property
+    def debug(self) -> bool:
+        """TDATTRIBUTES bit 0 (DEBUG): the host can read and change the TD's state."""
+        return bool(self.td_attributes[0] & 1)
+
+
+@dataclass(frozen=True)
+class Quote:
+    version: int
+    qe_svn: int
+    pce_svn: int
+    qe_vendor_id: bytes
+    tdx_module: str  # TD report version: "1.0" or "1.5"
+    report: TdReport
+    signature: bytes
+    attestation_key: bytes
+    qe_report: bytes
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    pck_chain: tuple[x509.Certificate, ...]
+    raw: bytes  # the quote without trailing padding
+
+
+@dataclass(frozen=True)
+class TdxPolicy:
+    measurements: dict[str, tuple[str, ...]]  # key in MEASUREMENT_KEYS -> lowercase hex allow-list
+    allow_debug: bool
+    accepted_tcb_statuses: tuple[str, ...]
+
+
+class _Reader:
+    """Bounds-checked little-endian reads; every shortfall names the field and offset."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.off, self.what = data, 0, what
+
+    def take(self, n: int, field: str) -> bytes:
+        if n < 0 or self.off + n > len(self.data):
+            raise ParseError(f"{self.what}: truncated at {field}: needs {n} bytes at offset {self.off}, "
+                             f"{len(self.data) - self.off} left")
+        out = self.data[self.off:self.off + n]
+        self.off += n
+        return out
+
+    def u16(self, field: str) -> int:
+        return int(struct.unpack("<H", self.take(2, field))[0])
+
+    def u32(self, field: str) -> int:
+        return int(struct.unpack("<I", self.take(4, field))[0])
+
+
+def _td_report(body: bytes, version: str) -> TdReport:
+    r = _Reader(body, f"TD report {version}")
+    fields = dict(
+        tee_tcb_svn=r.take(16, "TEE_TCB_SVN"), mrseam=r.take(48, "MRSEAM"), mrsignerseam=r.take(48, "MRSIGNERSEAM"),
+        seam_attributes=r.take(8, "SEAMATTRIBUTES"), td_attributes=r.take(8, "TDATTRIBUTES"), xfam=r.take(8, "XFAM"),
+        mrtd=r.take(48, "MRTD"), mrconfigid=r.take(48, "MRCONFIGID"), mrowner=r.take(48, "MROWNER"),
+        mrownerconfig=r.take(48, "MROWNERCONFIG"),
+    )
+    rtmrs = (r.take(48, "RTMR0"), r.take(48, "RTMR1"), r.take(48, "RTMR2"), r.take(48, "RTMR3"))
+    report_data = r.take(64, "REPORTDATA")
+    extra: dict[str, bytes] = {}
+    if version == "1.5":
+        extra = dict(tee_tcb_svn_2=r.take(16, "TEE_TCB_SVN_2"), mrservicetd=r.take(48, "MRSERVICETD"))
+    return TdReport(**fields, rtmrs=rtmrs, report_data=report_data, **extra)
+
+
+def _pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    text = pem.rstrip(b"\x00")  # the quoting library writes a C string
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise ParseError("tdx quote: PCK certificate chain holds no PEM certificate")
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(text))
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise ParseError(f"tdx quote: PCK certificate chain is not valid PEM ({exc})") from None
+    if len(certs) < 2:
+        raise ParseError(f"tdx quote: PCK certificate chain has {len(certs)} certificate(s), expected leaf, "
+                         "intermediate and root")
+    return certs
+
+
+def parse(blob: bytes) -> Quote:
+    """Parse a TDX quote v4 or v5; `ParseError` on anything malformed or unsupported."""
+    r = _Reader(blob, "tdx quote")
+    header = r.take(HEADER_LEN, "header")
+    version, key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", header)
+    if version not in (4, 5):
+        raise ParseError(f"tdx quote: version {version} is not supported (expected 4 or 5)")
+    if tee_type != TEE_TDX:
+        raise ParseError(f"tdx quote: TEE type {tee_type:#x} is not TDX (0x81)")
+    if key_type != ATT_KEY_ECDSA_P256:
+        raise ParseError(f"tdx quote: attestation key type {key_type} is not ECDSA P-256 (2)")
+    if version == 4:
+        tdx_module, size = "1.0", BODY_TYPES[2][1]
+    else:
+        body_type = r.u16("body type")
+        if body_type not in BODY_TYPES:
+            raise ParseError(f"tdx quote: v5 body type {body_type} is not supported "
+                             "(expected 2 = TD report 1.0 or 3 = TD report 1.5)")
+        tdx_module, size = BODY_TYPES[body_type]
+        declared = r.u32("body size")
+        if declared != size:
+            raise ParseError(f"tdx quote: v5 body type {body_type} declares {declared} bytes, expected {size}")
+    report = _td_report(r.take(size, f"TD report {tdx_module}"), tdx_module)
+
+    sig_len = r.u32("signature data length")
+    sig_start = r.off
+    s = _Reader(r.take(sig_len, "signature data"), "tdx quote signature data")
+    signature = s.take(64, "quote signature")
+    attestation_key = s.take(64, "attestation key")
+    cert_type = s.u16("certification data type")
+    if cert_type != CERT_QE_REPORT:
+        raise ParseError(f"tdx quote: certification data type {cert_type} is not supported (expected 6, "
+                         "QE report certification data)")
+    cert_size = s.u32("certification data size")
+    if cert_size != sig_len - s.off:
+        raise ParseError(f"tdx quote: certification data declares {cert_size} bytes, signature data holds "
+                         f"{sig_len - s.off}")
+    qe_report = s.take(QE_REPORT_LEN, "QE report")
+    qe_report_signature = s.take(64, "QE report signature")
+    qe_auth_data = s.take(s.u16("QE auth data size"), "QE auth data")
+    inner_type = s.u16("PCK certification data type")
+    if inner_type != CERT_PCK_CHAIN:
+        raise ParseError(f"tdx quote: inner certification data type {inner_type} is not supported "
+                         "(expected 5, PCK certificate chain)")
+    inner_size = s.u32("PCK certification data size")
+    if inner_size != sig_len - s.off:
+        raise ParseError(f"tdx quote: PCK certification data declares {inner_size} bytes, "
+                         f"{sig_len - s.off} remain in the signature data")
+    pck_chain = _pck_chain(s.take(inner_size, "PCK certificate chain"))
+
+    end = sig_start + sig_len
+    if blob[end:].strip(b"\x00"):
+        raise ParseError(f"tdx quote: {len(blob) - end} bytes after the signature data are not zero padding")
+    return Quote(version, qe_svn, pce_svn, header[12:28], tdx_module, report, signature, attestation_key,
+                 qe_report, qe_report_signature, qe_auth_data, pck_chain, blob[:end])
+
+
+def parse_policy(table: dict[str, Any]) -> TdxPolicy:
+    unknown = set(table) - {*MEASUREMENT_KEYS, "allow_debug", "accepted_tcb_statuses"}
+    if unknown:
+        raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
+    measurements: dict[str, tuple[str, ...]] = {}
+    for key in MEASUREMENT_KEYS:
+        allowed = hex_allow_list(table, key, 48)
+        if allowed is not None:
+            measurements[key] = allowed
+    allow_debug = table.get("allow_debug", False)
+    if not isinstance(allow_debug, bool):
+        raise PolicyError("allow_debug must be true or false")
+    statuses = table.get("accepted_tcb_statuses", ["UpToDate"])
+    if not isinstance(statuses, list) or not statuses or not all(s in TCB_STATUSES for s in statuses):
+        raise PolicyError(f"accepted_tcb_statuses must be a non-empty list of: {', '.join(TCB_STATUSES)} "
+                          "(Revoked is never acceptable)")
+    return TdxPolicy(measurements, allow_debug, tuple(statuses))
+
+
+def baseline_policy(allow_debug: bool) -> TdxPolicy:
+    return TdxPolicy({}, allow_debug, ("UpToDate",))
+
+
+@lru_cache(maxsize=1)
+def _root() -> tuple[x509.Certificate, bytes]:
+    root = x509chain.pinned_root(ROOT_NAME, ROOT_FILE)
+    return root, root.public_bytes(Encoding.DER)
+
+
+def _claims(quote: Quote) -> dict[str, Any]:
+    rep = quote.report
+    claims: dict[str, Any] = {
+        "version": quote.version,
+        "tdx_module": quote.tdx_module,
+        "tee_tcb_svn": rep.tee_tcb_svn.hex(),
+        "mrseam": rep.mrseam.hex(),
+        "mrtd": rep.mrtd.hex(),
+        **{f"rtmr{i}": m.hex() for i, m in enumerate(rep.rtmrs)},
+        "mrconfigid": rep.mrconfigid.hex(),
+        "mrowner": rep.mrowner.hex(),
+        "mrownerconfig": rep.mrownerconfig.hex(),
+        "td_attributes": rep.td_attributes.hex(),
+        "debug": rep.debug,
+        "xfam": rep.xfam.hex(),
+        "report_data": rep.report_data.hex(),
+    }
+    if rep.tee_tcb_svn_2 is not None and rep.mrservicetd is not None:
+        claims.update(tee_tcb_svn_2=rep.tee_tcb_svn_2.hex(), mrservicetd=rep.mrservicetd.hex())
+    return claims
+
+
+def _check_pck_chain(quote: Quote, at: datetime, verdict: Verdict) -> None:
+    root, _ = _root()
+    *below, top = quote.pck_chain
+    got = x509chain.fingerprint(top)
+    if not verdict.check("PCK chain root", got == x509chain.PINNED_ROOTS[ROOT_NAME],
+                         f"ends in the pinned {ROOT_NAME} (sha256 {got[:16]}…)",
+                         f"ends in {x509chain.name_of(top)!r} (sha256 {got[:16]}…), not the pinned {ROOT_NAME} "
+                         f"(sha256 {x509chain.PINNED_ROOTS[ROOT_NAME][:16]}…)"):
+        return
+    try:
+        x509chain.verify_chain(below, root, at)
+        verdict.ok("PCK chain", f"{x509chain.name_of(below[0])!r} chains to the pinned root, valid at {at.isoformat()}")
+    except x509chain.ChainError as exc:
+        verdict.fail("PCK chain", str(exc))
+
+
+def _collateral_windows(text: str) -> dict[str, str]:
+    """Issue date .. next update of the TCB info and QE identity, to make expiry failures actionable."""
+    out = {}
+    try:
+        outer = json.loads(text)
+        for key, claim in (("tcb_info", "tcb_info_valid"), ("qe_identity", "qe_identity_valid")):
+            inner = json.loads(outer[key])
+            out[claim] = f"{inner['issueDate']} .. {inner['nextUpdate']}"
+    except (ValueError, KeyError, TypeError):
+        pass  # dcap-qvl reports malformed collateral itself
+    return out
+
+
+def _check_collateral(quote: Quote, collateral: bytes | None, at: datetime,
+                      verdict: Verdict) -> tuple[str, list[str]] | None:
+    """dcap-qvl's check of quote, QE report and PCK chain against Intel collateral.
+
+    Returns the TCB status and advisory IDs, or None when the check failed."""
+    step = "quote and collateral (dcap-qvl)"
+    if collateral is None:
+        verdict.fail(step, "TDX verification needs Intel collateral (TCB info, QE identity, CRLs); this verifier "
+                     "is offline: pass --collateral with dcap-qvl's collateral JSON")
+        return None
+    try:
+        text = collateral.decode("utf-8")
+        col = dcap_qvl.QuoteCollateralV3.from_json(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ParseError(f"tdx collateral: not dcap-qvl collateral JSON ({' '.join(str(exc).split())})") from None
+    windows = _collateral_windows(text)
+    verdict.claims.update(windows)
+    try:
+        report = dcap_qvl.verify_with_root_ca(quote.raw, col, _root()[1], int(at.timestamp()))
+    except (ValueError, RuntimeError) as exc:
+        when = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in windows.items())
+        verdict.fail(step, f"{' '.join(str(exc).split())} (at {at.isoformat()}{'; ' + when if when else ''})")
+        return None
+    verdict.ok(step, "quote signature, QE report, PCK chain and CRLs, TCB info and QE identity verify "
+               f"at {at.isoformat()} against the pinned {ROOT_NAME}")
+    status, advisories = str(report.status), [str(a) for a in report.advisory_ids]
+    verdict.claims.update(tcb_status=status, advisory_ids=advisories)
+    return status, advisories
+
+
+def _fmspc(quote: Quote) -> str | None:
+    try:
+        return str(dcap_qvl.parse_quote(quote.raw).fmspc())
+    except ValueError:
+        return None
+
+
+def verify(evidence: Evidence, *, at: datetime, policy: TdxPolicy, verdict: Verdict) -> Bound:
+    quote = parse(evidence.blob)
+    verdict.claims.update(_claims(quote))
+    fmspc = _fmspc(quote)
+    if fmspc is not None:
+        verdict.claims["fmspc"] = fmspc
+    _check_pck_chain(quote, at, verdict)
+    tcb = _check_collateral(quote, evidence.collateral, at, verdict)
+    if tcb is None:
+        verdict.skip("TCB status", "not known: the quote and collateral did not verify")
+    else:
+        status, advisories = tcb
+        extra = f"; advisories {', '.join(advisories)}" if advisories else ""
+        verdict.check("TCB status", status in policy.accepted_tcb_statuses,
+                      f"{status} is accepted{extra}",
+                      f"{status} is not accepted (policy accepts {', '.join(policy.accepted_tcb_statuses)}){extra}")
+    rep = quote.report
+    attrs = rep.td_attributes.hex()
+    verdict.check("debug", policy.allow_debug or not rep.debug,
+                  f"TD attributes {attrs}: DEBUG set, allowed by policy" if rep.debug
+                  else f"TD attributes {attrs}: DEBUG not set",
+                  f"TD attributes {attrs} have DEBUG set and the policy forbids debug")
+    values = {"mrtd": rep.mrtd, "mrconfigid": rep.mrconfigid, "mrowner": rep.mrowner,
+              **{f"rtmr{i}": m for i, m in enumerate(rep.rtmrs)}}
+    for key in MEASUREMENT_KEYS:
+        value = values[key].hex()
+        allowed = policy.measurements.get(key)
+        if allowed is None:
+            verdict.skip(key, f"{value} not pinned by policy")
+        else:
+            verdict.check(key, value in allowed, f"{value} is in the policy's allow-list",
+                          f"{value} is not in the policy's allow-list")
+    return Bound(report_data=rep.report_data)
