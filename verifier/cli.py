@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -105,10 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AAuditError as exc:
         _report_error(args, str(exc), unusable=False)
         return EXIT_FAILED
-    if args.json:
-        as_json(verdict, sys.stdout, platform=verdict.claims.get("platform", verdict.subject))
-    else:
-        table(verdict, sys.stdout)
+    try:
+        if args.json:
+            as_json(verdict, sys.stdout, platform=verdict.claims.get("platform", verdict.subject))
+        else:
+            table(verdict, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `aaudit-verify ... | head`: the reader left; the verdict still decides the exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if verdict.verified else EXIT_FAILED
 
 
