@@ -81,7 +81,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     files = measure.manifest(root)
     if not files:
         raise UnusableInput(f"--root {root}: no project files found (expected {', '.join(measure.PACKAGES)})")
-    identity = measure.code_identity(root)
+    identity = measure.manifest_digest(files)
     if args.json:
         locks = [f["path"] for f in files if f["path"] in measure.LOCK_FILES]
         print(json.dumps({"code_identity": identity, "root": str(root), "files": len(files), "lock_files": locks},

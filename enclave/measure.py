@@ -38,7 +38,12 @@ def manifest(root: Path = ROOT) -> list[dict[str, object]]:
     ]
 
 
+def manifest_digest(entries: list[dict[str, object]]) -> str:
+    """Hex SHA-256 of a manifest in canonical JSON: the code identity of the tree it lists."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @lru_cache(maxsize=None)
 def code_identity(root: Path = ROOT) -> str:
-    """Hex SHA-256 of the manifest of the project's code files under `root`."""
-    return hashlib.sha256(json.dumps(manifest(root), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The code identity of the project under `root`, computed once per process (files do not change)."""
+    return manifest_digest(manifest(root))
