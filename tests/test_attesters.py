@@ -7,6 +7,7 @@ verifier modules and skip until they are present).
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
 import hashlib
@@ -149,8 +150,8 @@ def test_configfs_missing_root(tmp_path):
 
 def test_cert_table_pem_entries_unknown_guids_and_vlek():
     v = snp_vector()
-    vcek_pem = b"-----BEGIN CERTIFICATE-----\n" + __import__("base64").encodebytes(v.vcek) + b"-----END CERTIFICATE-----\n"
-    table = cert_table([(VLEK_GUID, vcek_pem), (CRL_GUID, b"not a certificate, skipped"), (ASK_GUID, v.ask)])
+    vcek_pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(v.vcek) + b"-----END CERTIFICATE-----\n"
+    table = cert_table([(VLEK_GUID, b"\n" + vcek_pem), (CRL_GUID, b"not a certificate, skipped"), (ASK_GUID, v.ask)])
     certs = parse_cert_table(table)
     assert [(c.name, c.der) for c in certs] == [("VLEK", v.vcek), ("ASK", v.ask)]
     assert parse_cert_table(b"") == []

@@ -44,7 +44,7 @@ class TsmFs(Protocol):
 
 
 class OsFs:
-    """configfs through plain system calls. Each attribute is one read or one write call."""
+    """configfs through plain system calls; a write is one call, as configfs takes a value whole."""
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path)

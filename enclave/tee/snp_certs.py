@@ -53,6 +53,7 @@ def _der_length(data: bytes, at: int = 0) -> tuple[int, int] | None:
 
 
 def _pem_body(name: str, raw: bytes) -> bytes:
+    """The DER inside `raw`, which starts with a PEM BEGIN line and must hold exactly one block."""
     blocks = raw.count(_PEM_BEGIN)
     if blocks != 1:
         raise ParseError(f"certificate table: {name} entry holds {blocks} PEM certificates, expected 1")
@@ -72,7 +73,8 @@ def _certificate(name: str, raw: bytes) -> bytes:
     tbsCertificate SEQUENCE): the verifier parses and checks the certificate itself, and AMD's
     VCEKs carry serial number 0, which some X.509 libraries are starting to refuse.
     """
-    der = _pem_body(name, raw) if raw.lstrip().startswith(_PEM_BEGIN) else raw
+    text = raw.lstrip()
+    der = _pem_body(name, text) if text.startswith(_PEM_BEGIN) else raw
     outer = _der_length(der)
     inner = _der_length(der, outer[0]) if outer else None
     if outer is None or inner is None or sum(outer) != len(der) or sum(inner) > outer[1]:
