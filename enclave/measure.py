@@ -1,9 +1,10 @@
 """The enclave's code identity: what every statement says about the code that ran.
 
 A SHA-256 over a canonical manifest of the installed project files (each file's path relative to
-the project root, size and SHA-256; sorted) and, when present, the dependency lock file. It is the
-`measurement` of the simulated attester and the code identity a hardware image pins beside its
-launch measurement.
+the project root, size and SHA-256; sorted) and, when present, the dependency lock files (the
+CPU image's `requirements.lock` and the CUDA image's `requirements-gpu.lock`, see deploy/). It is
+the `measurement` of the simulated attester and the code identity a hardware image pins beside its
+launch measurement; `aaudit enclave measure` prints it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("aaudit", "benchmarks", "enclave", "protos", "sealing", "tlog", "verifier")
-LOCK_FILES = ("requirements.lock",)
+LOCK_FILES = ("requirements.lock", "requirements-gpu.lock")
 
 
 def _files(root: Path) -> list[Path]:
@@ -28,12 +29,21 @@ def _files(root: Path) -> list[Path]:
     return sorted(out)
 
 
-@lru_cache(maxsize=None)
-def code_identity(root: Path = ROOT) -> str:
-    """Hex SHA-256 of the manifest of the project's code files under `root`."""
-    manifest = [
+def manifest(root: Path = ROOT) -> list[dict[str, object]]:
+    """The canonical list the code identity hashes: path, size and SHA-256 of each code file."""
+    return [
         {"path": p.relative_to(root).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
          "size": p.stat().st_size}
         for p in _files(root)
     ]
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def manifest_digest(entries: list[dict[str, object]]) -> str:
+    """Hex SHA-256 of a manifest in canonical JSON: the code identity of the tree it lists."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_identity(root: Path = ROOT) -> str:
+    """The code identity of the project under `root`, computed once per process (files do not change)."""
+    return manifest_digest(manifest(root))

@@ -13,6 +13,11 @@ Interface (every attester):
 `composite(cpu, gpus, report_data)` takes CPU evidence for `report_data` and attaches GPU evidence
 taken with `verifier.binding.gpu_nonce(report_data)`, so both are bound to the same session.
 Every device path is a constructor parameter, so tests can point an attester at a fake tree.
+
+Modules: `sim` (software, development only), `configfs_tsm` (SEV-SNP and TDX, kernel >= 6.7),
+`sev_guest` (SEV-SNP ioctls, older kernels), `snp_certs` (the host's SNP certificate table),
+`nitro` (AWS Nitro Secure Module), `nvidia` (GPU evidence through NVML), `select` (`--tee` and
+`--gpu-evidence` to a `CompositeAttester`).
 """
 
 from __future__ import annotations
