@@ -78,7 +78,11 @@ def wrap(data_key: bytes, recipient_public: bytes, suite: str, info: bytes) -> b
     """HPKE-encrypt a 32-byte data key to an enclave's public key, bound to `info`."""
     if len(data_key) != DATA_KEY_LEN:
         raise SealError(f"a data key is {DATA_KEY_LEN} bytes, got {len(data_key)}")
-    return _suite(suite).encrypt(data_key, _public_key(suite, recipient_public), info=info)
+    cipher, public = _suite(suite), _public_key(suite, recipient_public)
+    try:
+        return cipher.encrypt(data_key, public, info=info)
+    except ValueError as exc:  # for example an X25519 point of small order: no shared secret
+        raise SealError(f"recipient public key is not a valid {suite} key ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -621,9 +621,11 @@ class Unsealer:
         self.chunks_received = 0
         try:
             parsed = parse_header(header, asset_name)
-            _check_data_key(data_key)
-        except SealError as exc:
-            self._fail(str(exc) if str(exc).startswith(asset_name) else f"{asset_name}: {exc}")
+        except SealError:
+            self.abort()
+            raise
+        if len(data_key) != DATA_KEY_LEN:
+            self._fail(f"{asset_name}: a data key is {DATA_KEY_LEN} bytes, got {len(data_key)}")
         if expected_kind is not None and parsed.kind != expected_kind:
             self._fail(f"{asset_name}: sealed as a {parsed.kind}, expected a {expected_kind}")
         fields = parsed.raw[: _FIELDS.size]
