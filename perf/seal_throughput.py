@@ -76,7 +76,7 @@ def _unseal(sealed: Path, key: bytes, sink: stream.Sink) -> str:
 
 
 def child(mode: str, asset: Path, sealed: Path, key_file: Path, scratch: Path, trace: bool) -> None:
-    key = stream.read_data_key(key_file)
+    key = stream.read_key_file(key_file)
     chunk_size = stream.SealedReader(sealed).chunk_size
     if trace:
         tracemalloc.start()

@@ -21,16 +21,10 @@ ROLES = ("provider", "auditor")
 _MAX_PEM = 16 * 1024
 
 
-def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise SealError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
-
-
 @dataclass(frozen=True)
 class Identity:
     """A party's signing key."""
 
-    role: str
     _key: ed25519.Ed25519PrivateKey = field(repr=False)
 
     def sign(self, message: bytes) -> bytes:
@@ -47,7 +41,8 @@ class Identity:
 
 def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
     """Make a new key for `role` in `out_dir`; returns (identity, private key path, public key path)."""
-    _check_role(role)
+    if role not in ROLES:
+        raise SealError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +51,7 @@ def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
     key_path, pub_path = out_dir / f"{role}.key", out_dir / f"{role}.pub"
     if pub_path.exists():
         raise SealError(f"{pub_path} already exists; remove it or choose another --out folder")
-    identity = Identity(role, ed25519.Ed25519PrivateKey.generate())
+    identity = Identity(ed25519.Ed25519PrivateKey.generate())
     pem = identity._key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -70,9 +65,8 @@ def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
     return identity, key_path, pub_path
 
 
-def load_identity(path: Path, role: str) -> Identity:
+def load_identity(path: Path) -> Identity:
     """Load a private key written by `generate_identity` (refused if others can read it)."""
-    _check_role(role)
     data = read_secret_file(Path(path), _MAX_PEM)
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -80,7 +74,7 @@ def load_identity(path: Path, role: str) -> Identity:
         raise SealError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SealError(f"{path}: expected an Ed25519 key, found {type(key).__name__}")
-    return Identity(role, key)
+    return Identity(key)
 
 
 def load_public_raw(path: Path) -> bytes:

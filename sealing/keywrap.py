@@ -2,8 +2,8 @@
 
 The enclave makes a fresh `HpkeKeyPair` at boot and puts its public bytes in the attestation's
 report data; a party that has checked the attestation wraps its asset's data key to that public key.
-`info` binds the wrapped key to its context (`wrap_info`: asset kind, asset digest, the enclave's
-signing key), so a wrapped key cannot be replayed for another asset or another enclave.
+`info` binds the wrapped key to its context (`verifier.binding.wrap_info`: asset kind, asset digest,
+the enclave's signing key), so a wrapped key cannot be replayed for another asset or another enclave.
 
 Suites (by name):
   "x25519-sha256-aes256gcm"          DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-256-GCM (default)
@@ -31,7 +31,6 @@ DATA_KEY_LEN = 32
 _AEAD_TAG_LEN = 16
 _X25519_LEN = 32
 _MLKEM768_PUBLIC_LEN = 1184
-_INFO_LABEL = b"attestable-audits/v1/keywrap\x00"
 
 
 def _suite(name: str) -> hpke.Suite:
@@ -59,19 +58,6 @@ def _public_key(suite: str, public: bytes) -> Any:
         )
     except ValueError as exc:
         raise SealError(f"recipient public key is not a valid {suite} key ({exc})") from None
-
-
-def _lp(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
-
-
-def wrap_info(kind: str, digest: str, enclave_signing_public: bytes) -> bytes:
-    """The HPKE `info` for a data key: binds it to the asset (kind, digest) and to one enclave.
-
-    = "attestable-audits/v1/keywrap\\0" || lp(kind) || lp(digest) || lp(enclave signing public key),
-    lp(x) = 4-byte big-endian length || x. Client and enclave both call this, so they cannot differ.
-    """
-    return _INFO_LABEL + _lp(kind.encode("utf-8")) + _lp(digest.encode("utf-8")) + _lp(enclave_signing_public)
 
 
 def wrap(data_key: bytes, recipient_public: bytes, suite: str, info: bytes) -> bytes:

@@ -335,7 +335,7 @@ def _remove(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def read_data_key(path: Path) -> bytes:
+def read_key_file(path: Path) -> bytes:
     """Load a `<kind>.key` file written by `seal` (exactly 32 bytes, owner-only)."""
     key = read_secret_file(Path(path), DATA_KEY_LEN)
     if len(key) != DATA_KEY_LEN:

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from aaudit.cli import main as aaudit_main
 from sealing.errors import SealError
 from sealing.identity import generate_identity, load_identity, load_public_raw, verify_signature
-from sealing.keywrap import DEFAULT_SUITE, HYBRID_SUITE, SUITES, HpkeKeyPair, wrap, wrap_info
+from sealing.keywrap import DEFAULT_SUITE, HYBRID_SUITE, SUITES, HpkeKeyPair, wrap
+from verifier.binding import wrap_info
 
 ENCLAVE_SIGNING_KEY = bytes(range(32))
 INFO = wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY)
@@ -95,11 +96,6 @@ def test_key_pair_repr_hides_private_key() -> None:
     assert pair.public_bytes().hex() not in repr(pair) and "_private" not in repr(pair)
 
 
-def test_wrap_info_is_length_prefixed() -> None:
-    # Without length prefixes ("ab", "c") and ("a", "bc") would collide.
-    assert wrap_info("ab", "c", b"") != wrap_info("a", "bc", b"")
-
-
 # --- identities ------------------------------------------------------------------------------
 
 
@@ -107,7 +103,7 @@ def test_identity_keygen_load_sign(tmp_path: Path) -> None:
     identity, key_path, pub_path = generate_identity(tmp_path, "provider")
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert key_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    loaded = load_identity(key_path, "provider")
+    loaded = load_identity(key_path)
     assert loaded.public_raw() == identity.public_raw() == load_public_raw(pub_path)
     signature = loaded.sign(b"manifest digest")
     assert verify_signature(identity.public_raw(), b"manifest digest", signature)
@@ -117,7 +113,7 @@ def test_identity_keygen_load_sign(tmp_path: Path) -> None:
         generate_identity(tmp_path, "provider")
     os.chmod(key_path, 0o640)
     with pytest.raises(SealError, match="accessible by other users"):
-        load_identity(key_path, "provider")
+        load_identity(key_path)
 
 
 def test_identity_refuses_other_keys(tmp_path: Path) -> None:
@@ -127,7 +123,7 @@ def test_identity_refuses_other_keys(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a key")
     os.chmod(bogus, 0o600)
     with pytest.raises(SealError, match="not an unencrypted PEM private key"):
-        load_identity(bogus, "auditor")
+        load_identity(bogus)
 
 
 def test_cli_keygen(tmp_path: Path, capsys) -> None:

@@ -28,7 +28,7 @@ from sealing.stream import (
     Unsealer,
     end_record,
     file_record,
-    read_data_key,
+    read_key_file,
     seal,
 )
 
@@ -77,7 +77,7 @@ def _assert_clean_error(message: str, key: bytes, *fragments: str) -> None:
 
 def test_round_trip_memory_and_digest(sealed: SealedAsset, asset_dir: Path) -> None:
     header, chunks = _chunks(sealed)
-    key = read_data_key(sealed.key_path)
+    key = read_key_file(sealed.key_path)
     sink = MemorySink()
     digest = _unseal(header, key, chunks, sink, expected_kind="model")
     assert digest == sealed.digest == folder_digest(asset_dir)
@@ -93,7 +93,7 @@ def test_round_trip_directory_sink(sealed: SealedAsset, asset_dir: Path, tmp_pat
     header, chunks = _chunks(sealed)
     root = tmp_path / "tmpfs" / "model"
     root.parent.mkdir()
-    digest = _unseal(header, read_data_key(sealed.key_path), chunks, DirectorySink(root))
+    digest = _unseal(header, read_key_file(sealed.key_path), chunks, DirectorySink(root))
     assert digest == folder_digest(root) == folder_digest(asset_dir)
     assert {p.name for p in root.parent.iterdir()} == {"model"}  # no staging folder left
     assert stat.S_IMODE((root / "model.safetensors").stat().st_mode) == 0o600
@@ -102,7 +102,7 @@ def test_round_trip_directory_sink(sealed: SealedAsset, asset_dir: Path, tmp_pat
 def test_digest_only_sink(sealed: SealedAsset) -> None:
     header, chunks = _chunks(sealed)
     sink = DigestOnlySink()
-    assert _unseal(header, read_data_key(sealed.key_path), chunks, sink) == sealed.digest
+    assert _unseal(header, read_key_file(sealed.key_path), chunks, sink) == sealed.digest
     assert (sink.files, sink.bytes) == (len(FILES), sum(map(len, FILES.values())))
 
 
@@ -112,20 +112,20 @@ def test_final_chunk_exactly_full(tmp_path: Path) -> None:
     asset = seal(tmp_path / "f", tmp_path / "out", "spec", chunk_size=CHUNK)
     header, chunks = _chunks(asset)
     assert [len(c) for c in chunks] == [CHUNK + TAG_LEN] * 3
-    assert _unseal(header, read_data_key(asset.key_path), chunks, MemorySink()) == folder_digest(tmp_path / "f")
+    assert _unseal(header, read_key_file(asset.key_path), chunks, MemorySink()) == folder_digest(tmp_path / "f")
     # Dropping that full final chunk leaves a stream whose chunk 1 is not marked last.
     with pytest.raises(SealError, match="truncated after chunk 1: final chunk missing"):
-        _unseal(header, read_data_key(asset.key_path), chunks[:2], MemorySink())
+        _unseal(header, read_key_file(asset.key_path), chunks[:2], MemorySink())
 
 
 def test_key_file_is_private_from_creation(sealed: SealedAsset) -> None:
     assert stat.S_IMODE(sealed.key_path.stat().st_mode) == 0o600
-    assert len(read_data_key(sealed.key_path)) == 32
+    assert len(read_key_file(sealed.key_path)) == 32
     meta = sealed.meta_path.read_text()
-    assert read_data_key(sealed.key_path).hex() not in meta
+    assert read_key_file(sealed.key_path).hex() not in meta
     os.chmod(sealed.key_path, 0o644)
     with pytest.raises(SealError, match="accessible by other users"):
-        read_data_key(sealed.key_path)
+        read_key_file(sealed.key_path)
 
 
 def test_seal_never_overwrites(sealed: SealedAsset, asset_dir: Path) -> None:
@@ -190,7 +190,7 @@ def test_damaged_stream_fails_and_wipes(name: str, sink_kind: str, sealed: Seale
                                         tmp_path_factory) -> None:
     damage, fragments = CASES[name]
     header, chunks = _chunks(sealed)
-    key = read_data_key(sealed.key_path)
+    key = read_key_file(sealed.key_path)
     header, chunks, key = damage(header, chunks, key, _other_asset(tmp_path_factory))
     area = tmp_path / "tmpfs"
     area.mkdir()
@@ -206,7 +206,7 @@ def test_damaged_stream_fails_and_wipes(name: str, sink_kind: str, sealed: Seale
 
 def test_no_use_after_failure_and_expected_values(sealed: SealedAsset) -> None:
     header, chunks = _chunks(sealed)
-    key = read_data_key(sealed.key_path)
+    key = read_key_file(sealed.key_path)
     unsealer = Unsealer(header, key, "model", MemorySink())
     with pytest.raises(SealError, match="chunk 0 failed"):
         unsealer.feed(chunks[1])
