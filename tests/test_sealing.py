@@ -3,6 +3,7 @@ and the chunk, leaks no plaintext or key, and leaves nothing usable behind."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aaudit.cli import main as aaudit_main
 from sealing import stream as stream_mod
-from sealing.digest import folder_digest
+from sealing.digest import digest_of_manifest, folder_digest, path_problem
 from sealing.errors import SealError
 from sealing.stream import (
     HEADER_LEN,
@@ -149,7 +152,6 @@ def test_seal_failure_removes_what_it_created(asset_dir: Path, tmp_path: Path, m
 
 # --- damaged streams -------------------------------------------------------------------------
 
-Damage = Callable[[bytes, list[bytes], bytes, SealedAsset], tuple[bytes, list[bytes], bytes]]
 
 
 def _other_asset(tmp_path_factory) -> tuple[bytes, list[bytes]]:
@@ -318,3 +320,31 @@ def test_cli_digest_and_seal(asset_dir: Path, tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.key", "model.sealed"]
     assert aaudit_main(["digest", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# --- any split of records across chunks round-trips -----------------------------------------
+
+_names = st.text(alphabet="abc/._-\u00e9", min_size=1, max_size=20).filter(lambda p: path_problem(p) is None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(files=st.dictionaries(_names, st.binary(max_size=300), min_size=1, max_size=6),
+       chunk_size=st.integers(min_value=64, max_value=200))
+def test_records_split_anywhere_round_trip(files: dict[str, bytes], chunk_size: int) -> None:
+    key = os.urandom(32)
+    out = io.BytesIO()
+    writer = StreamWriter(key, "dataset", out, chunk_size)
+    for path in sorted(files):
+        writer.write(file_record(path, len(files[path])))
+        writer.write(files[path])
+    writer.write(end_record(len(files)))
+    writer.close()
+    body = out.getvalue()[HEADER_LEN:]
+    sink = MemorySink()
+    unsealer = Unsealer(out.getvalue()[:HEADER_LEN], key, "dataset", sink)
+    for i in range(0, len(body), chunk_size + TAG_LEN):
+        unsealer.feed(body[i : i + chunk_size + TAG_LEN])
+    expected = digest_of_manifest(
+        [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files.items()])
+    assert unsealer.finish() == expected
+    assert sink.files == files
