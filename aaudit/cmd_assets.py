@@ -1,0 +1,105 @@
+"""`aaudit seal | digest | keygen`: what a provider or auditor does with its assets before an audit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sealing.digest import asset_files, manifest_and_digest
+from sealing.identity import ROLES, generate_identity
+from sealing.stream import DEFAULT_CHUNK_SIZE, KINDS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, seal
+from verifier.errors import UnusableInput
+
+# Below this a progress bar only flickers.
+_PROGRESS_FROM = 64 << 20
+_ASSET_HELP = ("Hidden files are included; empty folders are not; symlinks must point to regular files inside "
+               "the folder (copy a Hugging Face cache snapshot with `cp -rL` first).")
+
+
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "seal", help="encrypt a model, dataset or spec for upload to an enclave",
+        description="Encrypt a folder (or one file) into DIR/<kind>.sealed under a fresh random data key, "
+        "written to DIR/<kind>.key (mode 0600: keep it secret; only its HPKE-wrapped form ever leaves your "
+        "machine), and describe it in DIR/<kind>.json (digest, sizes; no secrets). Prints the canonical "
+        "digest, which the enclave recomputes on the bytes it decrypts. " + _ASSET_HELP,
+    )
+    s.add_argument("kind", choices=tuple(KINDS), help="what the asset is")
+    s.add_argument("path", type=Path, metavar="PATH", help="folder or file to seal")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the three output files "
+                   "(created if missing; existing outputs are never overwritten)")
+    s.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_SIZE // 1024, metavar="KIB",
+                   help=f"plaintext bytes per authenticated chunk, in KiB (default {DEFAULT_CHUNK_SIZE // 1024})")
+    s.set_defaults(func=_seal)
+
+    d = subparsers.add_parser(
+        "digest", help="print the canonical digest of a plaintext folder or file",
+        description="Print the canonical digest (sha256:<hex>) of a folder or file: SHA-256 of the canonical "
+        "JSON manifest listing each regular file's relative path, size and SHA-256, sorted by path. The same "
+        "digest is what `aaudit seal` prints and what the enclave attests. " + _ASSET_HELP,
+    )
+    d.add_argument("path", type=Path, metavar="PATH")
+    d.add_argument("--json", action="store_true", help="print {digest, files, size, manifest} as JSON")
+    d.set_defaults(func=_digest)
+
+    k = subparsers.add_parser(
+        "keygen", help="make a provider or auditor identity key for signing run approvals",
+        description="Write DIR/<role>.key (Ed25519, PKCS#8 PEM, mode 0600) and DIR/<role>.pub (PEM) and print "
+        "the raw public key in hex, as it appears in run manifests. Existing keys are never overwritten.",
+    )
+    k.add_argument("--role", required=True, choices=ROLES)
+    k.add_argument("--out", type=Path, required=True, metavar="DIR")
+    k.set_defaults(func=_keygen)
+
+
+def _seal(args: argparse.Namespace) -> int:
+    chunk_size = args.chunk_kib * 1024
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise UnusableInput(f"--chunk-kib must be within 1..{MAX_CHUNK_SIZE // 1024}")
+    total = sum(f.size for f in asset_files(args.path))
+    with _progress_bar(total) as advance:
+        asset = seal(args.path, args.out, args.kind, chunk_size=chunk_size, progress=advance)
+    print(f"{asset.kind} digest: {asset.digest}")
+    print(f"  {asset.sealed_path}  sealed asset: {asset.file_count} files, {asset.plaintext_size} bytes "
+          f"in {asset.chunk_count} chunks")
+    print(f"  {asset.key_path}  data key (secret, mode 0600; wrap it to an attested enclave, never send it)")
+    print(f"  {asset.meta_path}  description (digest, sizes; no secrets)")
+    return 0
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on stderr for big assets (hidden when stderr is not a terminal)."""
+    if total < _PROGRESS_FROM:
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:  # tqdm comes with the `enclave` extra; the bar is optional
+        yield None
+        return
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sealing", file=sys.stderr,
+              disable=None) as bar:
+        yield bar.update
+
+
+def _digest(args: argparse.Namespace) -> int:
+    entries, digest = manifest_and_digest(args.path)
+    if args.json:
+        print(json.dumps({"digest": digest, "files": len(entries), "size": sum(e["size"] for e in entries),
+                          "manifest": entries}, indent=2, ensure_ascii=False))
+    else:
+        print(digest)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    identity, key_path, pub_path = generate_identity(args.out, args.role)
+    print(f"{args.role} public key (ed25519): {identity.public_raw().hex()}")
+    print(f"  {key_path}  private key (secret, mode 0600)")
+    print(f"  {pub_path}  public key")
+    return 0

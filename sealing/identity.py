@@ -1,0 +1,101 @@
+"""Party identity keys (provider, auditor): Ed25519 keys that sign approvals of a run manifest.
+
+`aaudit keygen --role provider --out DIR` writes `provider.key` (PKCS#8 PEM, unencrypted, mode
+0600 from creation) and `provider.pub` (SubjectPublicKeyInfo PEM). The raw 32-byte public key is
+what goes into manifests and reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from sealing.errors import SealError
+from sealing.secretfile import read_secret_file, write_secret_file
+
+ROLES = ("provider", "auditor")
+_MAX_PEM = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A party's signing key."""
+
+    _key: ed25519.Ed25519PrivateKey = field(repr=False)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def public_raw(self) -> bytes:
+        return self._key.public_key().public_bytes_raw()
+
+    def public_pem(self) -> bytes:
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
+    """Make a new key for `role` in `out_dir`; returns (identity, private key path, public key path)."""
+    if role not in ROLES:
+        raise SealError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SealError(f"cannot create {out_dir}: {exc.strerror}") from None
+    key_path, pub_path = out_dir / f"{role}.key", out_dir / f"{role}.pub"
+    if pub_path.exists():
+        raise SealError(f"{pub_path} already exists; remove it or choose another --out folder")
+    identity = Identity(ed25519.Ed25519PrivateKey.generate())
+    pem = identity._key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_secret_file(key_path, pem)
+    try:
+        with open(pub_path, "xb") as handle:
+            handle.write(identity.public_pem())
+    except OSError as exc:
+        key_path.unlink(missing_ok=True)
+        raise SealError(f"cannot write {pub_path}: {exc.strerror}") from None
+    return identity, key_path, pub_path
+
+
+def load_identity(path: Path) -> Identity:
+    """Load a private key written by `generate_identity` (refused if others can read it)."""
+    data = read_secret_file(Path(path), _MAX_PEM)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SealError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise SealError(f"{path}: expected an Ed25519 key, found {type(key).__name__}")
+    return Identity(key)
+
+
+def load_public_raw(path: Path) -> bytes:
+    """A party's raw 32-byte public key from its `.pub` PEM file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SealError(f"{path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise SealError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise SealError(f"{path}: expected an Ed25519 public key, found {type(key).__name__}")
+    return key.public_bytes_raw()
+
+
+def verify_signature(public_raw: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether `signature` is a valid Ed25519 signature of `message` by `public_raw`."""
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

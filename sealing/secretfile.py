@@ -1,0 +1,51 @@
+"""Key files: created private from the first byte, and refused when others could read them.
+
+`os.open(O_CREAT | O_EXCL, 0o600)` makes the file with its final mode (the umask can only remove
+bits), so no other user can ever read it, not even between creation and a later chmod; O_EXCL also
+means an existing key is never overwritten. Loading refuses group/other access the way ssh does,
+because a key that others could have read is not a secret any more.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from sealing.errors import SealError
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 and write `data`; refuse if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise SealError(f"{path} already exists; refusing to overwrite a key (remove it or choose another folder)") from None
+    except OSError as exc:
+        raise SealError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise SealError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def read_secret_file(path: Path, max_size: int) -> bytes:
+    """Read a key file that only its owner can access; at most `max_size` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SealError(f"cannot open key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SealError(f"key file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise SealError(
+                f"key file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"run `chmod 600 {path}` if it was never exposed, otherwise make a new key"
+            )
+        if info.st_size > max_size:
+            raise SealError(f"key file {path} is {info.st_size} bytes; expected at most {max_size}")
+        return handle.read(max_size + 1)
