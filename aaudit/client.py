@@ -18,7 +18,7 @@ import grpc
 from protos import enclave_pb2 as pb
 from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
-from sealing.stream import SealedReader
+from sealing.stream import SealedAsset, SealedReader, read_key_file
 from verifier.binding import NONCE_LEN, key_binding, wrap_info
 from verifier.errors import AAuditError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
@@ -51,23 +51,6 @@ class AttestedEnclave:
     platform: str
     code_identity: str
     verdict: Verdict
-
-
-@dataclass(frozen=True)
-class SealedAsset:
-    kind: str
-    digest: str
-    sealed: Path
-    key_file: Path
-
-    @classmethod
-    def find(cls, folder: Path, kind: str) -> "SealedAsset":
-        meta_path = folder / f"{kind}.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UnusableInput(f"no sealed {kind} in {folder} ({meta_path.name}: {exc})") from None
-        return cls(kind, meta["digest"], folder / f"{kind}.sealed", folder / f"{kind}.key")
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -117,11 +100,11 @@ class EnclaveClient:
 
     def upload(self, enclave: AttestedEnclave, asset: SealedAsset, identity_public: bytes,
                on_progress: Callable[[int], None] | None = None) -> pb.UploadResult:
-        data_key = _read_key(asset.key_file)
+        data_key = read_key_file(asset.key_path)
         wrapped = keywrap.wrap(data_key, enclave.hpke_public, enclave.hpke_suite,
                                wrap_info(asset.kind, asset.digest, enclave.signing_public))
         del data_key
-        reader = SealedReader(asset.sealed)
+        reader = SealedReader(asset.sealed_path)
 
         def parts() -> Iterator[pb.UploadPart]:
             yield pb.UploadPart(header=pb.UploadHeader(
@@ -178,9 +161,3 @@ class EnclaveClient:
 
     def result(self) -> dict[str, Any]:
         return json.loads(_call(self._stub.GetResult, pb.ResultRequest(), timeout=self.timeout).bundle)
-
-
-def _read_key(path: Path) -> bytes:
-    from sealing.stream import read_key_file
-
-    return read_key_file(path)

@@ -9,6 +9,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from verifier.errors import UnusableInput
+
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
 
@@ -62,6 +64,15 @@ def _common(p: argparse.ArgumentParser, role: str, identity: bool = True) -> Non
                        help=f"your Ed25519 identity key (`aaudit keygen --role {role}`)")
 
 
+def _sealed(folder: Path, kind: str):  # noqa: ANN202
+    from sealing.stream import SealedAsset
+
+    meta = folder / f"{kind}.json"
+    if not meta.is_file():
+        raise UnusableInput(f"no sealed {kind} in {folder} (expected {meta.name} from `aaudit seal {kind}`)")
+    return SealedAsset.load(meta)
+
+
 def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
     from verifier import policy
 
@@ -75,15 +86,15 @@ def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
 def _upload(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from aaudit.client import EnclaveClient, SealedAsset
+    from aaudit.client import EnclaveClient
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
-    assets = [SealedAsset.find(args.sealed, kind) for kind in ROLE_KINDS[args.role]]
+    assets = [_sealed(args.sealed, kind) for kind in ROLE_KINDS[args.role]]
     with EnclaveClient(args.enclave) as client:
         enclave = _attested(client, args)
         for asset in assets:
-            total = asset.sealed.stat().st_size
+            total = asset.sealed_size
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {asset.kind}", file=sys.stderr,
                       disable=None) as bar:
                 res = client.upload(enclave, asset, identity.public_raw(), on_progress=bar.update)
@@ -93,11 +104,11 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from aaudit.client import EnclaveClient, SealedAsset
+    from aaudit.client import EnclaveClient
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
-    expect = {kind: SealedAsset.find(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
+    expect = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
     with EnclaveClient(args.enclave) as client:
         enclave = _attested(client, args)
         manifest, digest, _, _ = client.manifest()

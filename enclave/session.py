@@ -67,6 +67,7 @@ class Upload:
         self.unsealer.feed(chunk)
 
     def abort(self) -> None:
+        self.unsealer.abort()
         if self.folder is not None:
             wipe(self.folder)
 
@@ -111,20 +112,16 @@ class Session:
             sink: Any = DirectorySink(folder)
         else:
             sink = MemorySink()
-        unsealer = Unsealer(stream_header, data_key, kind, sink)
+        unsealer = Unsealer(stream_header, data_key, kind, sink, expected_kind=kind)
         del data_key
         return Upload(kind, digest, party_key, attest_nonce, unsealer, sink, folder)
 
     def finish_upload(self, up: Upload) -> tuple[Asset, str]:
         try:
-            digest = up.unsealer.finish()
+            digest = up.unsealer.finish(expected_digest=up.claimed_digest)  # wipes the sink on mismatch
         except BaseException:
             up.abort()
             raise
-        if digest != up.claimed_digest:
-            up.abort()
-            raise SessionError(f"{up.kind}: decrypted content has digest {digest}, the uploader claimed "
-                               f"{up.claimed_digest}; asset refused")
         files = None if up.folder is not None else dict(up.sink.files)
         spec = None
         if up.kind == "spec":
@@ -206,7 +203,7 @@ class Session:
                 raise SessionError(f"cannot run: no approval from {' and '.join(missing_roles)} on the current manifest")
             assert self._spec is not None
             data = self._assets["dataset"].files or {}
-            absent = [t.dataset for t in self._spec.tasks if t.dataset not in data]
+            absent = [name for name in self._spec.datasets if name not in data]
             if absent:
                 raise SessionError(f"cannot run: spec names dataset file(s) not in the dataset asset: {', '.join(absent)}")
             manifest = self._manifest_locked()

@@ -1,0 +1,78 @@
+"""A real enclave service on loopback and the assets the parties seal for it, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from aaudit.client import EnclaveClient
+from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
+from enclave.measure import code_identity
+from enclave.service import EnclaveService, serve
+from enclave.tee.select import make_attester
+from enclave.workdir import make_workdir
+from sealing.identity import generate_identity
+from sealing.stream import SealedAsset, seal
+from verifier import policy
+
+KINDS = ("model", "dataset", "spec")
+
+
+@dataclass
+class Parties:
+    root: Path
+    sealed: dict[str, SealedAsset]
+    provider: object
+    auditor: object
+    enclave_policy: policy.Policy
+
+
+def make_parties(root: Path) -> Parties:
+    build_tiny_model(root / "model", seed=7)
+    write_demo_data(root / "data")
+    (root / "spec").mkdir()
+    (root / "spec" / "audit.toml").write_text(demo_spec_toml())
+    sealed = {
+        "model": seal(root / "model", root / "sealed", "model"),
+        "dataset": seal(root / "data", root / "sealed", "dataset"),
+        "spec": seal(root / "spec" / "audit.toml", root / "sealed", "spec"),
+    }
+    provider, _, _ = generate_identity(root / "keys", "provider")
+    auditor, _, _ = generate_identity(root / "keys", "auditor")
+    pol = policy.parse({"allow_simulated": True, "sim": {"measurements": [code_identity()]}}, "enclave-policy")
+    return Parties(root, sealed, provider, auditor, pol)
+
+
+class RunningEnclave:
+    """An enclave service with the sim attester, served over gRPC on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.workdir = make_workdir()
+        self.service = EnclaveService(make_attester("sim"), code_identity(), self.workdir)
+        self.server = serve(self.service, "127.0.0.1:0")
+        self.target = f"127.0.0.1:{self.server.bound_port}"
+
+    def client(self) -> EnclaveClient:
+        return EnclaveClient(self.target)
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait()
+        self.service.close()
+
+
+def provision(client: EnclaveClient, parties: Parties, kinds: tuple[str, ...] = KINDS) -> None:
+    enclave = client.attest(parties.enclave_policy)
+    for kind in kinds:
+        who = parties.provider if kind == "model" else parties.auditor
+        client.upload(enclave, parties.sealed[kind], who.public_raw())
+
+
+def approve_both(client: EnclaveClient, parties: Parties) -> None:
+    enclave = client.attest(parties.enclave_policy)
+    client.approve(enclave, "provider", parties.provider, {"model": parties.sealed["model"].digest})
+    client.approve(enclave, "auditor", parties.auditor, {k: parties.sealed[k].digest for k in ("dataset", "spec")})
+
+
+def nonce() -> bytes:
+    return os.urandom(32)

@@ -1,0 +1,244 @@
+"""The whole protocol over real gRPC on loopback: attest, upload sealed assets, approve, run, verify.
+
+One enclave boot runs one complete audit (module fixture); the negative tests each use the same
+service between jobs, as a real enclave would be used.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from aaudit.client import AttestationRefused, EnclaveError
+from e2e_helpers import KINDS, RunningEnclave, approve_both, make_parties, nonce, provision
+from enclave.measure import code_identity
+from verifier import policy
+from verifier.bundle import verify_bundle
+from verifier.statement import parse_statement
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory):
+    return make_parties(tmp_path_factory.mktemp("parties"))
+
+
+@pytest.fixture(scope="module")
+def enclave():
+    e = RunningEnclave()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(enclave: RunningEnclave, parties) -> dict:
+    with enclave.client() as c:
+        provision(c, parties)
+        approve_both(c, parties)
+        stages = []
+        result = c.run(nonce(), on_progress=lambda p: stages.append((p.stage, p.fraction)))
+    assert stages and stages[-1][1] == 1.0, stages
+    assert any(s == "evaluating" for s, _ in stages), stages
+    return result
+
+
+def _third_party_policy(parties, **extra) -> policy.Policy:
+    data = {"allow_simulated": True, "sim": {"measurements": [code_identity()]},
+            "expect": {f"{k}_digest": parties.sealed[k].digest for k in KINDS}}
+    data.update(extra)
+    return policy.parse(data, "test-policy")
+
+
+def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
+    verdict = verify_bundle(bundle, _third_party_policy(parties), at=datetime.now(timezone.utc))
+    assert verdict.verified, [f"{s.name}: {s.reason}" for s in verdict.failures]
+    names = {s.name for s in verdict.steps if s.status.value == "ok"}
+    for required in ("report signature", "provider approval", "auditor approval", "model digest",
+                     "dataset digest", "spec digest", "statement nonce", "evidence: report data",
+                     "final evidence: report data"):
+        assert required in names, required
+    st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
+    assert set(st.results) == {"aa_demo_mc", "aa_demo_gen"}
+    assert st.raw["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
+    assert len(st.raw["predicate"]["samples"]["merkleRoot"]) == 64
+
+
+def test_thresholds_pass_and_fail_with_reasons(bundle: dict, parties) -> None:
+    st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
+    acc = st.results["aa_demo_mc"]["acc,none"]
+    ok = _third_party_policy(parties, threshold=[{"task": "aa_demo_mc", "metric": "acc", "min": acc}])
+    assert verify_bundle(bundle, ok, at=datetime.now(timezone.utc)).verified
+    bad = _third_party_policy(parties, threshold=[{"task": "aa_demo_mc", "metric": "acc", "min": acc + 0.01}])
+    v = verify_bundle(bundle, bad, at=datetime.now(timezone.utc))
+    assert not v.verified and "violates" in v.failures[0].reason
+
+
+def test_wrong_expected_digest_fails(bundle: dict, parties) -> None:
+    pol = _third_party_policy(parties)
+    pol.expect["model_digest"] = "sha256:" + "0" * 64
+    v = verify_bundle(bundle, pol, at=datetime.now(timezone.utc))
+    assert [s.name for s in v.failures] == ["model digest"]
+
+
+def test_flipped_statement_byte_fails_through_cli(bundle: dict, parties, tmp_path: Path) -> None:
+    payload = bytearray(base64.b64decode(bundle["envelope"]["payload"]))
+    i = payload.index(b'"acc,none":') + len(b'"acc,none":')
+    payload[i] = ord("1") if payload[i] != ord("1") else ord("2")
+    tampered = json.loads(json.dumps(bundle))
+    tampered["envelope"]["payload"] = base64.b64encode(bytes(payload)).decode()
+    (tmp_path / "b.json").write_text(json.dumps(tampered))
+    (tmp_path / "p.toml").write_text(f'allow_simulated = true\n[sim]\nmeasurements = ["{code_identity()}"]\n')
+    proc = subprocess.run([sys.executable, "-m", "verifier.cli", "bundle", str(tmp_path / "b.json"),
+                           "--policy", str(tmp_path / "p.toml")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "report signature" in proc.stdout and "FAILED" in proc.stdout
+    assert "final evidence: report data" in proc.stdout
+
+
+def test_wrong_nonce_and_other_keys_are_refused(enclave: RunningEnclave, parties) -> None:
+    from protos import enclave_pb2 as pb
+    from verifier.binding import key_binding
+    from verifier.evidence import verify_evidence
+    from verifier.models import Evidence
+
+    with enclave.client() as c:
+        n = nonce()
+        resp = c._stub.Attest(pb.AttestRequest(nonce=n))
+    ev = Evidence.from_bytes(resp.evidence)
+    now = datetime.now(timezone.utc)
+    good, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
+        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, n))
+    assert good.verified
+    wrong_nonce, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
+        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, nonce()))
+    other_keys, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
+        os.urandom(32), resp.hpke_suite, resp.hpke_public_key, n))
+    for v in (wrong_nonce, other_keys):
+        assert [s.name for s in v.failures] == ["report data"]
+
+
+def test_client_refuses_enclave_outside_its_policy(enclave: RunningEnclave, parties) -> None:
+    strict = policy.parse({"allow_simulated": True, "sim": {"measurements": ["ab" * 32]}})
+    with enclave.client() as c, pytest.raises(AttestationRefused, match="not in the policy's allow-list"):
+        c.attest(strict)
+
+
+def _upload_tampered(enclave: RunningEnclave, parties, kind: str, mutate, tmp_path: Path) -> str:
+    """Upload a copy of a sealed asset changed by `mutate(sealed_bytes, key_bytes)`; return the error."""
+    import shutil
+
+    src = parties.sealed[kind]
+    folder = tmp_path / f"tampered-{kind}"
+    folder.mkdir()
+    for p in (src.sealed_path, src.key_path, src.meta_path):
+        shutil.copy2(p, folder / p.name)
+    sealed_bytes, key_bytes = mutate(bytearray(src.sealed_path.read_bytes()), bytearray(src.key_path.read_bytes()))
+    (folder / src.sealed_path.name).write_bytes(sealed_bytes)
+    os.chmod(folder / src.key_path.name, 0o600)
+    (folder / src.key_path.name).write_bytes(key_bytes)
+    from sealing.stream import SealedAsset
+
+    asset = SealedAsset.load(folder / src.meta_path.name)
+    with enclave.client() as c:
+        e = c.attest(parties.enclave_policy)
+        with pytest.raises(EnclaveError) as exc:
+            c.upload(e, asset, (parties.provider if kind == "model" else parties.auditor).public_raw())
+        manifest, _, _, _ = c.manifest()
+    assert kind not in manifest["assets"], "a refused asset must not enter the manifest"
+    return str(exc.value)
+
+
+def test_tampered_chunk_is_refused_naming_the_chunk(enclave: RunningEnclave, parties, tmp_path: Path) -> None:
+    def flip(sealed: bytearray, key: bytearray):
+        sealed[-20] ^= 1
+        return sealed, key
+
+    msg = _upload_tampered(enclave, parties, "dataset", flip, tmp_path)
+    assert "dataset" in msg and "chunk" in msg
+
+
+def test_wrong_data_key_is_refused(enclave: RunningEnclave, parties, tmp_path: Path) -> None:
+    msg = _upload_tampered(enclave, parties, "spec", lambda s, k: (s, bytearray(os.urandom(32))), tmp_path)
+    assert "spec" in msg and "key" in msg
+
+
+def test_malformed_spec_is_refused(enclave: RunningEnclave, parties, tmp_path: Path) -> None:
+    from sealing.stream import seal
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nversion = 1\nseed = 1\n[[task]]\nname = "t"\ndataset = "mc.jsonl"\n'
+                   '[task.config]\noutput_type = "multiple_choice"\nprocess_results = "!function evil.run"\n')
+    asset = seal(bad, tmp_path / "sealed-bad", "spec")
+    with enclave.client() as c:
+        e = c.attest(parties.enclave_policy)
+        with pytest.raises(EnclaveError, match="process_results"):
+            c.upload(e, asset, parties.auditor.public_raw())
+
+
+def test_oversized_message_is_refused(enclave: RunningEnclave, parties) -> None:
+    from protos import enclave_pb2 as pb
+
+    def parts():
+        yield pb.UploadPart(header=pb.UploadHeader(kind="dataset"))
+        yield pb.UploadPart(chunk=b"\0" * (6 << 20))
+
+    with enclave.client() as c, pytest.raises(Exception) as exc:
+        c._stub.Upload(parts())
+    assert "RESOURCE_EXHAUSTED" in repr(exc.value) or "larger than max" in repr(exc.value) or \
+        "INVALID_ARGUMENT" in repr(exc.value)
+
+
+def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict,
+                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """After a job: the service's work folder, the temp dir and HF caches hold none of the plaintext."""
+    needles = []
+    for f in (parties.root / "data").iterdir():
+        lines = f.read_bytes().splitlines()
+        needles += [lines[0], lines[len(lines) // 2]]
+    weights = next((parties.root / "model").glob("*.safetensors")).read_bytes()
+    needles.append(weights[len(weights) // 2: len(weights) // 2 + 256])
+    roots = [enclave.workdir.parent, Path(tempfile.gettempdir()), Path.home() / ".cache" / "huggingface"]
+    roots += [Path(os.environ[v]) for v in ("HF_HOME", "HF_DATASETS_CACHE") if v in os.environ]
+    pytest_tmp = tmp_path_factory.getbasetemp().parent
+    hits = []
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            if Path(dirpath).is_relative_to(pytest_tmp):
+                continue  # the parties' own plaintext (this and other tests'), outside the enclave
+            for name in files:
+                p = Path(dirpath, name)
+                try:
+                    if p.is_symlink() or not p.is_file() or p.stat().st_size > 256 << 20:
+                        continue
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                hits += [str(p) for n in needles if n in data]
+    assert not hits, f"plaintext found in {sorted(set(hits))}"
+
+
+def test_missing_approval_and_reupload_void(enclave: RunningEnclave, parties, bundle: dict) -> None:
+    with enclave.client() as c:
+        provision(c, parties)
+        e = c.attest(parties.enclave_policy)
+        c.approve(e, "provider", parties.provider, {"model": parties.sealed["model"].digest})
+        with pytest.raises(EnclaveError, match="no approval from auditor"):
+            c.run(nonce())
+        c.approve(e, "auditor", parties.auditor, {k: parties.sealed[k].digest for k in ("dataset", "spec")})
+        _, _, approved, _ = c.manifest()
+        assert approved == ["auditor", "provider"]
+        provision(c, parties, kinds=("dataset",))  # re-upload voids both approvals
+        _, _, approved, _ = c.manifest()
+        assert approved == []
+        with pytest.raises(EnclaveError, match="no approval from provider and auditor"):
+            c.run(nonce())
