@@ -196,3 +196,14 @@ def test_every_log_command_has_help(command: str, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as exc:
         main(["log", command, "--help"])
     assert exc.value.code == 0 and "usage: aaudit log " + command in capsys.readouterr().out
+
+
+def test_negative_numbers_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aaudit.cli import main
+
+    with running_log(tmp_path / "log.db") as r:
+        publish(bundle(1), r.target)
+        assert main(["log", "get", "-1", "--log", r.target]) == 2
+        assert main(["log", "prove", "0", "--tree-size", "-3", "--log", r.target]) == 2
+        assert main(["log", "prove", "0", "--from-size", "-3", "--log", r.target]) == 2
+        assert "non-negative" in capsys.readouterr().err

@@ -34,22 +34,22 @@ class LogClient:
         return AppendResult(r.index, r.checkpoint.note, _inclusion(r.inclusion_proof))
 
     def entry(self, index: int) -> bytes:
-        return bytes(self._call("GetEntry", log_pb2.GetEntryRequest(index=index)).entry)
+        return bytes(self._call("GetEntry", log_pb2.GetEntryRequest(index=_uint(index, "index"))).entry)
 
     def checkpoint(self) -> str:
         return self._call("GetCheckpoint", log_pb2.GetCheckpointRequest()).note
 
     def inclusion_proof(self, index: int, tree_size: int | None = None) -> tuple[InclusionProof, str | None]:
-        req = log_pb2.GetInclusionProofRequest(index=index)
+        req = log_pb2.GetInclusionProofRequest(index=_uint(index, "index"))
         if tree_size is not None:
-            req.tree_size = tree_size
+            req.tree_size = _uint(tree_size, "tree size")
         r = self._call("GetInclusionProof", req)
         return _inclusion(r.proof), (r.checkpoint.note if r.HasField("checkpoint") else None)
 
     def consistency_proof(self, first: int, second: int | None = None) -> ConsistencyProof:
-        req = log_pb2.GetConsistencyProofRequest(first=first)
+        req = log_pb2.GetConsistencyProofRequest(first=_uint(first, "first tree size"))
         if second is not None:
-            req.second = second
+            req.second = _uint(second, "second tree size")
         r = self._call("GetConsistencyProof", req)
         return ConsistencyProof(r.first, r.second, tuple(r.hashes))
 
@@ -61,6 +61,12 @@ class LogClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _uint(value: int, what: str) -> int:
+    if not 0 <= value < 1 << 63:
+        raise InvalidRequest(f"{what} must be a non-negative integer, got {value}")
+    return value
 
 
 def _inclusion(p: log_pb2.InclusionProof) -> InclusionProof:
