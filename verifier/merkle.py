@@ -10,6 +10,9 @@ import hashlib
 from typing import Sequence
 
 
+HASH_SIZE = 32
+
+
 def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
@@ -38,9 +41,13 @@ def root_hash(leaves: Sequence[bytes]) -> bytes:
     return root_from_leaf_hashes([leaf_hash(d) for d in leaves])
 
 
+def _hashes_ok(*hashes: bytes) -> bool:
+    return all(isinstance(h, bytes) and len(h) == HASH_SIZE for h in hashes)
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """True when `proof` shows the leaf hash `leaf` at `index` in the tree of `size` with `root`."""
-    if not 0 <= index < size:
+    if not 0 <= index < size or not _hashes_ok(leaf, root, *proof):
         return False
     fn, sn, r = index, size - 1, leaf
     for p in proof:
@@ -61,17 +68,17 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 
 def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> bool:
     """True when `proof` shows the tree (size1, root1) is a prefix of (size2, root2)."""
-    if size1 > size2 or size1 < 0:
+    if size1 > size2 or size1 < 0 or not _hashes_ok(*proof):
         return False
     if size1 == size2:
         return not proof and root1 == root2
-    if size1 == 0:
+    if size1 == 0:  # every tree extends the empty one; nothing to prove
         return not proof
+    if not proof or not _hashes_ok(root1, root2):  # RFC 9162 §2.1.4.2 step 1
+        return False
     path = list(proof)
     if size1 & (size1 - 1) == 0:  # size1 is a power of two: prepend first_hash
         path = [root1] + path
-    if not path:
-        return False
     fn, sn = size1 - 1, size2 - 1
     while fn & 1:
         fn >>= 1
