@@ -93,7 +93,7 @@ def run_demo(out: Path) -> int:
         enclave = f"127.0.0.1:{(out / 'run/enclave.port').read_text().strip()}"
 
         from enclave.measure import code_identity
-        from tlog.keys import verifier_key_for_db
+        from tlog.keys import load_or_create
 
         enclave_policy = out / "enclave-policy.toml"
         enclave_policy.write_text(
@@ -116,7 +116,7 @@ def run_demo(out: Path) -> int:
 
         _step("8. the bundle is published to the transparency log")
         _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
-        log_key = verifier_key_for_db(out / "log/log.db")
+        log_key = load_or_create(out / "log/log.db").verifier_key
     finally:
         for proc in servers:
             proc.terminate()

@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
                    help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)")
     s.add_argument("--origin", metavar="NAME", help="the log's name, first start only (default HOSTNAME/aaudit-log); "
                    "a schema-less URL such as example.com/audits is recommended")
+    s.add_argument("--port-file", metavar="FILE", help="write the bound port here once listening (for scripts)")
     s.set_defaults(func=_serve)
 
     pub = sub.add_parser("publish", help="append a bundle and store its log entry in it",
@@ -161,6 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"log key: {log.signer.verifier_key}")
     print(f"entries: {log.size}")
     print(f"listening on {host}:{port}", flush=True)
+    if args.port_file:
+        Path(args.port_file).write_text(str(port))
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
