@@ -1,0 +1,595 @@
+"""The auditor's audit specification: declarative TOML, checked strictly before anything runs.
+
+Auditor-supplied Python never runs inside the enclave, because code chosen by one party could read
+the other party's secrets (the weights) and smuggle them out through the results. So a spec names
+lm-eval task settings by value only: Jinja prompt templates (checked here and rendered in a sandbox
+by the runner), metrics from lm-eval's registry that compute locally, lm-eval's built-in filters,
+and bounded generation settings. Everything else is refused with the task and key named.
+
+`spec_to_lm_eval_yaml` writes the same tasks as stock lm-eval YAML so anyone holding the plaintext
+model and data can reproduce the numbers with the `lm_eval` command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import posixpath
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from verifier.errors import UnusableInput
+
+OUTPUT_POLICIES = ("aggregate", "aggregate+samples")
+OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood", "loglikelihood_rolling")
+
+MAX_TASKS = 64
+MAX_BATCH_SIZE = 1024
+MAX_FEWSHOT = 32
+MAX_REPEATS = 32
+MAX_GEN_TOKS = 8192
+MAX_UNTIL = 16
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """What lm-eval 0.4.13 registers for a metric: its aggregation, direction and output types."""
+
+    aggregation: str
+    higher_is_better: bool
+    output_types: frozenset[str]
+    kwargs: frozenset[str] = frozenset()
+
+
+# Metrics lm-eval registers and computes locally (numpy, sacrebleu, scikit-learn), restricted to the
+# output types whose `process_results` produces them. Anything else would fall back to
+# `evaluate.load`, which fetches code from the network. tests/test_spec.py checks this table
+# against lm-eval's registry.
+METRICS: dict[str, MetricRule] = {
+    "acc": MetricRule("mean", True, frozenset({"multiple_choice", "loglikelihood"})),
+    "acc_norm": MetricRule("mean", True, frozenset({"multiple_choice"})),
+    "acc_bytes": MetricRule("mean", True, frozenset({"multiple_choice"})),
+    "acc_mutual_info": MetricRule("mean", True, frozenset({"multiple_choice"})),
+    "exact_match": MetricRule(
+        "mean", True, frozenset({"multiple_choice", "generate_until"}),
+        frozenset({"ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore"}),
+    ),
+    "f1": MetricRule("f1", True, frozenset({"multiple_choice"})),
+    "mcc": MetricRule("matthews_corrcoef", True, frozenset({"multiple_choice"})),
+    "brier_score": MetricRule("brier_score", False, frozenset({"multiple_choice"})),
+    "perplexity": MetricRule("perplexity", False, frozenset({"loglikelihood"})),
+    "word_perplexity": MetricRule("weighted_perplexity", False, frozenset({"loglikelihood_rolling"})),
+    "byte_perplexity": MetricRule("weighted_perplexity", False, frozenset({"loglikelihood_rolling"})),
+    "bits_per_byte": MetricRule("bits_per_byte", False, frozenset({"loglikelihood_rolling"})),
+    "bleu": MetricRule("bleu", True, frozenset({"generate_until"})),
+    "chrf": MetricRule("chrf", True, frozenset({"generate_until"})),
+    "chrf++": MetricRule("chrf++", True, frozenset({"generate_until"})),
+    "ter": MetricRule("ter", False, frozenset({"generate_until"})),
+}
+
+# lm-eval's built-in response filters (lm_eval/filters) and the arguments each accepts.
+FILTERS: dict[str, frozenset[str]] = {
+    "take_first": frozenset(),
+    "take_first_k": frozenset({"k"}),
+    "majority_vote": frozenset(),
+    "lowercase": frozenset(),
+    "uppercase": frozenset(),
+    "remove_whitespace": frozenset(),
+    "regex": frozenset({"regex_pattern", "group_select", "fallback"}),
+    "multi_choice_regex": frozenset(
+        {"regex_pattern", "group_select", "fallback", "ignore_case", "ignore_punctuation", "regexes_to_ignore"}
+    ),
+}
+
+# Jinja filters a prompt template may use: lm-eval's `regex_replace` and Jinja's text filters.
+# Left out: `random` (breaks reproducibility) and `attr` (attribute access by computed name).
+TEMPLATE_FILTERS = frozenset({
+    "abs", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format",
+    "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min",
+    "reject", "rejectattr", "replace", "reverse", "round", "select", "selectattr", "slice", "sort", "string",
+    "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount", "regex_replace",
+})
+
+# Keys of [task.config]; every other lm-eval TaskConfig key is refused. Data location, splits and
+# the task name come from the [[task]] table, never from the embedded config.
+CONFIG_KEYS = frozenset({
+    "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "description", "gen_prefix",
+    "target_delimiter", "fewshot_delimiter", "num_fewshot", "repeats", "metric_list", "generation_kwargs",
+    "filter_list", "task_alias", "metadata", "fewshot_config",
+})
+SAMPLERS = ("default", "first_n")  # lm-eval's few-shot samplers (lm_eval/api/samplers.py)
+# Keys refused with a specific reason, because an auditor is likely to try them.
+FORBIDDEN_KEYS: dict[str, str] = {
+    "custom_dataset": "it names Python code; the dataset comes from the [[task]] `dataset` file",
+    "process_docs": "it names Python code; auditor-supplied Python never runs in the enclave",
+    "process_results": "it names Python code; use metrics from the allow-list",
+    "class": "it names a Python task class; auditor-supplied Python never runs in the enclave",
+    "dataset_path": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
+    "dataset_name": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
+    "dataset_kwargs": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
+    "data_files": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
+    "training_split": "splits are set by [[task]] `split`",
+    "validation_split": "splits are set by [[task]] `split`",
+    "test_split": "splits are set by [[task]] `split`",
+    "fewshot_split": "few-shot examples come from [[task]] `fewshot_dataset` / `fewshot_split`",
+    "task": "the task name is set by [[task]] `name`",
+    "include": "a spec is self-contained; it cannot include other files",
+    "use_prompt": "promptsource prompts are fetched from the network",
+    "doc_to_image": "multimodal tasks are not supported",
+    "doc_to_audio": "multimodal tasks are not supported",
+    "unsafe_code": "tasks that execute model-written code are not supported",
+    "group": "groups are not supported; list each task",
+    "tag": "tags are not supported; list each task",
+}
+GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
+TOP_KEYS = frozenset({"name", "version", "seed", "output", "batch_size", "description", "task"})
+TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_split", "config"})
+
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
+_SPLIT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_FILE_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,254}")
+
+
+class SpecError(UnusableInput):
+    """The audit spec is malformed or asks for something the enclave will not run."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One lm-eval task: its name, the bundle files holding its documents (evaluated split, and
+    optionally a separate file of few-shot examples), and its checked config."""
+
+    name: str
+    dataset: str
+    split: str
+    config: dict[str, Any] = field(hash=False, compare=True)
+    fewshot_dataset: str | None = None
+    fewshot_split: str | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Bundle file per split name."""
+        out = {self.split: self.dataset}
+        if self.fewshot_dataset is not None and self.fewshot_split is not None:
+            out[self.fewshot_split] = self.fewshot_dataset
+        return out
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """A checked spec. `seed` seeds Python, numpy, torch and the few-shot sampler alike;
+    `batch_size` is part of the spec because batching (padding) can change the numbers."""
+
+    name: str
+    version: int
+    seed: int
+    output: str
+    tasks: tuple[TaskSpec, ...]
+    batch_size: int = 1
+    description: str = ""
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def datasets(self) -> list[str]:
+        """The bundle files the tasks read, each once, in task order."""
+        return list(dict.fromkeys(f for t in self.tasks for f in t.files.values()))
+
+
+def parse_spec(data: bytes) -> AuditSpec:
+    """Parse and check an audit spec (TOML bytes). Raises `SpecError` naming the task and key."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec: malformed TOML: {exc}") from None
+    _no_unknown(doc, TOP_KEYS, "spec")
+    name = _str(doc, "name", "spec", required=True)
+    if not _NAME_RE.fullmatch(name):
+        raise SpecError(f"spec: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+    version = _int(doc, "version", "spec", lo=1, hi=2**31 - 1, required=True)
+    seed = _int(doc, "seed", "spec", lo=0, hi=2**32 - 1, required=True)
+    output = _str(doc, "output", "spec", required=True)
+    if output not in OUTPUT_POLICIES:
+        raise SpecError(f"spec: output {output!r} must be one of {', '.join(OUTPUT_POLICIES)}")
+    batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
+    description = _str(doc, "description", "spec", default="")
+    raw_tasks = doc.get("task")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise SpecError("spec: at least one [[task]] table is required")
+    if len(raw_tasks) > MAX_TASKS:
+        raise SpecError(f"spec: {len(raw_tasks)} tasks; at most {MAX_TASKS} are allowed")
+    tasks = []
+    for i, raw in enumerate(raw_tasks):
+        if not isinstance(raw, dict):
+            raise SpecError(f"spec: task #{i + 1} must be a table")
+        tasks.append(_parse_task(raw, i))
+    seen: set[str] = set()
+    for t in tasks:
+        if t.name in seen:
+            raise SpecError(f"task {t.name!r}: the name is used twice")
+        seen.add(t.name)
+    return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
+                     batch_size=batch_size, description=description)
+
+
+def lm_eval_task_config(task: TaskSpec) -> dict[str, Any]:
+    """The lm-eval task config for `task`, without the data source (the caller adds that).
+
+    Shared by the enclave runner (which adds an in-memory `custom_dataset`) and by
+    `spec_to_lm_eval_yaml` (which adds `dataset_path: json`), so both evaluate the same task.
+    """
+    cfg: dict[str, Any] = {"task": task.name, "test_split": task.split}
+    if task.fewshot_split is not None:
+        cfg["fewshot_split"] = task.fewshot_split
+    return {**cfg, **copy.deepcopy(task.config)}
+
+
+def spec_to_lm_eval_yaml(spec: AuditSpec, data_dir: str) -> dict[str, str]:
+    """Stock lm-eval YAML for each task, by task name (write each to `<name>.yaml`).
+
+    The data files are `<data_dir>/<dataset>`; a relative `data_dir` is relative to the directory
+    `lm_eval` runs in. `dataset_path: json` makes the datasets library keep an Arrow copy of the
+    plaintext in its cache: acceptable for a reproduction on the data owner's machine, and the
+    reason the enclave builds its datasets in memory instead.
+    """
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """Double-quote strings with line breaks, so prompts read as written in the spec."""
+
+    def str_style(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = '"' if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, str_style)
+    out = {}
+    for task in spec.tasks:
+        cfg = lm_eval_task_config(task)
+        files = {split: posixpath.join(data_dir, name) for split, name in task.files.items()}
+        source = {"dataset_path": "json", "dataset_kwargs": {"data_files": files}}
+        cfg = {"task": cfg.pop("task"), **source, **cfg}
+        out[task.name] = yaml.dump(cfg, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1_000_000)
+    return out
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def _parse_task(raw: dict[str, Any], index: int) -> TaskSpec:
+    where = f"task #{index + 1}"
+    name = _str(raw, "name", where, required=True)
+    if not _NAME_RE.fullmatch(name):
+        raise SpecError(f"{where}: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+    where = f"task {name!r}"
+    _no_unknown(raw, TASK_KEYS, where)
+    dataset = _bundle_file(raw, "dataset", where, required=True)
+    split = _split(raw, "split", where, default="test")
+    fewshot_dataset = _bundle_file(raw, "fewshot_dataset", where) or None
+    fewshot_split = None
+    if fewshot_dataset is not None:
+        fewshot_split = _split(raw, "fewshot_split", where, default="fewshot")
+        if fewshot_split == split:
+            raise SpecError(f"{where}: fewshot_split {fewshot_split!r} must differ from split {split!r}")
+    elif "fewshot_split" in raw:
+        raise SpecError(f"{where}: fewshot_split needs fewshot_dataset")
+    config = raw.get("config")
+    if not isinstance(config, dict):
+        raise SpecError(f"{where}: a [task.config] table is required")
+    return TaskSpec(name=name, dataset=dataset, split=split, config=_check_config(config, where),
+                    fewshot_dataset=fewshot_dataset, fewshot_split=fewshot_split)
+
+
+def _bundle_file(raw: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:
+    if key not in raw and not required:
+        return ""
+    name = _str(raw, key, where, required=required)
+    if not _FILE_RE.fullmatch(name) or any(p in ("", ".", "..") for p in name.split("/")) \
+            or not name.endswith(".jsonl"):
+        raise SpecError(f"{where}: {key} {name!r} must be a relative path of a .jsonl file in the "
+                        "dataset bundle (no '..', no leading '/')")
+    return name
+
+
+def _split(raw: dict[str, Any], key: str, where: str, *, default: str) -> str:
+    split = _str(raw, key, where, default=default)
+    if not _SPLIT_RE.fullmatch(split):
+        raise SpecError(f"{where}: {key} {split!r} must be letters, digits or '_'")
+    return split
+
+
+def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in cfg:
+        if key in FORBIDDEN_KEYS:
+            raise SpecError(f"{where}: config key {key!r} is not allowed: {FORBIDDEN_KEYS[key]}")
+        if key not in CONFIG_KEYS:
+            raise SpecError(f"{where}: config key {key!r} is not allowed (allowed: {', '.join(sorted(CONFIG_KEYS))})")
+    _no_function_tags(cfg, where)
+    out: dict[str, Any] = {}
+    output_type = _str(cfg, "output_type", where, required=True)
+    if output_type not in OUTPUT_TYPES:
+        raise SpecError(f"{where}: output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+    out["output_type"] = output_type
+
+    for key in ("doc_to_text", "doc_to_target"):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise SpecError(f"{where}: {key} is required and must be a template string (or an int)")
+        if isinstance(value, str):
+            _check_template(value, where, key)
+        out[key] = value
+    if "doc_to_choice" in cfg:
+        choice = cfg["doc_to_choice"]
+        if isinstance(choice, str):
+            _check_template(choice, where, "doc_to_choice")
+        elif isinstance(choice, list):
+            if not choice or not all(isinstance(c, str) for c in choice):
+                raise SpecError(f"{where}: doc_to_choice as a list must hold strings")
+        elif isinstance(choice, dict):
+            if not choice or not all(isinstance(c, str) for c in choice.values()):
+                raise SpecError(f"{where}: doc_to_choice as a table must map keys to strings")
+        else:
+            raise SpecError(f"{where}: doc_to_choice must be a template string, a list or a table of strings")
+        out["doc_to_choice"] = choice
+    elif output_type == "multiple_choice":
+        raise SpecError(f"{where}: doc_to_choice is required for output_type multiple_choice")
+
+    for key in ("description", "gen_prefix"):
+        if key in cfg:
+            out[key] = _str(cfg, key, where)
+            _check_template(out[key], where, key)
+    for key in ("target_delimiter", "fewshot_delimiter", "task_alias"):
+        if key in cfg:
+            out[key] = _str(cfg, key, where)
+    if "num_fewshot" in cfg:
+        out["num_fewshot"] = _int(cfg, "num_fewshot", where, lo=0, hi=MAX_FEWSHOT)
+    if "fewshot_config" in cfg:
+        fs = cfg["fewshot_config"]
+        if not isinstance(fs, dict) or set(fs) != {"sampler"} or fs["sampler"] not in SAMPLERS:
+            raise SpecError(f"{where}: fewshot_config may only set sampler, one of {', '.join(SAMPLERS)}")
+        out["fewshot_config"] = {"sampler": fs["sampler"]}
+    if "repeats" in cfg:
+        out["repeats"] = _int(cfg, "repeats", where, lo=1, hi=MAX_REPEATS)
+    if "metadata" in cfg:
+        meta = cfg["metadata"]
+        if not isinstance(meta, dict) or set(meta) - {"version"}:
+            raise SpecError(f"{where}: metadata may only hold `version`")
+        if "version" in meta:
+            v = meta["version"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpecError(f"{where}: metadata.version must be a number")
+        out["metadata"] = dict(meta)
+
+    out["metric_list"] = _check_metrics(cfg.get("metric_list"), output_type, where)
+    if "generation_kwargs" in cfg:
+        if output_type != "generate_until":
+            raise SpecError(f"{where}: generation_kwargs only apply to output_type generate_until")
+        out["generation_kwargs"] = _check_generation(cfg["generation_kwargs"], where)
+    if "filter_list" in cfg:
+        out["filter_list"] = _check_filters(cfg["filter_list"], where)
+    return out
+
+
+def _check_metrics(value: Any, output_type: str, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{where}: metric_list is required: a list of {{ metric = ... }} tables")
+    out = []
+    seen: set[str] = set()
+    for i, entry in enumerate(value):
+        at = f"{where}: metric_list[{i}]"
+        if not isinstance(entry, dict):
+            raise SpecError(f"{at} must be a table")
+        metric = entry.get("metric")
+        if not isinstance(metric, str):
+            raise SpecError(f"{at}: `metric` must be a metric name")
+        rule = METRICS.get(metric)
+        if rule is None:
+            raise SpecError(f"{at}: metric {metric!r} is not allowed; metrics must be registered in lm-eval and "
+                            f"compute locally: {', '.join(sorted(METRICS))}")
+        if output_type not in rule.output_types:
+            raise SpecError(f"{at}: metric {metric!r} does not apply to output_type {output_type} "
+                            f"(it applies to {', '.join(sorted(rule.output_types))})")
+        if metric in seen:
+            raise SpecError(f"{at}: metric {metric!r} is listed twice")
+        seen.add(metric)
+        extra = set(entry) - {"metric", "aggregation", "higher_is_better"} - rule.kwargs
+        if "hf_evaluate" in extra:
+            raise SpecError(f"{at}: hf_evaluate is not allowed: it loads metric code from the network")
+        if extra:
+            raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed for metric {metric!r}"
+                            + (f" (allowed: {', '.join(sorted(rule.kwargs))})" if rule.kwargs else ""))
+        agg = entry.get("aggregation", rule.aggregation)
+        if agg != rule.aggregation:
+            raise SpecError(f"{at}: aggregation {agg!r} for {metric!r}; lm-eval aggregates it with "
+                            f"{rule.aggregation!r}")
+        hib = entry.get("higher_is_better", rule.higher_is_better)
+        if hib is not rule.higher_is_better:
+            raise SpecError(f"{at}: higher_is_better for {metric!r} is {str(rule.higher_is_better).lower()}")
+        checked: dict[str, Any] = {"metric": metric, "aggregation": agg, "higher_is_better": hib}
+        for key in sorted(set(entry) & rule.kwargs):
+            val = entry[key]
+            if key == "regexes_to_ignore":
+                checked[key] = _regex_list(val, f"{at}.{key}")
+            elif not isinstance(val, bool):
+                raise SpecError(f"{at}: {key} must be true or false")
+            else:
+                checked[key] = val
+        out.append(checked)
+    return out
+
+
+def _check_generation(value: Any, where: str) -> dict[str, Any]:
+    at = f"{where}: generation_kwargs"
+    if not isinstance(value, dict):
+        raise SpecError(f"{at} must be a table")
+    extra = set(value) - GENERATION_KEYS
+    if extra:
+        raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed "
+                        f"(allowed: {', '.join(sorted(GENERATION_KEYS))})")
+    out: dict[str, Any] = {}
+    if "until" in value:
+        until = value["until"]
+        if isinstance(until, str):
+            until = [until]
+        if (not isinstance(until, list) or not until or len(until) > MAX_UNTIL
+                or not all(isinstance(u, str) and u for u in until)):
+            raise SpecError(f"{at}: until must be a non-empty string or a list of 1-{MAX_UNTIL} non-empty strings")
+        out["until"] = until
+    if "max_gen_toks" in value:
+        out["max_gen_toks"] = _int(value, "max_gen_toks", at, lo=1, hi=MAX_GEN_TOKS)
+    if "do_sample" in value:
+        if not isinstance(value["do_sample"], bool):
+            raise SpecError(f"{at}: do_sample must be true or false")
+        out["do_sample"] = value["do_sample"]
+    if "temperature" in value:
+        out["temperature"] = _float(value, "temperature", at, lo=0.0, hi=10.0)
+    if "top_p" in value:
+        out["top_p"] = _float(value, "top_p", at, lo=0.0, hi=1.0)
+        if out["top_p"] == 0.0:
+            raise SpecError(f"{at}: top_p must be above 0")
+    if "top_k" in value:
+        out["top_k"] = _int(value, "top_k", at, lo=0, hi=1_000_000)
+    return out
+
+
+def _check_filters(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{where}: filter_list must be a non-empty list of {{ name = ..., filter = [...] }} tables")
+    out = []
+    names: set[str] = set()
+    for i, entry in enumerate(value):
+        at = f"{where}: filter_list[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "filter"}:
+            raise SpecError(f"{at} must be a table with exactly `name` and `filter`")
+        name = entry["name"]
+        if not isinstance(name, str) or not _SPLIT_RE.fullmatch(name) or name in names:
+            raise SpecError(f"{at}: name must be a unique identifier (letters, digits, '_')")
+        names.add(name)
+        steps = entry["filter"]
+        if not isinstance(steps, list) or not steps:
+            raise SpecError(f"{at}: filter must be a non-empty list of {{ function = ... }} tables")
+        checked_steps = []
+        for j, step in enumerate(steps):
+            sat = f"{at}.filter[{j}]"
+            if not isinstance(step, dict) or not isinstance(step.get("function"), str):
+                raise SpecError(f"{sat} must be a table with a `function` name")
+            fn = step["function"]
+            if fn not in FILTERS:
+                raise SpecError(f"{sat}: filter function {fn!r} is not allowed (allowed: {', '.join(sorted(FILTERS))})")
+            extra = set(step) - {"function"} - FILTERS[fn]
+            if extra:
+                raise SpecError(f"{sat}: argument(s) {', '.join(sorted(extra))} not allowed for {fn!r}")
+            checked = {"function": fn}
+            for key in sorted(set(step) - {"function"}):
+                val = step[key]
+                if key == "regex_pattern":
+                    checked[key] = _regex(val, f"{sat}.{key}")
+                elif key == "regexes_to_ignore":
+                    checked[key] = _regex_list(val, f"{sat}.{key}")
+                elif key in ("group_select", "k"):
+                    checked[key] = _int(step, key, sat, lo=-1000 if key == "group_select" else 1, hi=1000)
+                elif key == "fallback":
+                    if not isinstance(val, str):
+                        raise SpecError(f"{sat}: fallback must be a string")
+                    checked[key] = val
+                else:  # ignore_case, ignore_punctuation
+                    if not isinstance(val, bool):
+                        raise SpecError(f"{sat}: {key} must be true or false")
+                    checked[key] = val
+            checked_steps.append(checked)
+        out.append({"name": name, "filter": checked_steps})
+    return out
+
+
+def _check_template(text: str, where: str, key: str) -> None:
+    """Refuse Jinja that reaches for Python internals; the runner also renders in a sandbox."""
+    from jinja2 import Environment, TemplateSyntaxError, nodes
+
+    try:
+        tree = Environment().parse(text)
+    except TemplateSyntaxError as exc:
+        raise SpecError(f"{where}: {key} is not a valid Jinja template: {exc.message} (line {exc.lineno})") from None
+    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        raise SpecError(f"{where}: {key} may not load other templates ({type(node).__name__.lower()})")
+    for node in tree.find_all(nodes.Getattr):
+        if node.attr.startswith("_"):
+            raise SpecError(f"{where}: {key} may not access the attribute {node.attr!r}")
+    for node in tree.find_all(nodes.Getitem):
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
+            raise SpecError(f"{where}: {key} may not access the item {node.arg.value!r}")
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in TEMPLATE_FILTERS:
+            raise SpecError(f"{where}: {key} uses the Jinja filter {node.name!r}, which is not allowed")
+    for node in tree.find_all(nodes.Const):
+        if isinstance(node.value, str) and node.value.startswith("__"):
+            raise SpecError(f"{where}: {key} may not name {node.value!r}")
+
+
+def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
+    """Catch lm-eval's `!function module.name` YAML tag pasted into TOML as a string."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("!function"):
+            raise SpecError(f"{where}: {path} uses '!function'; auditor-supplied Python never runs in the enclave")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_function_tags(v, where, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_function_tags(v, where, f"{path}[{i}]")
+
+
+def _no_unknown(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    extra = set(table) - allowed
+    if extra:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _str(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:
+    if key not in table:
+        if required:
+            raise SpecError(f"{where}: `{key}` is required")
+        return default
+    value = table[key]
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: `{key}` must be a string")
+    return value
+
+
+def _int(table: dict[str, Any], key: str, where: str, *, lo: int, hi: int, required: bool = False,
+         default: int = 0) -> int:
+    if key not in table:
+        if required:
+            raise SpecError(f"{where}: `{key}` is required")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise SpecError(f"{where}: `{key}` must be an integer from {lo} to {hi}")
+    return value
+
+
+def _float(table: dict[str, Any], key: str, where: str, *, lo: float, hi: float) -> float:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise SpecError(f"{where}: `{key}` must be a number from {lo} to {hi}")
+    return float(value)
+
+
+def _regex(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a regular expression string")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise SpecError(f"{where}: invalid regular expression: {exc}") from None
+    return value
+
+
+def _regex_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise SpecError(f"{where} must be a list of regular expressions")
+    return [_regex(v, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -1,0 +1,251 @@
+"""The in-enclave runner on the tiny demo model: same numbers as stock lm_eval, nothing on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, mc_records, write_demo_data
+from benchmarks.spec import parse_spec, spec_to_lm_eval_yaml
+from enclave.runner import DatasetError, run_audit
+from verifier.merkle import root_hash
+from verifier.models import canonical_json
+
+# The demo's two tasks plus two few-shot variants: examples from a separate file picked by lm-eval's
+# first_n sampler, and examples drawn at random (seeded) from the evaluated split itself.
+FEWSHOT_TASKS = """
+[[task]]
+name = "aa_fs_first_n"
+dataset = "mc.jsonl"
+fewshot_dataset = "mc_dev.jsonl"
+fewshot_split = "dev"
+
+[task.config]
+output_type = "multiple_choice"
+doc_to_text = "Question: {{question}}\\nAnswer:"
+doc_to_choice = "{{choices}}"
+doc_to_target = "answer"
+num_fewshot = 3
+fewshot_config = { sampler = "first_n" }
+metric_list = [{ metric = "acc" }, { metric = "acc_norm" }]
+
+[[task]]
+name = "aa_fs_random"
+dataset = "mc.jsonl"
+
+[task.config]
+output_type = "multiple_choice"
+doc_to_text = "Question: {{question}}\\nAnswer:"
+doc_to_choice = "{{choices}}"
+doc_to_target = "{{answer}}"
+num_fewshot = 2
+metric_list = [{ metric = "acc_mutual_info" }, { metric = "exact_match" }]
+"""
+SPEC = parse_spec((demo_spec_toml() + FEWSHOT_TASKS).encode())
+DEV = mc_records()[-5:]
+MARKER = mc_records()[0]["question"].encode()  # a plaintext string of the auditor's data
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo folder as `make demo` lays it out: model/, the JSONL files, tasks/*.yaml."""
+    root = tmp_path_factory.mktemp("demo")
+    build_tiny_model(root / "model")
+    write_demo_data(root)
+    (root / "mc_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DEV))
+    (root / "tasks").mkdir()
+    for name, text in spec_to_lm_eval_yaml(SPEC, ".").items():
+        (root / "tasks" / f"{name}.yaml").write_text(text)
+    return root
+
+
+def bundle(demo: Path) -> dict[str, bytes]:
+    return {name: (demo / name).read_bytes() for name in SPEC.datasets}
+
+
+def snapshot(*dirs: Path) -> dict[Path, tuple[int, int]]:
+    files = {}
+    for d in dirs:
+        for dirpath, _, names in os.walk(d):
+            for n in names:
+                p = Path(dirpath) / n
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                files[p] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def watched_dirs() -> list[Path]:
+    import datasets
+
+    return [Path(tempfile.gettempdir()), Path(datasets.config.HF_DATASETS_CACHE), Path.home() / ".cache"]
+
+
+@pytest.fixture(scope="module")
+def first(demo: Path) -> dict[str, Any]:
+    """One run, with the files that appeared or changed on disk while it ran."""
+    data = bundle(demo)
+    before = snapshot(*watched_dirs())
+    events: list[tuple[str, float]] = []
+    run = run_audit(demo / "model", SPEC, data, progress=lambda s, f: events.append((s, f)), device="cpu")
+    after = snapshot(*watched_dirs())
+    written = [p for p, meta in after.items() if before.get(p) != meta]
+    return {"run": run, "events": events, "written": written}
+
+
+def test_results_and_records(first: dict[str, Any]):
+    run = first["run"]
+    assert set(run.results) == set(SPEC.task_names)
+    for key in ("acc,none", "acc_stderr,none", "acc_norm,none"):
+        assert 0.0 <= run.results["aa_demo_mc"][key] <= 1.0
+    assert run.results["aa_demo_gen"]["exact_match,strip"] in [i / 18 for i in range(19)]
+    assert run.n_samples["aa_demo_mc"] == {"original": 48, "effective": 48}
+    assert run.n_samples["aa_demo_gen"] == {"original": 18, "effective": 18}
+    assert (run.device, run.dtype) == ("cpu", "float32")
+    assert run.seeds == dict.fromkeys(("random_seed", "numpy_seed", "torch_seed", "fewshot_seed"), 1234)
+    assert set(run.versions) >= {"lm_eval", "transformers", "torch", "datasets"}
+    assert run.started_at <= run.finished_at
+    assert len(run.records) == 48 + 18 + 48 + 48
+    rec = run.records[0]
+    assert set(rec) == {"task", "doc_id", "filter", "doc_hash", "prompt_hash", "response", "metrics"}
+    assert rec["doc_hash"] == hashlib.sha256(canonical_json(mc_records()[0])).hexdigest()
+    assert len(rec["response"]) == 4 and set(rec["metrics"]) == {"acc", "acc_norm"}
+    assert run.samples_root == root_hash([canonical_json(r) for r in run.records]).hex()
+    json.dumps(run.configs, allow_nan=False)  # JSON-safe as the report needs
+
+
+def test_progress_moves_to_the_end(first: dict[str, Any]):
+    events = first["events"]
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    stages = [s for s, _ in events]
+    assert "loglikelihood 768/768" in stages and "generate_until 18/18" in stages
+    assert len({f for f in fractions if 0.0 < f < 1.0}) > 10  # moves during the run, not only at the ends
+
+
+def test_no_plaintext_leaves_memory(first: dict[str, Any]):
+    """Nothing written into the datasets cache, the temp dir or ~/.cache holds the dataset, and the
+    public parts of the run (results, configs) do not quote it."""
+    import datasets
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    assert not [p for p in first["written"] if cache in p.parents]
+    leaked = [p for p in first["written"] if p.is_file() and MARKER in p.read_bytes()]
+    assert not leaked
+    run = first["run"]
+    public = canonical_json({"results": run.results, "configs": run.configs, "records": run.records})
+    assert MARKER not in public
+    assert run.configs["aa_demo_mc"]["custom_dataset"] == "in-memory dataset (test: 'mc.jsonl')"
+
+
+def test_offline_switches_are_on(first: dict[str, Any]):
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert os.environ["HF_DATASETS_OFFLINE"] == "1"
+
+
+def test_same_inputs_same_root_changed_data_other_root(demo: Path, first: dict[str, Any]):
+    again = run_audit(demo / "model", SPEC, bundle(demo), device="cpu")
+    assert again.samples_root == first["run"].samples_root
+    assert again.records == first["run"].records
+    assert again.results == first["run"].results
+    mc_only = parse_spec("[[task]]".join(demo_spec_toml().split("[[task]]")[:2]).encode())
+    data = bundle(demo)
+    rows = [json.loads(line) for line in data["mc.jsonl"].splitlines()]
+    rows[5]["answer"] = (rows[5]["answer"] + 1) % 4
+    data["mc.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    changed = run_audit(demo / "model", mc_only, data, device="cpu")
+    before = [r for r in first["run"].records if r["task"] == "aa_demo_mc"]
+    assert [r["doc_id"] for r in changed.records] == [r["doc_id"] for r in before]
+    diff = [a["doc_id"] for a, b in zip(changed.records, before) if a != b]
+    assert diff == [5]
+    assert changed.samples_root != root_hash([canonical_json(r) for r in before]).hex()
+
+
+def stock_record(task: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """The runner's record, rebuilt independently from stock lm_eval's --log_samples output
+    (which stringifies loglikelihoods and nests the request arguments)."""
+    args = [[a["arg_0"], a["arg_1"]] for a in sample["arguments"].values()]
+    resps = sample["filtered_resps"]
+    if resps and isinstance(resps[0], list):  # loglikelihood pairs: ["-6.19", "False"]
+        resps = [[float(ll), greedy == "True"] for ll, greedy in resps]
+    return {
+        "task": task, "doc_id": sample["doc_id"], "filter": sample["filter"],
+        "doc_hash": hashlib.sha256(canonical_json(sample["doc"])).hexdigest(),
+        "prompt_hash": hashlib.sha256(canonical_json(args)).hexdigest(),
+        "response": resps[0] if len(resps) == 1 else resps,
+        "metrics": {m: sample[m] for m in sample["metrics"]},
+    }
+
+
+def test_stock_lm_eval_gives_identical_numbers(demo: Path, first: dict[str, Any], tmp_path: Path):
+    """`lm_eval --model hf --model_args pretrained=model --include_path tasks` in the demo folder, on
+    the plaintext files, gives the same aggregates and the same per-sample records (hence root)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", "pretrained=model", "--device", "cpu",
+           "--include_path", "tasks", "--tasks", ",".join(SPEC.task_names), "--seed", str(SPEC.seed),
+           "--batch_size", str(SPEC.batch_size), "--output_path", str(tmp_path / "out"), "--log_samples"]
+    proc = subprocess.run(cmd, cwd=demo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results_file,) = (tmp_path / "out").rglob("results_*.json")
+    stock = json.loads(results_file.read_text())
+    run = first["run"]
+    for task in SPEC.task_names:
+        assert stock["results"][task] == run.results[task], task
+        assert stock["n-samples"][task] == run.n_samples[task], task
+    records = []
+    for task in SPEC.task_names:
+        (samples_file,) = (tmp_path / "out").rglob(f"samples_{task}_*.jsonl")
+        records += [stock_record(task, json.loads(line)) for line in samples_file.read_text().splitlines()]
+    assert records == run.records
+    assert root_hash([canonical_json(r) for r in records]).hex() == run.samples_root
+
+
+def test_template_sandbox_stops_data_driven_escape(demo: Path, tmp_path: Path):
+    """A template that passes the static check but indexes with a dataset value reaching for Python
+    internals; lm-eval's own (unsandboxed) Jinja would render `<class 'str'>`."""
+    from jinja2.exceptions import SecurityError
+
+    toml = demo_spec_toml().replace('doc_to_text = "Question: {{question}}\\nAnswer:"',
+                                    'doc_to_text = "{{ question[key] }}"', 1)
+    spec = parse_spec(toml.encode())
+    rows = [{**r, "key": "__class__"} for r in mc_records()]
+    data = {**bundle(demo), "mc.jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
+    with pytest.raises(SecurityError):
+        run_audit(demo / "model", spec, data, device="cpu")
+
+
+def test_dataset_errors_name_file_and_line_not_content(demo: Path):
+    with pytest.raises(DatasetError, match="'gen.jsonl', which is not in the dataset bundle"):
+        run_audit(demo / "model", SPEC, {"mc.jsonl": b'{"a": 1}\n'})
+    secret = b'{"question": "TOP-SECRET-ITEM", "choices": ["a"], "answer": 0}\n{"question": "TOP-SECRET'
+    with pytest.raises(DatasetError) as info:
+        run_audit(demo / "model", SPEC, {"mc.jsonl": secret, "gen.jsonl": b'{"a": 1}\n'})
+    assert "mc.jsonl: line 2: not JSON" in str(info.value)
+    assert "TOP-SECRET" not in str(info.value)
+    with pytest.raises(DatasetError, match="line 1: each line must be a JSON object"):
+        run_audit(demo / "model", SPEC, {"mc.jsonl": b"[1, 2]\n", "gen.jsonl": b'{"a": 1}\n'})
+
+
+def test_import_sets_offline_and_pulls_no_torch():
+    code = ("import os, sys, enclave.runner\n"
+            "heavy = [m for m in ('torch', 'transformers', 'lm_eval', 'datasets', 'huggingface_hub') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "assert all(os.environ[k] == '1' for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'HF_EVALUATE_OFFLINE'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
