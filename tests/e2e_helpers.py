@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ KINDS = ("model", "dataset", "spec")
 @dataclass
 class Parties:
     root: Path
+    marker: bytes
     sealed: dict[str, SealedAsset]
     provider: object
     auditor: object
@@ -29,8 +33,13 @@ class Parties:
 
 
 def make_parties(root: Path) -> Parties:
-    build_tiny_model(root / "model", seed=7)
+    build_tiny_model(root / "model", seed=secrets.randbelow(2**31))  # unique weights: see marker below
     write_demo_data(root / "data")
+    # A record no other run has, so a search for leaked plaintext cannot hit another run's files.
+    marker = {"question": f"Which word marks run {uuid.uuid4().hex}?", "choices": ["alpha", "beta", "gamma", "delta"],
+              "answer": 0}
+    with open(root / "data" / "mc.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(marker, sort_keys=True) + "\n")
     (root / "spec").mkdir()
     (root / "spec" / "audit.toml").write_text(demo_spec_toml())
     sealed = {
@@ -41,7 +50,7 @@ def make_parties(root: Path) -> Parties:
     provider, _, _ = generate_identity(root / "keys", "provider")
     auditor, _, _ = generate_identity(root / "keys", "auditor")
     pol = policy.parse({"allow_simulated": True, "sim": {"measurements": [code_identity()]}}, "enclave-policy")
-    return Parties(root, sealed, provider, auditor, pol)
+    return Parties(root, marker["question"].encode(), sealed, provider, auditor, pol)
 
 
 class RunningEnclave:

@@ -176,7 +176,7 @@ def test_malformed_spec_is_refused(enclave: RunningEnclave, parties, tmp_path: P
     from sealing.stream import seal
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\nversion = 1\nseed = 1\n[[task]]\nname = "t"\ndataset = "mc.jsonl"\n'
+    bad.write_text('name = "x"\nversion = 1\nseed = 1\noutput = "aggregate"\n[[task]]\nname = "t"\ndataset = "mc.jsonl"\n'
                    '[task.config]\noutput_type = "multiple_choice"\nprocess_results = "!function evil.run"\n')
     asset = seal(bad, tmp_path / "sealed-bad", "spec")
     with enclave.client() as c:
@@ -198,23 +198,19 @@ def test_oversized_message_is_refused(enclave: RunningEnclave, parties) -> None:
         "INVALID_ARGUMENT" in repr(exc.value)
 
 
-def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict,
-                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict) -> None:
     """After a job: the service's work folder, the temp dir and HF caches hold none of the plaintext."""
-    needles = []
-    for f in (parties.root / "data").iterdir():
-        lines = f.read_bytes().splitlines()
-        needles += [lines[0], lines[len(lines) // 2]]
+    needles = [parties.marker]
     weights = next((parties.root / "model").glob("*.safetensors")).read_bytes()
     needles.append(weights[len(weights) // 2: len(weights) // 2 + 256])
     roots = [enclave.workdir.parent, Path(tempfile.gettempdir()), Path.home() / ".cache" / "huggingface"]
     roots += [Path(os.environ[v]) for v in ("HF_HOME", "HF_DATASETS_CACHE") if v in os.environ]
-    pytest_tmp = tmp_path_factory.getbasetemp().parent
+    pytest_tmp = parties.root
     hits = []
     for root in roots:
         for dirpath, _dirs, files in os.walk(root):
             if Path(dirpath).is_relative_to(pytest_tmp):
-                continue  # the parties' own plaintext (this and other tests'), outside the enclave
+                continue  # the parties' own plaintext, outside the enclave
             for name in files:
                 p = Path(dirpath, name)
                 try:
