@@ -238,3 +238,22 @@ def test_missing_approval_and_reupload_void(enclave: RunningEnclave, parties, bu
         assert approved == []
         with pytest.raises(EnclaveError, match="no approval from provider and auditor"):
             c.run(nonce())
+
+
+def test_one_job_at_a_time_and_result_for_the_other_party(enclave: RunningEnclave, parties) -> None:
+    from protos import enclave_pb2 as pb
+
+    with enclave.client() as c:
+        provision(c, parties)
+        approve_both(c, parties)
+        first = c._stub.RunAudit(pb.RunRequest(nonce=nonce()))
+        assert next(first).WhichOneof("event") == "progress"  # the job is running now
+        with pytest.raises(EnclaveError, match="already running"):
+            c.run(nonce())
+        with pytest.raises(EnclaveError, match="a job is running"):
+            provision(c, parties, kinds=("spec",))
+        events = list(first)
+        assert events[-1].WhichOneof("event") == "bundle"
+        assert json.loads(events[-1].bundle) == c.result()  # the provider can fetch what the auditor started
+        manifest, _, approved, complete = c.manifest()
+    assert manifest["assets"] == {} and approved == [] and not complete, "secrets must be dropped after a job"
