@@ -263,3 +263,23 @@ def test_documents_stay_out_of_logs(demo: Path, caplog: pytest.LogCaptureFixture
     assert run.records[1]["metrics"]["acc"] == 0.0
     out, err = capfd.readouterr()
     assert "SECRET-QUESTION-7731" not in caplog.text + out + err
+
+
+def test_offline_even_when_hub_libraries_were_imported_first():
+    """The environment switches are read at import; a process that imported huggingface_hub and
+    datasets before the runner still ends up offline once a run starts."""
+    code = ("import huggingface_hub, datasets\n"
+            "assert not huggingface_hub.is_offline_mode()\n"
+            "from enclave.runner import _enforce_offline\n"
+            "_enforce_offline()\n"
+            "assert huggingface_hub.is_offline_mode() and datasets.config.HF_HUB_OFFLINE\n"
+            "try:\n"
+            "    huggingface_hub.HfApi().model_info('gpt2')\n"
+            "except huggingface_hub.errors.OfflineModeIsEnabled:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise AssertionError('reached the hub')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "TRANSFORMERS_OFFLINE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
