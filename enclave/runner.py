@@ -68,7 +68,11 @@ class AuditRun:
 
 def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
               progress: ProgressFn | None = None, device: str | None = None) -> AuditRun:
-    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes."""
+    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes.
+
+    One run per process at a time: a run swaps lm-eval's template environment and log level.
+    `progress(stage, fraction)` gets the phase (e.g. "loglikelihood 120/576") and the overall
+    fraction of model requests answered."""
     report = progress or (lambda stage, fraction: None)
     started = _now()
     rows = {name: _parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,8 @@ doc_to_target = "{{answer}}"
 num_fewshot = 2
 metric_list = [{ metric = "acc_mutual_info" }, { metric = "exact_match" }]
 """
-SPEC = parse_spec((demo_spec_toml() + FEWSHOT_TASKS).encode())
+SPEC_TOML = demo_spec_toml() + FEWSHOT_TASKS
+SPEC = parse_spec(SPEC_TOML.encode())
 DEV = mc_records()[-5:]
 MARKER = mc_records()[0]["question"].encode()  # a plaintext string of the auditor's data
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,36 +72,11 @@ def bundle(demo: Path) -> dict[str, bytes]:
     return {name: (demo / name).read_bytes() for name in SPEC.datasets}
 
 
-def snapshot(*dirs: Path) -> dict[Path, tuple[int, int]]:
-    files = {}
-    for d in dirs:
-        for dirpath, _, names in os.walk(d):
-            for n in names:
-                p = Path(dirpath) / n
-                try:
-                    st = p.stat()
-                except OSError:
-                    continue
-                files[p] = (st.st_size, st.st_mtime_ns)
-    return files
-
-
-def watched_dirs() -> list[Path]:
-    import datasets
-
-    return [Path(tempfile.gettempdir()), Path(datasets.config.HF_DATASETS_CACHE), Path.home() / ".cache"]
-
-
 @pytest.fixture(scope="module")
 def first(demo: Path) -> dict[str, Any]:
-    """One run, with the files that appeared or changed on disk while it ran."""
-    data = bundle(demo)
-    before = snapshot(*watched_dirs())
     events: list[tuple[str, float]] = []
-    run = run_audit(demo / "model", SPEC, data, progress=lambda s, f: events.append((s, f)), device="cpu")
-    after = snapshot(*watched_dirs())
-    written = [p for p, meta in after.items() if before.get(p) != meta]
-    return {"run": run, "events": events, "written": written}
+    run = run_audit(demo / "model", SPEC, bundle(demo), progress=lambda s, f: events.append((s, f)), device="cpu")
+    return {"run": run, "events": events}
 
 
 def test_results_and_records(first: dict[str, Any]):
@@ -134,15 +109,38 @@ def test_progress_moves_to_the_end(first: dict[str, Any]):
     assert len({f for f in fractions if 0.0 < f < 1.0}) > 10  # moves during the run, not only at the ends
 
 
-def test_no_plaintext_leaves_memory(first: dict[str, Any]):
-    """Nothing written into the datasets cache, the temp dir or ~/.cache holds the dataset, and the
-    public parts of the run (results, configs) do not quote it."""
-    import datasets
+SUBPROCESS_RUN = """
+import sys
+from pathlib import Path
+from benchmarks.spec import parse_spec
+from enclave.runner import run_audit
+demo, spec = Path(sys.argv[1]), parse_spec(Path(sys.argv[2]).read_bytes())
+run = run_audit(demo / "model", spec, {n: (demo / n).read_bytes() for n in spec.datasets}, device="cpu")
+print(run.samples_root)
+"""
 
-    cache = Path(datasets.config.HF_DATASETS_CACHE)
-    assert not [p for p in first["written"] if cache in p.parents]
-    leaked = [p for p in first["written"] if p.is_file() and MARKER in p.read_bytes()]
-    assert not leaked
+
+def test_no_plaintext_on_disk_or_in_logs(demo: Path, first: dict[str, Any], tmp_path: Path):
+    """A whole run in a process whose HOME, TMPDIR, HF_HOME and working directory are empty folders
+    leaves nothing there that holds the dataset (no Arrow cache copy, no temp file), and prints
+    none of it."""
+    homes = {k: tmp_path / k.lower() for k in ("HOME", "TMPDIR", "HF_HOME", "XDG_CACHE_HOME")}
+    for d in homes.values():
+        d.mkdir()
+    (tmp_path / "spec.toml").write_text(SPEC_TOML)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+           **{k: str(v) for k, v in homes.items()}, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", SUBPROCESS_RUN, str(demo), str(tmp_path / "spec.toml")],
+                          cwd=homes["TMPDIR"], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().split()[-1] == first["run"].samples_root
+    assert MARKER not in proc.stdout + proc.stderr
+    written = [p for d in homes.values() for p in d.rglob("*") if p.is_file()]
+    assert not [p for p in written if MARKER in p.read_bytes()], written
+    assert not [p for p in written if "datasets" in p.parts], written
+
+
+def test_public_parts_do_not_quote_the_data(first: dict[str, Any]):
     run = first["run"]
     public = canonical_json({"results": run.results, "configs": run.configs, "records": run.records})
     assert MARKER not in public
@@ -248,4 +246,40 @@ def test_import_sets_offline_and_pulls_no_torch():
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_documents_stay_out_of_logs(demo: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture):
+    """lm-eval warns with the whole document when a label is out of range; that must not reach
+    the enclave's logs, since the documents are the auditor's secret."""
+    import logging
+
+    mc_only = parse_spec("[[task]]".join(demo_spec_toml().split("[[task]]")[:2]).encode())
+    rows = mc_records()
+    rows[1] = {**rows[1], "question": "SECRET-QUESTION-7731", "answer": 9}  # doc 0 is lm-eval's probe
+    data = {"mc.jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()}
+    with caplog.at_level(logging.DEBUG):
+        run = run_audit(demo / "model", mc_only, data, device="cpu")
+    assert run.records[1]["metrics"]["acc"] == 0.0
+    out, err = capfd.readouterr()
+    assert "SECRET-QUESTION-7731" not in caplog.text + out + err
+
+
+def test_offline_even_when_hub_libraries_were_imported_first():
+    """The environment switches are read at import; a process that imported huggingface_hub and
+    datasets before the runner still ends up offline once a run starts."""
+    code = ("import huggingface_hub, datasets\n"
+            "assert not huggingface_hub.is_offline_mode()\n"
+            "from enclave.runner import _enforce_offline\n"
+            "_enforce_offline()\n"
+            "assert huggingface_hub.is_offline_mode() and datasets.config.HF_HUB_OFFLINE\n"
+            "try:\n"
+            "    huggingface_hub.HfApi().model_info('gpt2')\n"
+            "except huggingface_hub.errors.OfflineModeIsEnabled:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise AssertionError('reached the hub')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "TRANSFORMERS_OFFLINE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
