@@ -153,6 +153,7 @@ measurements = ["{code_id}"]   # the enclave code identity (`aaudit enclave meas
 model_digest = "{digests['model']}"
 dataset_digest = "{digests['dataset']}"
 spec_digest = "{digests['spec']}"
+code_identity = ["{code_id}"]
 
 # Illustrative compliance thresholds: a random tiny model is near chance on the multiple-choice set.
 [[threshold]]

@@ -53,7 +53,7 @@ def bundle(enclave: RunningEnclave, parties) -> dict:
 
 def _third_party_policy(parties, **extra) -> policy.Policy:
     data = {"allow_simulated": True, "sim": {"measurements": [code_identity()]},
-            "expect": {f"{k}_digest": parties.sealed[k].digest for k in KINDS}}
+            "expect": {**{f"{k}_digest": parties.sealed[k].digest for k in KINDS}, "code_identity": [code_identity()]}}
     data.update(extra)
     return policy.parse(data, "test-policy")
 
@@ -82,11 +82,15 @@ def test_thresholds_pass_and_fail_with_reasons(bundle: dict, parties) -> None:
     assert not v.verified and "violates" in v.failures[0].reason
 
 
-def test_wrong_expected_digest_fails(bundle: dict, parties) -> None:
+def test_wrong_expected_digest_or_code_identity_fails(bundle: dict, parties) -> None:
     pol = _third_party_policy(parties)
     pol.expect["model_digest"] = "sha256:" + "0" * 64
     v = verify_bundle(bundle, pol, at=datetime.now(timezone.utc))
     assert [s.name for s in v.failures] == ["model digest"]
+    other = _third_party_policy(parties, expect={"code_identity": ["ab" * 32]})
+    v = verify_bundle(bundle, other, at=datetime.now(timezone.utc))
+    assert [s.name for s in v.failures] == ["code identity"]
+    assert "not in the policy's allow-list" in v.failures[0].reason
 
 
 def test_flipped_statement_byte_fails_through_cli(bundle: dict, parties, tmp_path: Path) -> None:

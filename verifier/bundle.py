@@ -99,6 +99,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     verdict.check("statement platform", statement.platform == evidence.platform,
                   f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
     _manifest_and_approvals(statement, signing_pub, verdict)
+    _code_identity(statement, policy, verdict)
     _expected_digests(statement, policy, verdict)
     _thresholds(statement, policy, verdict)
     _age(statement, policy, at, verdict)
@@ -154,6 +155,18 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
                 pass
         verdict.check(f"{role} approval", ok, f"{role} signed the manifest",
                       f"{role} approval signature does not verify with the manifest's {role} key")
+
+
+def _code_identity(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
+    got = st.manifest.get("enclave", {}).get("codeIdentity")
+    claimed = st.raw["predicate"].get("platform", {}).get("codeIdentity")
+    if got != claimed:
+        verdict.fail("code identity", f"manifest says {got}, statement platform says {claimed}")
+    elif policy.code_identities is None:
+        verdict.skip("code identity", f"{got} (not pinned by policy)")
+    else:
+        verdict.check("code identity", got in policy.code_identities, f"{got} is in the policy's allow-list",
+                      f"{got} is not in the policy's allow-list")
 
 
 def _expected_digests(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:

@@ -17,6 +17,7 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     model_digest = "sha256:<hex>"
     dataset_digest = "sha256:<hex>"
     spec_digest = "sha256:<hex>"
+    code_identity = ["<hex>"]      # enclave code identities allowed (`aaudit enclave measure`)
 
     [[threshold]]                  # compliance thresholds on result metrics
     task = "mmlu"
@@ -41,6 +42,7 @@ from verifier import platforms
 from verifier.errors import PolicyError
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _HARDWARE = ("sev-snp", "tdx", "nitro", "nvidia")
@@ -77,6 +79,7 @@ class Policy:
     gpu_required: bool = False
     max_age_s: int | None = None
     expect: dict[str, str] = field(default_factory=dict)
+    code_identities: tuple[str, ...] | None = None  # None: not pinned
     thresholds: tuple[Threshold, ...] = ()
     log: LogPolicy | None = None
     source: str = "<policy>"
@@ -124,6 +127,10 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
 
     expect = data.get("expect", {})
     _require(isinstance(expect, dict), source, "[expect] must be a table")
+    expect = dict(expect)
+    code_ids = expect.pop("code_identity", None)
+    _require(code_ids is None or (isinstance(code_ids, list) and all(isinstance(c, str) and _HEX64.match(c) for c in code_ids)),
+             f"{source} [expect]", "code_identity must be a list of 64-digit lowercase hex strings")
     for key, value in expect.items():
         _require(key in ("model_digest", "dataset_digest", "spec_digest"), f"{source} [expect]", f"unknown key {key!r}")
         _require(isinstance(value, str) and _DIGEST.match(value) is not None, f"{source} [expect]",
@@ -155,7 +162,8 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
         _require(isinstance(req, bool), f"{source} [log]", "require_inclusion must be set to true or false")
         log = LogPolicy(table["public_key"], req)
 
-    return Policy(accepted, gpu_required, max_age_s, dict(expect), tuple(thresholds), log, source)
+    return Policy(accepted, gpu_required, max_age_s, expect, None if code_ids is None else tuple(code_ids),
+                  tuple(thresholds), log, source)
 
 
 def _platform_policy(name: str, table: dict[str, Any], source: str) -> Any:
