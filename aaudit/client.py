@@ -145,12 +145,17 @@ class EnclaveClient:
                      timeout=self.timeout)
 
     def run(self, nonce: bytes, on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:
+        """Run the approved audit; returns the bundle (encrypted samples, if any, in `self.samples`)."""
         bundle = None
+        self.samples: bytes | None = None
         try:
             for event in self._stub.RunAudit(pb.RunRequest(nonce=nonce)):
-                if event.WhichOneof("event") == "progress":
+                kind = event.WhichOneof("event")
+                if kind == "progress":
                     if on_progress:
                         on_progress(event.progress)
+                elif kind == "samples":
+                    self.samples = event.samples
                 else:
                     bundle = event.bundle
         except grpc.RpcError as exc:
@@ -160,4 +165,7 @@ class EnclaveClient:
         return json.loads(bundle)
 
     def result(self) -> dict[str, Any]:
-        return json.loads(_call(self._stub.GetResult, pb.ResultRequest(), timeout=self.timeout).bundle)
+        """The last job's bundle (encrypted samples, if any, in `self.samples`)."""
+        res = _call(self._stub.GetResult, pb.ResultRequest(), timeout=self.timeout)
+        self.samples = res.samples or None
+        return json.loads(res.bundle)

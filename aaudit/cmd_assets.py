@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sealing.digest import asset_files, manifest_and_digest
-from sealing.identity import ROLES, generate_identity
+from sealing.identity import ROLES, generate_identity, generate_samples_key
 from sealing.stream import DEFAULT_CHUNK_SIZE, KINDS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, seal
 from verifier.errors import UnusableInput
 
@@ -102,4 +102,9 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"{args.role} public key (ed25519): {identity.public_raw().hex()}")
     print(f"  {key_path}  private key (secret, mode 0600)")
     print(f"  {pub_path}  public key")
+    if args.role == "auditor":
+        public_b64, skey, spub = generate_samples_key(args.out, args.role)
+        print(f"auditor samples key (HPKE X25519), the spec's samples_recipient: {public_b64}")
+        print(f"  {skey}  private key (secret, mode 0600): opens per-sample records")
+        print(f"  {spub}  public key")
     return 0

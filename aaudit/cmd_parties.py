@@ -50,6 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             _common(run, role, identity=False)
             run.set_defaults(func=_run, role=role)
 
+            o = rsub.add_parser("open-samples", help="decrypt and check the per-sample records of an audit",
+                                description="Decrypt the per-sample records the enclave encrypted to your samples "
+                                "key (output = \"aggregate+samples\"), check them against the signed statement "
+                                "(ciphertext hash, Merkle root, count) and write them as JSONL (mode 0600).")
+            o.add_argument("samples", type=Path, metavar="SAMPLES.enc")
+            o.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE.json")
+            o.add_argument("--key", type=Path, required=True, metavar="auditor.samples.key")
+            o.add_argument("--out", type=Path, required=True, metavar="SAMPLES.jsonl")
+            o.set_defaults(func=_open_samples, role=role)
+
     m = sub.add_parser("manifest", help="show the enclave's current run manifest")
     m.add_argument("--enclave", required=True, metavar="HOST:PORT")
     m.set_defaults(func=_manifest)
@@ -128,10 +138,31 @@ def _manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(bundle: dict, out: Path) -> None:
+def _save(bundle: dict, out: Path, samples: bytes | None = None) -> None:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out)
+    print(f"bundle written to {out}")
+    if samples is not None:
+        enc = out.with_suffix(".samples.enc")
+        enc.write_bytes(samples)
+        print(f"per-sample records (encrypted to the auditor's samples key) written to {enc}")
+
+
+def _open_samples(args: argparse.Namespace) -> int:
+    from aaudit.samples import open_samples
+    from sealing.identity import load_samples_key
+    from sealing.secretfile import write_secret_file
+
+    try:
+        bundle = json.loads(args.bundle.read_text())
+        ciphertext = args.samples.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise UnusableInput(f"cannot read {args.bundle} or {args.samples}: {exc}") from None
+    records = open_samples(ciphertext, bundle, load_samples_key(args.key))
+    write_secret_file(args.out, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records))
+    print(f"{len(records)} records match the statement's Merkle root; written to {args.out} (mode 0600)")
+    return 0
 
 
 def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
@@ -171,8 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         bundle = client.run(os.urandom(32), on_progress=show)
         for bar in bars.values():
             bar.close()
-    _save(bundle, args.out)
-    print(f"bundle written to {args.out}")
+    _save(bundle, args.out, client.samples)
     return _verify_and_summarise(bundle, args)
 
 
@@ -182,8 +212,7 @@ def _result(args: argparse.Namespace) -> int:
     with EnclaveClient(args.enclave) as client:
         _attested(client, args)
         bundle = client.result()
-    _save(bundle, args.out)
-    print(f"bundle written to {args.out}")
+    _save(bundle, args.out, client.samples)
     return _verify_and_summarise(bundle, args)
 
 

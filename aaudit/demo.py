@@ -67,24 +67,27 @@ def run_demo(out: Path) -> int:
 
     _step("1. provider builds a tiny seeded Llama model (plaintext in model/)")
     build_tiny_model(out / "model", seed=SEED)
-    _step("2. auditor writes the benchmarks (data/) and the audit spec (spec/audit.toml, tasks/*.yaml)")
+    _step("2. both parties make identity keys (the auditor also a key for per-sample records)")
+    _aaudit("keygen", "--role", "provider", "--out", str(out / "keys"))
+    _aaudit("keygen", "--role", "auditor", "--out", str(out / "keys"))
+
+    _step("3. auditor writes the benchmarks (data/) and the audit spec (spec/audit.toml, tasks/*.yaml)")
     write_demo_data(out / "data")
-    spec_text = demo_spec_toml()
+    recipient = (out / "keys/auditor.samples.pub").read_text().strip()
+    spec_text = demo_spec_toml(SEED, samples_recipient=recipient)
     (out / "spec" / "audit.toml").write_text(spec_text)
     spec = parse_spec(spec_text.encode())
     for name, yaml_text in spec_to_lm_eval_yaml(spec, "data").items():
         (out / "tasks" / f"{name}.yaml").write_text(yaml_text)
 
-    _step("3. both parties make identity keys and seal their assets")
-    _aaudit("keygen", "--role", "provider", "--out", str(out / "keys"))
-    _aaudit("keygen", "--role", "auditor", "--out", str(out / "keys"))
+    _step("4. both parties seal their assets")
     _aaudit("seal", "model", str(out / "model"), "--out", str(out / "sealed/provider"))
     _aaudit("seal", "dataset", str(out / "data"), "--out", str(out / "sealed/auditor"))
     _aaudit("seal", "spec", str(out / "spec/audit.toml"), "--out", str(out / "sealed/auditor"))
 
     servers: list[subprocess.Popen] = []
     try:
-        _step("4. start the transparency log and the enclave (sim TEE) on loopback")
+        _step("5. start the transparency log and the enclave (sim TEE) on loopback")
         servers.append(_start(["log", "serve", "--db", str(out / "log/log.db"), "--listen", "127.0.0.1:0"],
                               out / "run/log.port", out / "run/log.txt"))
         log_addr = f"127.0.0.1:{(out / 'run/log.port').read_text().strip()}"
@@ -101,20 +104,23 @@ def run_demo(out: Path) -> int:
             "allow_simulated = true  # demo only: the sim attester proves nothing about hardware\n\n"
             f'[sim]\nmeasurements = ["{code_identity()}"]\n')
 
-        _step("5. provider and auditor attest the enclave and upload their sealed assets")
+        _step("6. provider and auditor attest the enclave and upload their sealed assets")
         pkey, akey = str(out / "keys/provider.key"), str(out / "keys/auditor.key")
         common = ["--enclave", enclave, "--policy", str(enclave_policy)]
         _aaudit("provider", "upload", str(out / "sealed/provider"), *common, "--identity", pkey)
         _aaudit("auditor", "upload", str(out / "sealed/auditor"), *common, "--identity", akey)
 
-        _step("6. both approve the run manifest")
+        _step("7. both approve the run manifest")
         _aaudit("provider", "approve", str(out / "sealed/provider"), *common, "--identity", pkey)
         _aaudit("auditor", "approve", str(out / "sealed/auditor"), *common, "--identity", akey)
 
-        _step("7. auditor runs the audit inside the enclave")
+        _step("8. auditor runs the audit inside the enclave")
         _aaudit("auditor", "run", *common, "--out", str(out / "bundle.json"))
+        _step("9. auditor opens the per-sample records and checks them against the signed Merkle root")
+        _aaudit("auditor", "open-samples", str(out / "bundle.samples.enc"), "--bundle", str(out / "bundle.json"),
+                "--key", str(out / "keys/auditor.samples.key"), "--out", str(out / "samples.jsonl"))
 
-        _step("8. the bundle is published to the transparency log")
+        _step("10. the bundle is published to the transparency log")
         _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
         log_key = load_or_create(out / "log/log.db").verifier_key
     finally:
@@ -126,7 +132,7 @@ def run_demo(out: Path) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    _step("9. a third party verifies the bundle against the regulator's policy (policy.toml)")
+    _step("11. a third party verifies the bundle against the regulator's policy (policy.toml)")
     digests = {k: json.loads((out / f"sealed/{role}/{k}.json").read_text())["digest"]
                for k, role in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
     (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, log_key))

@@ -119,12 +119,15 @@ def write_demo_data(out: Path) -> dict[str, Path]:
     return paths
 
 
-def demo_spec_toml(seed: int = 1234) -> str:
-    """The demo's audit spec: accuracy on the multiple-choice set, exact match on the short answers."""
+def demo_spec_toml(seed: int = 1234, samples_recipient: str | None = None) -> str:
+    """The demo's audit spec: accuracy on the multiple-choice set, exact match on the short answers.
+    With `samples_recipient` (the auditor's samples key) the per-sample records go to the auditor."""
+    output = (f'output = "aggregate+samples"\nsamples_recipient = "{samples_recipient}"' if samples_recipient
+              else 'output = "aggregate"')
     return f'''name = "{SPEC_NAME}"
 version = 1
 seed = {seed}
-output = "aggregate+samples"
+{output}
 
 [[task]]
 name = "aa_demo_mc"

@@ -12,6 +12,8 @@ model and data can reproduce the numbers with the `lm_eval` command line.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import math
 import posixpath
@@ -124,7 +126,7 @@ FORBIDDEN_KEYS: dict[str, str] = {
     "tag": "tags are not supported; list each task",
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
-TOP_KEYS = frozenset({"name", "version", "seed", "output", "batch_size", "description", "task"})
+TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description", "task"})
 TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_split", "config"})
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
@@ -169,6 +171,7 @@ class AuditSpec:
     tasks: tuple[TaskSpec, ...]
     batch_size: int = 1
     description: str = ""
+    samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
 
     @property
     def task_names(self) -> list[str]:
@@ -197,6 +200,7 @@ def parse_spec(data: bytes) -> AuditSpec:
     output = _str(doc, "output", "spec", required=True)
     if output not in OUTPUT_POLICIES:
         raise SpecError(f"spec: output {output!r} must be one of {', '.join(OUTPUT_POLICIES)}")
+    recipient = _samples_recipient(doc, output)
     batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
     description = _str(doc, "description", "spec", default="")
     raw_tasks = doc.get("task")
@@ -215,7 +219,27 @@ def parse_spec(data: bytes) -> AuditSpec:
             raise SpecError(f"task {t.name!r}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
-                     batch_size=batch_size, description=description)
+                     batch_size=batch_size, description=description, samples_recipient=recipient)
+
+
+def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
+    """`aggregate+samples` names who may read the per-sample records: the auditor's HPKE X25519 key
+    (base64, from `aaudit keygen --role auditor`). It is part of the spec, so both parties approve it."""
+    value = doc.get("samples_recipient")
+    if output != "aggregate+samples":
+        if value is not None:
+            raise SpecError("spec: samples_recipient only applies to output = \"aggregate+samples\"")
+        return None
+    if not isinstance(value, str):
+        raise SpecError("spec: output \"aggregate+samples\" needs samples_recipient (the auditor's samples "
+                        "public key, base64; see `aaudit keygen --role auditor`)")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SpecError("spec: samples_recipient must be a base64 X25519 public key (32 bytes)")
+    return value
 
 
 def lm_eval_task_config(task: TaskSpec) -> dict[str, Any]:

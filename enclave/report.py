@@ -7,21 +7,36 @@ hardware even if the signing key were exposed later.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 from enclave.keys import BootKeys
 from enclave.session import JobInputs
 from enclave.tee import CompositeAttester
 from verifier import dsse
-from verifier.binding import key_binding, statement_binding
+from sealing.keywrap import DEFAULT_SUITE, seal_to
+from verifier.binding import key_binding, samples_info, statement_binding
 from verifier.bundle import MEDIA_TYPE
 from verifier.models import b64e, canonical_json
 from verifier.statement import PREDICATE_TYPE, STATEMENT_TYPE
 
 
+def encrypt_samples(run: Any, recipient_b64: str, keys: BootKeys) -> bytes:
+    """The per-sample records as JSONL, HPKE-encrypted to the auditor's samples key; only the
+    auditor can read them, and `aaudit auditor open-samples` checks them against the Merkle root."""
+    plaintext = b"".join(canonical_json(r) + b"\n" for r in run.records)
+    return seal_to(plaintext, base64.b64decode(recipient_b64), DEFAULT_SUITE,
+                   samples_info(run.samples_root, keys.signing_public))
+
+
 def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool, code_identity: str,
-                    nonce: bytes) -> dict[str, Any]:
+                    nonce: bytes, samples_ciphertext: bytes | None = None) -> dict[str, Any]:
     """`run` is an `enclave.runner.AuditRun`."""
+    delivery = None
+    if samples_ciphertext is not None:
+        delivery = {"recipient": job.spec.samples_recipient, "suite": DEFAULT_SUITE,
+                    "ciphertextSha256": hashlib.sha256(samples_ciphertext).hexdigest()}
     model_sha = job.manifest["assets"]["model"]["digest"].removeprefix("sha256:")
     return {
         "_type": STATEMENT_TYPE,
@@ -36,7 +51,8 @@ def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool,
             "nSamples": run.n_samples,
             "configs": run.configs,
             "seeds": run.seeds,
-            "samples": {"merkleRoot": run.samples_root, "count": len(run.records), "hashing": "RFC9162-SHA256"},
+            "samples": {"merkleRoot": run.samples_root, "count": len(run.records), "hashing": "RFC9162-SHA256",
+                        "record": "canonical JSON", "delivery": delivery},
             "runtime": {"versions": run.versions, "device": run.device, "dtype": run.dtype},
             "startedAt": run.started_at,
             "finishedAt": run.finished_at,

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import grpc
 
 from enclave.keys import BootKeys
-from enclave.report import build_bundle, build_statement
+from enclave.report import build_bundle, build_statement, encrypt_samples
 from enclave.session import Busy, JobInputs, Session, SessionError
 from enclave.tee import CompositeAttester
 from enclave.workdir import wipe
@@ -46,6 +46,7 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
 class _Job:
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     bundle: bytes | None = None
+    samples: bytes | None = None
     error: str | None = None
 
 
@@ -58,7 +59,7 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         self.workdir = workdir
         self.device = device
         self.session = Session(self.keys, attester.platform, code_identity, workdir)
-        self._last_bundle: bytes | None = None
+        self._last: tuple[bytes, bytes | None] | None = None  # bundle and encrypted samples of the last job
 
     # --- attestation ---------------------------------------------------------------------------
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestResponse:
@@ -128,6 +129,8 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             yield pb.RunEvent(progress=pb.Progress(stage=stage, fraction=fraction, message=message))
         if job.error is not None:
             context.abort(grpc.StatusCode.INTERNAL, job.error)
+        if job.samples is not None:
+            yield pb.RunEvent(samples=job.samples)
         yield pb.RunEvent(bundle=job.bundle)
 
     def _run(self, inputs: JobInputs, nonce: bytes, job: _Job) -> None:
@@ -141,12 +144,14 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             run = run_audit(inputs.model_dir, inputs.spec, inputs.datasets, progress=lambda s, f: progress(s, f),
                             device=self.device)
             progress("report", 0.0, "signing the statement and taking the final attestation")
+            if inputs.spec.output == "aggregate+samples":
+                job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)
             statement = build_statement(inputs, run, platform=self.attester.platform,
                                         simulated=self.attester.platform == "sim",
-                                        code_identity=self.code_identity, nonce=nonce)
+                                        code_identity=self.code_identity, nonce=nonce, samples_ciphertext=job.samples)
             bundle = build_bundle(statement, keys=self.keys, attester=self.attester, nonce=nonce)
             job.bundle = canonical_json(bundle)
-            self._last_bundle = job.bundle
+            self._last = (job.bundle, job.samples)
             progress("report", 1.0, "done")
             log.info("job finished: manifest %s", inputs.manifest_digest)
         except Exception as exc:  # the job's error goes to the client; never the secret inputs
@@ -158,9 +163,10 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             job.events.put(_DONE)
 
     def GetResult(self, request: pb.ResultRequest, context: grpc.ServicerContext) -> pb.ResultResponse:
-        if self._last_bundle is None:
+        if self._last is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no job has finished on this enclave yet")
-        return pb.ResultResponse(bundle=self._last_bundle)
+        bundle, samples = self._last
+        return pb.ResultResponse(bundle=bundle, samples=samples or b"")
 
     def close(self) -> None:
         self.session.end_job()

@@ -154,6 +154,7 @@ class Session:
             "assets": {k: {"digest": a.digest, "bytes": a.plaintext_bytes} for k, a in sorted(self._assets.items())},
             "parties": parties,
             "output": self._spec.output if self._spec is not None else None,
+            "samplesRecipient": self._spec.samples_recipient if self._spec is not None else None,
             "enclave": {"platform": self.platform, "codeIdentity": self.code_identity,
                         "signingKey": b64e(self.keys.signing_public)},
         }

@@ -115,19 +115,23 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("progress", "bundle")
+    __slots__ = ("progress", "bundle", "samples")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     bundle: bytes
-    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+    samples: bytes
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ..., samples: _Optional[bytes] = ...) -> None: ...
 
 class ResultRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ResultResponse(_message.Message):
-    __slots__ = ("bundle",)
+    __slots__ = ("bundle", "samples")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     bundle: bytes
-    def __init__(self, bundle: _Optional[bytes] = ...) -> None: ...
+    samples: bytes
+    def __init__(self, bundle: _Optional[bytes] = ..., samples: _Optional[bytes] = ...) -> None: ...

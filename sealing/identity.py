@@ -7,15 +7,20 @@ what goes into manifests and reports.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from sealing.errors import SealError
 from sealing.secretfile import read_secret_file, write_secret_file
+
+if TYPE_CHECKING:
+    from sealing.keywrap import HpkeKeyPair
 
 ROLES = ("provider", "auditor")
 _MAX_PEM = 16 * 1024
@@ -39,15 +44,20 @@ class Identity:
         )
 
 
-def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
-    """Make a new key for `role` in `out_dir`; returns (identity, private key path, public key path)."""
-    if role not in ROLES:
-        raise SealError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+def _key_folder(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SealError(f"cannot create {out_dir}: {exc.strerror}") from None
+    return out_dir
+
+
+def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
+    """Make a new key for `role` in `out_dir`; returns (identity, private key path, public key path)."""
+    if role not in ROLES:
+        raise SealError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+    out_dir = _key_folder(out_dir)
     key_path, pub_path = out_dir / f"{role}.key", out_dir / f"{role}.pub"
     if pub_path.exists():
         raise SealError(f"{pub_path} already exists; remove it or choose another --out folder")
@@ -99,3 +109,43 @@ def verify_signature(public_raw: bytes, message: bytes, signature: bytes) -> boo
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def generate_samples_key(out_dir: Path, role: str = "auditor") -> tuple[str, Path, Path]:
+    """An HPKE X25519 key that per-sample records are encrypted to (`output = "aggregate+samples"`).
+
+    Writes `<role>.samples.key` (PKCS8 PEM, 0600) and `<role>.samples.pub` (base64 raw public key,
+    the value of the spec's `samples_recipient`); returns (that base64 value, key path, pub path).
+    """
+    from sealing.keywrap import HpkeKeyPair
+
+    out_dir = _key_folder(out_dir)
+    key_path, pub_path = out_dir / f"{role}.samples.key", out_dir / f"{role}.samples.pub"
+    if pub_path.exists():
+        raise SealError(f"{pub_path} already exists; remove it or choose another --out folder")
+    pair = HpkeKeyPair.generate()
+    private = x25519.X25519PrivateKey.from_private_bytes(pair.private_bytes())
+    write_secret_file(key_path, private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    public_b64 = base64.b64encode(pair.public_bytes()).decode()
+    try:
+        with open(pub_path, "x", encoding="ascii") as handle:
+            handle.write(public_b64 + "\n")
+    except OSError as exc:
+        key_path.unlink(missing_ok=True)
+        raise SealError(f"cannot write {pub_path}: {exc.strerror}") from None
+    return public_b64, key_path, pub_path
+
+
+def load_samples_key(path: Path) -> "HpkeKeyPair":
+    """Load a samples key written by `generate_samples_key` (refused if others can read it)."""
+    from sealing.keywrap import HpkeKeyPair
+
+    data = read_secret_file(Path(path), _MAX_PEM)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SealError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, x25519.X25519PrivateKey):
+        raise SealError(f"{path}: expected an X25519 samples key, found {type(key).__name__}")
+    return HpkeKeyPair.from_private_bytes(key.private_bytes_raw())

@@ -60,20 +60,26 @@ def _public_key(suite: str, public: bytes) -> Any:
         raise SealError(f"recipient public key is not a valid {suite} key ({exc})") from None
 
 
-def wrap(data_key: bytes, recipient_public: bytes, suite: str, info: bytes) -> bytes:
-    """HPKE-encrypt a 32-byte data key to an enclave's public key, bound to `info`."""
-    if len(data_key) != DATA_KEY_LEN:
-        raise SealError(f"a data key is {DATA_KEY_LEN} bytes, got {len(data_key)}")
+def seal_to(plaintext: bytes, recipient_public: bytes, suite: str, info: bytes) -> bytes:
+    """HPKE single-shot encryption of `plaintext` to a public key, bound to `info`."""
     cipher, public = _suite(suite), _public_key(suite, recipient_public)
     try:
-        return cipher.encrypt(data_key, public, info=info)
+        return cipher.encrypt(plaintext, public, info=info)
     except ValueError as exc:  # for example an X25519 point of small order: no shared secret
         raise SealError(f"recipient public key is not a valid {suite} key ({exc})") from None
 
 
+def wrap(data_key: bytes, recipient_public: bytes, suite: str, info: bytes) -> bytes:
+    """HPKE-encrypt a 32-byte data key to an enclave's public key, bound to `info`."""
+    if len(data_key) != DATA_KEY_LEN:
+        raise SealError(f"a data key is {DATA_KEY_LEN} bytes, got {len(data_key)}")
+    return seal_to(data_key, recipient_public, suite, info)
+
+
 @dataclass(frozen=True)
 class HpkeKeyPair:
-    """An enclave's HPKE key: made at boot, kept in memory only, never serialised."""
+    """An HPKE key pair. An enclave's is made at boot and kept in memory only; an auditor's samples
+    key (`aaudit keygen --role auditor`) lives in a 0600 file."""
 
     suite: str
     _private: Any = field(repr=False)
@@ -98,9 +104,30 @@ class HpkeKeyPair:
         if len(wrapped) != expected:
             raise SealError(f"wrapped key is {len(wrapped)} bytes; suite {self.suite} wraps a data key in {expected}")
         try:
-            return _suite(self.suite).decrypt(wrapped, self._private, info=info)
-        except (InvalidTag, ValueError):
+            return self.open(wrapped, info)
+        except SealError:
             raise SealError(
                 "cannot unwrap the data key: it was wrapped to another enclave key, for another asset or "
                 "context (info differs), or altered"
             ) from None
+
+    def open(self, ciphertext: bytes, info: bytes) -> bytes:
+        """Decrypt what `seal_to` encrypted to this key with the same `info`."""
+        try:
+            return _suite(self.suite).decrypt(ciphertext, self._private, info=info)
+        except (InvalidTag, ValueError):
+            raise SealError("cannot decrypt: encrypted to another key, for another context, or altered") from None
+
+    def private_bytes(self) -> bytes:
+        """The raw X25519 private key, for a party's own long-lived key file (never an enclave's)."""
+        if self.suite != DEFAULT_SUITE:
+            raise SealError(f"only {DEFAULT_SUITE} keys are stored in files")
+        return self._private.private_bytes_raw()
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> "HpkeKeyPair":
+        try:
+            private = x25519.X25519PrivateKey.from_private_bytes(raw)
+        except ValueError:
+            raise SealError("not a raw 32-byte X25519 private key") from None
+        return cls(DEFAULT_SUITE, private, private.public_key().public_bytes_raw())

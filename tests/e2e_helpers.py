@@ -15,7 +15,7 @@ from enclave.measure import code_identity
 from enclave.service import EnclaveService, serve
 from enclave.tee.select import make_attester
 from enclave.workdir import make_workdir
-from sealing.identity import generate_identity
+from sealing.identity import generate_identity, generate_samples_key
 from sealing.stream import SealedAsset, seal
 from verifier import policy
 
@@ -30,6 +30,7 @@ class Parties:
     provider: object
     auditor: object
     enclave_policy: policy.Policy
+    samples_key: Path
 
 
 def make_parties(root: Path) -> Parties:
@@ -40,8 +41,9 @@ def make_parties(root: Path) -> Parties:
               "answer": 0}
     with open(root / "data" / "mc.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(marker, sort_keys=True) + "\n")
+    recipient, samples_key, _ = generate_samples_key(root / "keys", "auditor")
     (root / "spec").mkdir()
-    (root / "spec" / "audit.toml").write_text(demo_spec_toml())
+    (root / "spec" / "audit.toml").write_text(demo_spec_toml(samples_recipient=recipient))
     sealed = {
         "model": seal(root / "model", root / "sealed", "model"),
         "dataset": seal(root / "data", root / "sealed", "dataset"),
@@ -50,7 +52,7 @@ def make_parties(root: Path) -> Parties:
     provider, _, _ = generate_identity(root / "keys", "provider")
     auditor, _, _ = generate_identity(root / "keys", "auditor")
     pol = policy.parse({"allow_simulated": True, "sim": {"measurements": [code_identity()]}}, "enclave-policy")
-    return Parties(root, marker["question"].encode(), sealed, provider, auditor, pol)
+    return Parties(root, marker["question"].encode(), sealed, provider, auditor, pol, samples_key)
 
 
 class RunningEnclave:

@@ -40,7 +40,8 @@ def enclave():
 
 
 @pytest.fixture(scope="module")
-def bundle(enclave: RunningEnclave, parties) -> dict:
+def job(enclave: RunningEnclave, parties) -> tuple[dict, bytes]:
+    """One complete audit: its bundle and the per-sample records encrypted to the auditor."""
     with enclave.client() as c:
         provision(c, parties)
         approve_both(c, parties)
@@ -48,7 +49,13 @@ def bundle(enclave: RunningEnclave, parties) -> dict:
         result = c.run(nonce(), on_progress=lambda p: stages.append((p.stage, p.fraction)))
     assert stages and stages[-1][1] == 1.0, stages
     assert any(s == "evaluating" for s, _ in stages), stages
-    return result
+    assert c.samples, "output aggregate+samples must deliver the encrypted records"
+    return result, c.samples
+
+
+@pytest.fixture(scope="module")
+def bundle(job: tuple[dict, bytes]) -> dict:
+    return job[0]
 
 
 def _third_party_policy(parties, **extra) -> policy.Policy:
@@ -70,6 +77,27 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
     assert set(st.results) == {"aa_demo_mc", "aa_demo_gen"}
     assert st.raw["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
     assert len(st.raw["predicate"]["samples"]["merkleRoot"]) == 64
+
+
+def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes], parties) -> None:
+    from aaudit.samples import open_samples
+    from sealing.identity import load_samples_key
+    from sealing.keywrap import HpkeKeyPair
+    from verifier.errors import VerificationError
+
+    bundle, ciphertext = job
+    key = load_samples_key(parties.samples_key)
+    records = open_samples(ciphertext, bundle, key)
+    st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
+    assert len(records) == st.raw["predicate"]["samples"]["count"] == 49 + 18
+    assert {r["task"] for r in records} == {"aa_demo_mc", "aa_demo_gen"}
+    assert any(parties.marker.decode() in json.dumps(r) for r in records) is False, "records carry hashes, not documents"
+    flipped = bytearray(ciphertext)
+    flipped[-1] ^= 1
+    with pytest.raises(VerificationError, match="sha256 differs"):
+        open_samples(bytes(flipped), bundle, key)
+    with pytest.raises(VerificationError, match="another samples key"):
+        open_samples(ciphertext, bundle, HpkeKeyPair.generate())
 
 
 def test_thresholds_pass_and_fail_with_reasons(bundle: dict, parties) -> None:

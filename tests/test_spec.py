@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import tomllib
 
 import pytest
@@ -54,10 +56,26 @@ def test_valid_spec_parses():
     assert spec.datasets == ["data/mc.jsonl"]
 
 
+@pytest.mark.parametrize("output, recipient, message", [
+    ("aggregate+samples", None, "needs samples_recipient"),
+    ("aggregate+samples", "c2hvcnQ=", "32 bytes"),
+    ("aggregate+samples", "not base64!", "32 bytes"),
+    ("aggregate", base64.b64encode(bytes(32)).decode(), "only applies to"),
+])
+def test_samples_recipient_rules(output, recipient, message):
+    text = BASE.replace('output = "aggregate"', f'output = "{output}"'
+                        + (f'\nsamples_recipient = "{recipient}"' if recipient else ""))
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text.encode())
+
+
 def test_demo_spec_parses_and_fills_metric_defaults():
     spec = parse_spec(demo_spec_toml().encode())
     assert spec.task_names == ["aa_demo_mc", "aa_demo_gen"]
-    assert spec.output == "aggregate+samples"
+    assert spec.output == "aggregate" and spec.samples_recipient is None
+    key = base64.b64encode(bytes(range(32))).decode()
+    with_samples = parse_spec(demo_spec_toml(samples_recipient=key).encode())
+    assert (with_samples.output, with_samples.samples_recipient) == ("aggregate+samples", key)
     gen = spec.tasks[1].config
     assert gen["generation_kwargs"] == {"until": ["\n", "Question:"], "max_gen_toks": 16, "do_sample": False}
     spec2 = parse_spec(BASE.replace(', aggregation = "mean", higher_is_better = true', "").encode())

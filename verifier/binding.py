@@ -7,6 +7,7 @@
                                   || lp(signing public key) || lp(SHA-256 of the DSSE payload) )
     gpu nonce         = SHA-256( "attestable-audits/v1/gpu\\0" || cpu report data )
     wrap info         = "attestable-audits/v1/wrap\\0" || lp(kind) || lp(digest) || lp(signing public key)
+    samples info      = "attestable-audits/v1/samples\\0" || lp(samples Merkle root, hex) || lp(signing public key)
 
 `lp(x)` is x's length as 4 big-endian bytes, then x. Report data is 64 bytes (SEV-SNP, TDX, and
 Nitro `user_data`); the GPU nonce is the 32-byte SPDM nonce, so GPU evidence is bound to the same
@@ -50,3 +51,12 @@ def wrap_info(kind: str, digest: str, enclave_signing_public: bytes) -> bytes:
     """HPKE `info` for a wrapped data key: the key opens only for this asset kind and digest, in
     the enclave whose attested signing key is given, so a wrapped key cannot be replayed elsewhere."""
     return _WRAP + _lp(kind.encode()) + _lp(digest.encode()) + _lp(enclave_signing_public)
+
+
+_SAMPLES = b"attestable-audits/v1/samples\x00"
+
+
+def samples_info(samples_root_hex: str, enclave_signing_public: bytes) -> bytes:
+    """HPKE `info` for the per-sample records sent to the auditor: bound to their Merkle root and
+    to the enclave that produced them."""
+    return _SAMPLES + _lp(samples_root_hex.encode()) + _lp(enclave_signing_public)
