@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -20,7 +19,7 @@ from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
 from sealing.stream import SealedAsset, SealedReader, read_key_file
 from verifier.binding import NONCE_LEN, key_binding, wrap_info
-from verifier.errors import AAuditError, UnusableInput, VerificationError
+from verifier.errors import AAuditError, VerificationError
 from verifier.evidence import verify_evidence
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e, canonical_json
 from verifier.policy import Policy

@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_and_strict_body() -> None:
         f"example.com/log\n020\n{b64root}\n",          # leading zero
         f"example.com/log\n-1\n{b64root}\n",
         f"example.com/log\n20\n{b64root}",             # no final newline
-        f"example.com/log\n20\n",                      # no root
+        "example.com/log\n20\n",                      # no root
         f"\n20\n{b64root}\n",                          # empty origin
         f"example.com/log\n20\n{b64root[:-4]}\n",      # 29-byte root
         f"example.com/log\n20\n{b64root}!\n",          # not base64

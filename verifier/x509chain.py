@@ -6,7 +6,6 @@ disk is refused rather than trusted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier.errors import ParseError
 
@@ -99,6 +100,22 @@ def verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: 
         root.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):
         raise ChainError(f"pinned root {name_of(root)!r} is not self-signed") from None
+
+
+def verify_p384(cert: x509.Certificate, r: int, s: int, message: bytes) -> str | None:
+    """ECDSA P-384/SHA-384 signature (r, s) over `message` by `cert`'s key: None if it verifies,
+    else the reason (the key is unreadable, not P-384, or the signature does not verify)."""
+    try:
+        key = cert.public_key()
+    except ValueError as exc:
+        return f"the public key of {name_of(cert)!r} cannot be read ({exc})"
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        return f"{name_of(cert)!r} does not hold an ECDSA P-384 key ({type(key).__name__})"
+    try:
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        return f"does not verify with the key of {name_of(cert)!r}"
+    return None
 
 
 def order_chain(leaf: x509.Certificate, pool: Sequence[x509.Certificate], root: x509.Certificate) -> list[x509.Certificate]:

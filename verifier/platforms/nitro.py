@@ -23,10 +23,6 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier import x509chain
 from verifier.errors import ParseError, PolicyError
@@ -191,16 +187,10 @@ def _root() -> x509.Certificate:
 
 def _signature_ok(doc: NitroDocument) -> str | None:
     """None if the COSE ES384 signature verifies with the leaf's key, else why not."""
-    key = doc.certificate.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        return f"leaf certificate key is not ECDSA P-384 ({type(key).__name__})"
     to_sign = cbor2.dumps(["Signature1", doc.protected, b"", doc.payload])
     r, s = int.from_bytes(doc.signature[:48], "big"), int.from_bytes(doc.signature[48:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), to_sign, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        return f"ES384 signature does not verify with the key of {x509chain.name_of(doc.certificate)!r}"
-    return None
+    problem = x509chain.verify_p384(doc.certificate, r, s, to_sign)
+    return None if problem is None else f"ES384 signature {problem}"
 
 
 def _claims(doc: NitroDocument) -> dict[str, Any]:

@@ -28,16 +28,13 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier import der
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.platforms import Bound
 from verifier.x509chain import (
+    verify_p384,
     PINNED_ROOTS,
     ChainError,
     fingerprint,
@@ -329,25 +326,12 @@ def _check_chain(certs: list[x509.Certificate], at: datetime, verdict: Verdict) 
 
 
 def _check_signature(report: SpdmReport, leaf: x509.Certificate, verdict: Verdict) -> None:
-    try:
-        key = leaf.public_key()
-    except ValueError as exc:
-        verdict.fail("report signature", f"the leaf certificate's public key cannot be read ({exc})")
-        return
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        verdict.fail("report signature", f"leaf {name_of(leaf)!r} does not hold an ECDSA P-384 key")
-        return
     half = SIGNATURE_SIZE // 2
-    sig = encode_dss_signature(int.from_bytes(report.signature[:half], "big"),
-                               int.from_bytes(report.signature[half:], "big"))
-    try:
-        key.verify(sig, report.signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        verdict.fail("report signature", f"ECDSA P-384/SHA-384 signature over request + response does not verify "
-                     f"with the key of {name_of(leaf)!r}")
-    else:
-        verdict.ok("report signature", f"ECDSA P-384/SHA-384 over request + response ({len(report.signed)} bytes) "
-                   f"verifies with the key of {name_of(leaf)!r}")
+    problem = verify_p384(leaf, int.from_bytes(report.signature[:half], "big"),
+                          int.from_bytes(report.signature[half:], "big"), report.signed)
+    verdict.check("report signature", problem is None,
+                  f"ECDSA P-384/SHA-384 over request + response ({len(report.signed)} bytes) verifies with the key "
+                  f"of {name_of(leaf)!r}", f"ECDSA P-384/SHA-384 signature over request + response: {problem}")
 
 
 def _check_fwid(report: SpdmReport, leaf: x509.Certificate, verdict: Verdict) -> None:

@@ -35,10 +35,6 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from verifier import der
@@ -46,6 +42,7 @@ from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.platforms import Bound
 from verifier.x509chain import (
+    verify_p384,
     PINNED_ROOTS,
     ChainError,
     fingerprint,
@@ -449,22 +446,10 @@ def _check_chain(kind: str, leaf: x509.Certificate, certs: list[x509.Certificate
 
 
 def _check_signature(report: SnpReport, kind: str, leaf: x509.Certificate, verdict: Verdict) -> None:
-    try:
-        key = leaf.public_key()
-    except ValueError as exc:
-        verdict.fail("report signature", f"{kind} public key cannot be read ({exc})")
-        return
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        verdict.fail("report signature", f"{kind} key is not an ECDSA P-384 key")
-        return
-    try:
-        key.verify(encode_dss_signature(report.signature_r, report.signature_s), report.signed,
-                   ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        verdict.fail("report signature", f"ECDSA P-384/SHA-384 signature over report bytes 0..0x29F does not "
-                     f"verify with the {kind} key")
-    else:
-        verdict.ok("report signature", f"ECDSA P-384/SHA-384 over bytes 0..0x29F verifies with the {kind} key")
+    problem = verify_p384(leaf, report.signature_r, report.signature_s, report.signed)
+    verdict.check("report signature", problem is None,
+                  f"ECDSA P-384/SHA-384 over bytes 0..0x29F verifies with the {kind} key",
+                  f"signature over report bytes 0..0x29F: {problem} ({kind})")
 
 
 def _check_product(report: SnpReport, kind: str, leaf: x509.Certificate, product: Product, verdict: Verdict) -> None:
