@@ -26,8 +26,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Measurements, each reported against a baseline taken in the same run (see perf/*.py --help).
 bench: install
 	$(BIN)/python perf/seal_throughput.py
+	$(BIN)/python perf/verify_speed.py
+	$(BIN)/python perf/log_scale.py --entries 100000
 
 clean:
 	rm -rf demo-out .pytest_cache
