@@ -218,16 +218,51 @@ def test_malformed_spec_is_refused(enclave: RunningEnclave, parties, tmp_path: P
 
 
 def test_oversized_message_is_refused(enclave: RunningEnclave, parties) -> None:
+    import grpc
+
     from protos import enclave_pb2 as pb
 
     def parts():
-        yield pb.UploadPart(header=pb.UploadHeader(kind="dataset"))
-        yield pb.UploadPart(chunk=b"\0" * (6 << 20))
+        yield pb.UploadPart(header=pb.UploadHeader(kind="dataset", stream_header=b"\0" * (6 << 20)))
 
-    with enclave.client() as c, pytest.raises(Exception) as exc:
+    with enclave.client() as c, pytest.raises(grpc.RpcError) as exc:
         c._stub.Upload(parts())
-    assert "RESOURCE_EXHAUSTED" in repr(exc.value) or "larger than max" in repr(exc.value) or \
-        "INVALID_ARGUMENT" in repr(exc.value)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.value
+    with enclave.client() as c:  # the service is unharmed and its manifest unchanged
+        manifest, _, _, _ = c.manifest()
+    assert "dataset" not in manifest["assets"]
+
+
+def test_published_bundle_needs_its_inclusion_proof(bundle: dict, parties, tmp_path: Path) -> None:
+    from tlog.client import publish
+    from tlog.log import SQLiteLog
+    from tlog.server import serve as serve_log
+
+    log = SQLiteLog(tmp_path / "log.db")
+    for i in range(5):  # other audits came first, so the proof has hashes to remove
+        log.append(f"earlier entry {i}".encode())
+    server, port = serve_log(log, "127.0.0.1:0")
+    try:
+        published = publish(bundle, f"127.0.0.1:{port}", log_key=log.signer.verifier_key)
+    finally:
+        server.stop(grace=None).wait()
+        log.close()
+    pol = _third_party_policy(parties, log={"public_key": log.signer.verifier_key, "require_inclusion": True})
+    now = datetime.now(timezone.utc)
+    assert verify_bundle(published, pol, at=now).verified
+    unpublished = verify_bundle(bundle, pol, at=now)
+    assert [s.name for s in unpublished.failures] == ["log entry"]
+    assert published["logEntry"]["index"] == 5 and published["logEntry"]["inclusionProof"]
+    for tamper in ("proof", "checkpoint", "entry"):
+        broken = json.loads(json.dumps(published))
+        if tamper == "proof":
+            broken["logEntry"]["inclusionProof"] = []
+        elif tamper == "checkpoint":
+            broken["logEntry"]["checkpoint"] = broken["logEntry"]["checkpoint"].replace("\n6\n", "\n7\n")
+        else:
+            broken["nonce"] = "00" * 32
+        failed = {s.name for s in verify_bundle(broken, pol, at=now).failures}
+        assert failed & {"log inclusion", "log checkpoint"}, (tamper, failed)
 
 
 def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict) -> None:
