@@ -33,3 +33,32 @@ def test_console_scripts_have_help() -> None:
         proc = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert "usage:" in proc.stdout
+
+
+def _leaf_commands(parser, prefix=()):  # noqa: ANN001, ANN202
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_commands(child, (*prefix, name))
+
+
+def test_every_command_has_help(capsys) -> None:  # noqa: ANN001
+    import pytest
+
+    from aaudit.cli import build_parser as aaudit_parser
+    from verifier.cli import build_parser as verify_parser
+
+    seen = 0
+    for build in (aaudit_parser, verify_parser):
+        for command in _leaf_commands(build()):
+            with pytest.raises(SystemExit) as exc:
+                build().parse_args([*command, "--help"])
+            assert exc.value.code == 0, command
+            out = capsys.readouterr().out
+            assert "usage:" in out and len(out.splitlines()) > 3, command
+            seen += 1
+    assert seen >= 20, f"only {seen} commands found"
