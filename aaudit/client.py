@@ -23,7 +23,7 @@ from verifier.errors import AAuditError, VerificationError
 from verifier.evidence import verify_evidence
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e, canonical_json
 from verifier.policy import Policy
-from verifier.statement import approval_message, manifest_digest
+from verifier.statement import ASSET_KINDS, approval_message, manifest_digest
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 5 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
@@ -37,6 +37,21 @@ class AttestationRefused(VerificationError):
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in verdict.failures) or "no check passed"
         super().__init__(f"enclave evidence did not verify against the policy ({reasons}); nothing was sent")
         self.verdict = verdict
+
+
+@dataclass(frozen=True)
+class ExpectedRun:
+    """What a party agreed to before approving: every asset digest, the other party's key, and
+    whether per-sample records may leave the enclave (to the auditor)."""
+
+    digests: dict[str, str]
+    parties: dict[str, bytes]
+    allow_samples: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ASSET_KINDS if k not in self.digests]
+        if missing:
+            raise UnusableInput(f"an approval must name every asset digest; missing {', '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -123,20 +138,27 @@ class EnclaveClient:
             raise VerificationError("the enclave's manifest does not hash to the digest it states")
         return manifest, m.digest, list(m.approved_by), m.complete
 
-    def approve(self, enclave: AttestedEnclave, role: str, identity: Any, expect: dict[str, str]) -> pb.ApprovalResult:
-        """Check the manifest names this attested enclave, our key and our digests; then sign it."""
+    def approve(self, enclave: AttestedEnclave, role: str, identity: Any, expected: "ExpectedRun") -> pb.ApprovalResult:
+        """Check every field of the manifest against what this party agreed to; then sign it.
+
+        A party approves a whole run, not only its own upload: the other party's key, every
+        digest and the output policy must be the ones it expects, or it refuses.
+        """
         manifest, digest, _, complete = self.manifest()
-        problems = []
-        if not complete:
-            problems.append("manifest is incomplete (an asset is missing)")
+        problems = [] if complete else ["manifest is incomplete (an asset is missing)"]
         if manifest.get("enclave", {}).get("signingKey") != b64e(enclave.signing_public):
             problems.append("manifest names another enclave key than the one we attested")
-        if manifest.get("parties", {}).get(role) != b64e(identity.public_raw()):
-            problems.append(f"manifest's {role} key is not ours")
-        for kind, want in expect.items():
-            got = manifest.get("assets", {}).get(kind, {}).get("digest")
-            if got != want:
-                problems.append(f"manifest has {kind} {got}, we uploaded {want}")
+        parties = {**expected.parties, role: identity.public_raw()}
+        for who, key in sorted(parties.items()):
+            if manifest.get("parties", {}).get(who) != b64e(key):
+                problems.append(f"manifest's {who} key is {manifest.get('parties', {}).get(who)}, expected {b64e(key)}")
+        for kind in ASSET_KINDS:
+            got = (manifest.get("assets", {}).get(kind) or {}).get("digest")
+            if got != expected.digests.get(kind):
+                problems.append(f"manifest has {kind} {got}, expected {expected.digests.get(kind)}")
+        if manifest.get("output") == "aggregate+samples" and not expected.allow_samples:
+            problems.append("the spec sends per-sample records to " + str(manifest.get("samplesRecipient"))
+                            + "; approve only with allow_samples (--allow-samples) if you agreed to that")
         if problems:
             raise VerificationError("refusing to approve: " + "; ".join(problems))
         return _call(self._stub.Approve, pb.Approval(role=role, manifest_digest=digest,
@@ -161,7 +183,10 @@ class EnclaveClient:
             raise EnclaveError(f"audit run failed ({exc.code().name}): {exc.details()}") from None
         if bundle is None:
             raise EnclaveError("the enclave ended the run without a bundle")
-        return json.loads(bundle)
+        result = json.loads(bundle)
+        if result.get("nonce") != nonce.hex():
+            raise VerificationError("the bundle does not carry the nonce this run was started with (a replay?)")
+        return result
 
     def result(self) -> dict[str, Any]:
         """The last job's bundle (encrypted samples, if any, in `self.samples`)."""

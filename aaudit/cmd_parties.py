@@ -30,10 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(u, role)
         u.set_defaults(func=_upload, role=role)
 
-        a = rsub.add_parser("approve", help="check the run manifest and sign it",
-                            description="Fetch the run manifest, check it names the attested enclave, your key and "
-                            "the digests in SEALED_DIR, print it, and sign your approval.")
+        other = "auditor" if role == "provider" else "provider"
+        other_kinds = [k for r, ks in ROLE_KINDS.items() if r != role for k in ks]
+        a = rsub.add_parser("approve", help="check the whole run manifest and sign it",
+                            description=f"Fetch the run manifest and check every field against what you agreed to: "
+                            f"the attested enclave, your key and the digests in SEALED_DIR, the {other}'s key and "
+                            f"the {' and '.join(other_kinds)} digests you were given (step A of the protocol), and "
+                            "whether per-sample records go to the auditor. Refuse on any difference; else sign.")
         a.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+        a.add_argument(f"--expect-{other}", required=True, type=Path, metavar=f"{other}.pub",
+                       help=f"the {other}'s public identity key file")
+        for kind in other_kinds:
+            a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX", help=f"the agreed {kind} digest")
+        a.add_argument("--allow-samples", action="store_true",
+                       help="agree that per-sample records go (encrypted) to the spec's samples_recipient")
         _common(a, role)
         a.set_defaults(func=_approve, role=role)
 
@@ -114,16 +124,19 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from aaudit.client import EnclaveClient
-    from sealing.identity import load_identity
+    from aaudit.client import EnclaveClient, ExpectedRun
+    from sealing.identity import load_identity, load_public_raw
 
     identity = load_identity(args.identity)
-    expect = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
+    other = "auditor" if args.role == "provider" else "provider"
+    digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
+    digests.update({kind: getattr(args, f"expect_{kind}") for kind in ROLE_KINDS[other]})
+    expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
     with EnclaveClient(args.enclave) as client:
         enclave = _attested(client, args)
         manifest, digest, _, _ = client.manifest()
         print(json.dumps(manifest, indent=2), file=sys.stderr)
-        res = client.approve(enclave, args.role, identity, expect)
+        res = client.approve(enclave, args.role, identity, expected)
     print(f"{args.role} approved manifest {digest}; approvals: {', '.join(res.approved_by)}"
           + ("; ready to run" if res.ready else ""))
     return 0

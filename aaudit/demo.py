@@ -111,8 +111,15 @@ def run_demo(out: Path) -> int:
         _aaudit("auditor", "upload", str(out / "sealed/auditor"), *common, "--identity", akey)
 
         _step("7. both approve the run manifest")
-        _aaudit("provider", "approve", str(out / "sealed/provider"), *common, "--identity", pkey)
-        _aaudit("auditor", "approve", str(out / "sealed/auditor"), *common, "--identity", akey)
+        # Each checks the whole manifest: the other's key and digests were exchanged in step A.
+        digests = {k: json.loads((out / f"sealed/{r}/{k}.json").read_text())["digest"]
+                  for k, r in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
+        _aaudit("provider", "approve", str(out / "sealed/provider"), *common, "--identity", pkey,
+                "--expect-auditor", str(out / "keys/auditor.pub"), "--expect-dataset", digests["dataset"],
+                "--expect-spec", digests["spec"], "--allow-samples")
+        _aaudit("auditor", "approve", str(out / "sealed/auditor"), *common, "--identity", akey,
+                "--expect-provider", str(out / "keys/provider.pub"), "--expect-model", digests["model"],
+                "--allow-samples")
 
         _step("8. auditor runs the audit inside the enclave")
         _aaudit("auditor", "run", *common, "--out", str(out / "bundle.json"))
@@ -133,8 +140,6 @@ def run_demo(out: Path) -> int:
                 proc.kill()
 
     _step("11. a third party verifies the bundle against the regulator's policy (policy.toml)")
-    digests = {k: json.loads((out / f"sealed/{role}/{k}.json").read_text())["digest"]
-               for k, role in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
     (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, log_key))
     verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"),
                              "--policy", str(out / "policy.toml")], text=True, stdout=subprocess.PIPE)

@@ -66,6 +66,7 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         if len(request.nonce) != NONCE_LEN:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_LEN} bytes, got {len(request.nonce)}")
         hpke_pub = self.keys.hpke.public_bytes()
+        self.session.note_attestation(request.nonce)
         evidence = self.attester.attest(key_binding(self.keys.signing_public, self.keys.hpke.suite, hpke_pub, request.nonce))
         return pb.AttestResponse(evidence=evidence.to_bytes(), signing_public_key=self.keys.signing_public,
                                  hpke_suite=self.keys.hpke.suite, hpke_public_key=hpke_pub,

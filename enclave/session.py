@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,9 @@ from verifier.models import b64e
 from verifier.statement import ASSET_KINDS, approval_message, manifest_digest
 
 UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor"}
+# Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
+DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
+MAX_OPEN_NONCES = 4096
 
 
 class SessionError(AAuditError):
@@ -62,8 +66,14 @@ class Upload:
     unsealer: Unsealer
     sink: Any
     folder: Path | None
+    max_bytes: int
+    received: int = 0
 
     def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.max_bytes:
+            self.abort()
+            raise SessionError(f"{self.kind}: upload exceeds this enclave's limit of {self.max_bytes} bytes; refused")
         self.unsealer.feed(chunk)
 
     def abort(self) -> None:
@@ -73,7 +83,8 @@ class Upload:
 
 
 class Session:
-    def __init__(self, keys: BootKeys, platform: str, code_identity: str, workdir: Path) -> None:
+    def __init__(self, keys: BootKeys, platform: str, code_identity: str, workdir: Path,
+                 max_bytes: dict[str, int] | None = None) -> None:
         self.keys = keys
         self.platform = platform
         self.code_identity = code_identity
@@ -83,6 +94,8 @@ class Session:
         self._approvals: dict[str, bytes] = {}
         self._running = False
         self._spec: AuditSpec | None = None
+        self._issued_nonces: OrderedDict[bytes, set[str]] = OrderedDict()
+        self.max_bytes = {**DEFAULT_MAX_BYTES, **(max_bytes or {})}
 
     # --- uploads -------------------------------------------------------------------------------
     def begin_upload(self, kind: str, digest: str, wrapped_key: bytes, stream_header: bytes,
@@ -96,11 +109,13 @@ class Session:
         with self._lock:
             if self._running:
                 raise Busy("a job is running; uploads are refused until it ends")
-            if kind in ("dataset", "spec"):
-                other = self._assets.get("spec" if kind == "dataset" else "dataset")
-                if other is not None and other.party_key != party_key:
-                    raise SessionError(f"the auditor's other asset ({other.kind}) was uploaded with another identity "
-                                       "key; one auditor key must upload both dataset and spec")
+            self._check_auditor_key_locked(kind, party_key)
+            used = self._issued_nonces.get(attest_nonce)
+            if used is None:
+                raise SessionError("attest_nonce was not issued by this enclave boot: attest first, then upload")
+            if kind in used:
+                raise SessionError(f"attest_nonce was already used for a {kind} upload (a replay?); attest again")
+            used.add(kind)
         try:
             data_key = self.keys.hpke.unwrap(wrapped_key, wrap_info(kind, digest, self.keys.signing_public))
         except AAuditError:
@@ -114,7 +129,22 @@ class Session:
             sink = MemorySink()
         unsealer = Unsealer(stream_header, data_key, kind, sink, expected_kind=kind)
         del data_key
-        return Upload(kind, digest, party_key, attest_nonce, unsealer, sink, folder)
+        return Upload(kind, digest, party_key, attest_nonce, unsealer, sink, folder, self.max_bytes[kind])
+
+    def _check_auditor_key_locked(self, kind: str, party_key: bytes) -> None:
+        """One auditor key uploads both dataset and spec, so one key approves for the role."""
+        if kind in ("dataset", "spec"):
+            other = self._assets.get("spec" if kind == "dataset" else "dataset")
+            if other is not None and other.party_key != party_key:
+                raise SessionError(f"the auditor's other asset ({other.kind}) was uploaded with another identity "
+                                   "key; one auditor key must upload both dataset and spec")
+
+    def note_attestation(self, nonce: bytes) -> None:
+        """Remember a nonce this boot attested to; each may serve one upload of each asset kind."""
+        with self._lock:
+            self._issued_nonces[nonce] = set()
+            while len(self._issued_nonces) > MAX_OPEN_NONCES:
+                self._issued_nonces.popitem(last=False)
 
     def finish_upload(self, up: Upload) -> tuple[Asset, str]:
         try:
@@ -135,6 +165,11 @@ class Session:
             if self._running:
                 asset.drop()
                 raise Busy("a job started while this upload was in flight; upload refused")
+            try:
+                self._check_auditor_key_locked(up.kind, up.party_key)  # again: another upload may have finished
+            except SessionError:
+                asset.drop()
+                raise
             old = self._assets.pop(up.kind, None)
             if old is not None:
                 old.drop()

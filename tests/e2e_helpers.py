@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from aaudit.client import EnclaveClient
+from aaudit.client import EnclaveClient, ExpectedRun
 from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
 from enclave.measure import code_identity
 from enclave.service import EnclaveService, serve
@@ -79,10 +79,16 @@ def provision(client: EnclaveClient, parties: Parties, kinds: tuple[str, ...] = 
         client.upload(enclave, parties.sealed[kind], who.public_raw())
 
 
+def expected(parties: Parties, role: str, allow_samples: bool = True) -> ExpectedRun:
+    other = parties.auditor if role == "provider" else parties.provider
+    return ExpectedRun({k: a.digest for k, a in parties.sealed.items()},
+                       {"auditor" if role == "provider" else "provider": other.public_raw()}, allow_samples)
+
+
 def approve_both(client: EnclaveClient, parties: Parties) -> None:
     enclave = client.attest(parties.enclave_policy)
-    client.approve(enclave, "provider", parties.provider, {"model": parties.sealed["model"].digest})
-    client.approve(enclave, "auditor", parties.auditor, {k: parties.sealed[k].digest for k in ("dataset", "spec")})
+    client.approve(enclave, "provider", parties.provider, expected(parties, "provider"))
+    client.approve(enclave, "auditor", parties.auditor, expected(parties, "auditor"))
 
 
 def nonce() -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aaudit.client import AttestationRefused, EnclaveError
-from e2e_helpers import KINDS, RunningEnclave, approve_both, make_parties, nonce, provision
+from aaudit.client import AttestationRefused, EnclaveError, ExpectedRun
+from e2e_helpers import KINDS, RunningEnclave, approve_both, expected, make_parties, nonce, provision
 from enclave.measure import code_identity
 from verifier import policy
 from verifier.bundle import verify_bundle
@@ -294,10 +294,10 @@ def test_missing_approval_and_reupload_void(enclave: RunningEnclave, parties, bu
     with enclave.client() as c:
         provision(c, parties)
         e = c.attest(parties.enclave_policy)
-        c.approve(e, "provider", parties.provider, {"model": parties.sealed["model"].digest})
+        c.approve(e, "provider", parties.provider, expected(parties, "provider"))
         with pytest.raises(EnclaveError, match="no approval from auditor"):
             c.run(nonce())
-        c.approve(e, "auditor", parties.auditor, {k: parties.sealed[k].digest for k in ("dataset", "spec")})
+        c.approve(e, "auditor", parties.auditor, expected(parties, "auditor"))
         _, _, approved, _ = c.manifest()
         assert approved == ["auditor", "provider"]
         provision(c, parties, kinds=("dataset",))  # re-upload voids both approvals
@@ -324,3 +324,24 @@ def test_one_job_at_a_time_and_result_for_the_other_party(enclave: RunningEnclav
         assert json.loads(events[-1].bundle) == c.result()  # the provider can fetch what the auditor started
         manifest, _, approved, complete = c.manifest()
     assert manifest["assets"] == {} and approved == [] and not complete, "secrets must be dropped after a job"
+
+
+def test_provider_refuses_a_manifest_with_another_auditor_or_unagreed_samples(enclave: RunningEnclave, parties,
+                                                                            tmp_path: Path) -> None:
+    from sealing.identity import generate_identity
+    from verifier.errors import VerificationError
+
+    with enclave.client() as c:  # runs after a finished job: the session is empty
+        provision(c, parties, kinds=("model",))
+        intruder, _, _ = generate_identity(tmp_path, "auditor")  # someone else uploads as "the auditor"
+        e = c.attest(parties.enclave_policy)
+        for kind in ("dataset", "spec"):
+            c.upload(e, parties.sealed[kind], intruder.public_raw())
+        with pytest.raises(VerificationError, match="manifest's auditor key"):
+            c.approve(e, "provider", parties.provider, expected(parties, "provider"))
+        _, _, approved, _ = c.manifest()
+    assert approved == []
+    with enclave.client() as c:
+        with pytest.raises(VerificationError, match="per-sample records"):
+            c.approve(e, "auditor", intruder, ExpectedRun({k: a.digest for k, a in parties.sealed.items()},
+                                                          {"provider": parties.provider.public_raw()}))
