@@ -137,6 +137,55 @@ def test_flipped_statement_byte_fails_through_cli(bundle: dict, parties, tmp_pat
     assert "final evidence: report data" in proc.stdout
 
 
+def test_any_statement_byte_change_exits_1(bundle: dict, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Issue 2's promise, swept: whatever byte of the payload changes, exit 1 with reasons, no traceback."""
+    import random
+
+    from verifier.cli import main
+
+    payload = base64.b64decode(bundle["envelope"]["payload"])
+    policy_file = tmp_path / "p.toml"
+    policy_file.write_text(f'allow_simulated = true\n[sim]\nmeasurements = ["{code_identity()}"]\n')
+    rng = random.Random(2506)
+    for position in rng.sample(range(len(payload)), 150):
+        changed = bytearray(payload)
+        changed[position] = rng.choice([b for b in range(256) if b != payload[position]])
+        tampered = json.loads(json.dumps(bundle))
+        tampered["envelope"]["payload"] = base64.b64encode(bytes(changed)).decode()
+        (tmp_path / "b.json").write_text(json.dumps(tampered))
+        assert main(["bundle", str(tmp_path / "b.json"), "--policy", str(policy_file)]) == 1, position
+        assert "report signature  " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mutate, code", [
+    (lambda b: b["enclave"].__setitem__("signingKey", "x"), 2),
+    (lambda b: b["enclave"].__setitem__("hpke", []), 2),
+    (lambda b: b["envelope"].__setitem__("payloadType", "\ud800"), 2),
+    (lambda b: b.__setitem__("evidence", {"platform": "sim", "blob": "@@"}), 2),
+    (lambda b: b.__setitem__("nonce", "zz"), 2),
+    (lambda b: b.pop("finalEvidence"), 2),
+    (lambda b: b["envelope"].__setitem__("signatures", [{"keyid": "", "sig": base64.b64encode(bytes(64)).decode()}]), 1),
+])
+def test_crafted_bundles_give_exit_codes_not_tracebacks(bundle: dict, tmp_path: Path, mutate, code, capsys) -> None:  # noqa: ANN001
+    from verifier.cli import main
+
+    tampered = json.loads(json.dumps(bundle))
+    mutate(tampered)
+    (tmp_path / "b.json").write_text(json.dumps(tampered))
+    (tmp_path / "p.toml").write_text("allow_simulated = true\n")
+    assert main(["bundle", str(tmp_path / "b.json"), "--policy", str(tmp_path / "p.toml")]) == code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_deeply_nested_bundle_is_unusable_input(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from verifier.cli import main
+
+    (tmp_path / "b.json").write_text("[" * 100000 + "]" * 100000)
+    (tmp_path / "p.toml").write_text("allow_simulated = true\n")
+    assert main(["bundle", str(tmp_path / "b.json"), "--policy", str(tmp_path / "p.toml")]) == 2
+
+
 def test_wrong_nonce_and_other_keys_are_refused(enclave: RunningEnclave, parties) -> None:
     from protos import enclave_pb2 as pb
     from verifier.binding import key_binding

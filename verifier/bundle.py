@@ -7,7 +7,6 @@ and approvals -> expected digests -> thresholds -> report age -> transparency lo
 
 from __future__ import annotations
 
-import hmac
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from verifier import dsse
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
-from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64d, b64e
+from verifier.models import CPU_PLATFORMS, Evidence, Status, Verdict, b64d, b64e
 from verifier.policy import Policy
 from verifier.statement import ROLES, AuditStatement, approval_message, manifest_digest, parse_statement
 
@@ -34,13 +33,13 @@ def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witnes
         raise UnusableInput(f"cannot read bundle {path}: {exc.strerror}") from None
     try:
         bundle = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnusableInput(f"bundle {path} is not JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UnusableInput(f"bundle {path} is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     return verify_bundle(bundle, policy, at=at, witness_state=witness_state)
 
 
-def _field(bundle: dict[str, Any], key: str, kind: type) -> Any:
-    value = bundle.get(key)
+def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
+    value = obj.get(key)
     if not isinstance(value, kind):
         raise ParseError(f"bundle: {key} missing or not {kind.__name__}")
     return value
@@ -50,8 +49,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     if not isinstance(bundle, dict) or bundle.get("mediaType") != MEDIA_TYPE:
         raise ParseError(f"bundle: mediaType is not {MEDIA_TYPE}")
     enclave = _field(bundle, "enclave", dict)
-    signing = enclave.get("signingKey") or {}
-    hpke = enclave.get("hpke") or {}
+    signing, hpke = _field(enclave, "signingKey", dict), _field(enclave, "hpke", dict)
     if signing.get("alg") != "ed25519":
         raise ParseError("bundle: enclave.signingKey.alg must be ed25519")
     signing_pub = b64d(signing.get("public"), "enclave.signingKey.public")
@@ -86,7 +84,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         verdict.fail("final evidence platform", f"final evidence is {final.platform}, session evidence {evidence.platform}")
     verify_evidence(final, at=at, policy=policy, verdict=verdict, prefix="final evidence: ",
                     expected_report_data=statement_binding(signing_pub, envelope.payload))
-    _same_measurement(verdict)
+    _same_enclave(evidence.platform, verdict)
 
     try:
         statement = parse_statement(envelope.payload)
@@ -94,12 +92,13 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         verdict.fail("statement", str(exc))
         return verdict
     verdict.ok("statement", "in-toto Statement v1 with the audit/v1 predicate")
-    verdict.check("statement nonce", hmac.compare_digest(statement.nonce, nonce.hex()),
+    verdict.check("statement nonce", statement.nonce == nonce.hex(),
                   "statement carries the run nonce", f"statement nonce {statement.nonce} is not the bundle's {nonce.hex()}")
     verdict.check("statement platform", statement.platform == evidence.platform,
                   f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
     _manifest_and_approvals(statement, signing_pub, verdict)
     _code_identity(statement, policy, verdict)
+    _warn_if_code_unpinned(policy, verdict)
     _expected_digests(statement, policy, verdict)
     _thresholds(statement, policy, verdict)
     _age(statement, policy, at, verdict)
@@ -115,17 +114,38 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         dataset_digest=statement.digest_of("dataset"),
         spec_digest=statement.digest_of("spec"),
         results=statement.results,
-        finished_at=statement.finished_at,
+        finished_at=statement.finished_at.isoformat(),
     )
     return verdict
 
 
-def _same_measurement(verdict: Verdict) -> None:
-    a = verdict.claims.get("evidence", {}).get("measurement")
-    b = verdict.claims.get("final evidence", {}).get("measurement")
-    if a is not None or b is not None:
-        verdict.check("same enclave", a == b, "session and final evidence carry the same measurement",
-                      f"session measurement {a} differs from final measurement {b}")
+# The claims that identify one enclave boot's image; session and final evidence must agree on them.
+IDENTITY_CLAIMS = {
+    "sim": ("measurement",),
+    "sev-snp": ("measurement", "host_data", "chip_id"),
+    "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrconfigid", "mrowner", "mrseam"),
+    "nitro": ("pcrs",),
+}
+# Policy steps that pin the code an enclave runs (a launch measurement or equivalent).
+_PIN_STEPS = {"measurement", "mrtd", "rtmr0", "rtmr1", "rtmr2", "pcr0", "pcr1", "pcr2"}
+
+
+def _same_enclave(platform: str, verdict: Verdict) -> None:
+    first, final = verdict.claims.get("evidence", {}), verdict.claims.get("final evidence", {})
+    keys = IDENTITY_CLAIMS.get(platform, ())
+    differ = [k for k in keys if first.get(k) != final.get(k)]
+    if not keys or any(first.get(k) is None for k in keys):
+        verdict.fail("same enclave", f"{platform} evidence lacks the claims that identify an enclave image")
+    else:
+        verdict.check("same enclave", not differ, f"session and final evidence agree on {', '.join(keys)}",
+                      f"session and final evidence differ in {', '.join(differ)}")
+
+
+def _warn_if_code_unpinned(policy: Policy, verdict: Verdict) -> None:
+    pinned = any(s.status is Status.OK and s.name.split(": ")[-1] in _PIN_STEPS for s in verdict.steps)
+    if policy.code_identities is None and not pinned:
+        verdict.warn("the policy pins neither a platform measurement nor the enclave code identity: any code "
+                     "running in a genuine TEE would pass")
 
 
 def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Verdict) -> None:
@@ -135,8 +155,7 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
     verdict.check("model subject", st.subject_digest == st.digest_of("model"),
                   "statement subject is the manifest's model",
                   f"subject {st.subject_digest} is not the manifest's model {st.digest_of('model')}")
-    bound_key = st.manifest.get("enclave", {}).get("signingKey")
-    verdict.check("manifest names this enclave", bound_key == b64e(signing_pub),
+    verdict.check("manifest names this enclave", st.enclave_key == b64e(signing_pub),
                   "approvals were given to this enclave boot key", "manifest names another enclave key")
     for role in ROLES:
         key = st.party_key(role)
@@ -158,11 +177,8 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
 
 
 def _code_identity(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
-    got = st.manifest.get("enclave", {}).get("codeIdentity")
-    claimed = st.raw["predicate"].get("platform", {}).get("codeIdentity")
-    if got != claimed:
-        verdict.fail("code identity", f"manifest says {got}, statement platform says {claimed}")
-    elif policy.code_identities is None:
+    got = st.code_identity  # parse_statement checked the manifest and platform agree
+    if policy.code_identities is None:
         verdict.skip("code identity", f"{got} (not pinned by policy)")
     else:
         verdict.check("code identity", got in policy.code_identities, f"{got} is in the policy's allow-list",
@@ -216,12 +232,8 @@ def _thresholds(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
 def _age(st: AuditStatement, policy: Policy, at: datetime, verdict: Verdict) -> None:
     if policy.max_age_s is None:
         return
-    try:
-        finished = datetime.fromisoformat(st.finished_at)
-    except ValueError:
-        verdict.fail("report age", f"finishedAt {st.finished_at!r} is not an ISO time")
-        return
-    age = at - finished
+    age = at - st.finished_at
+    finished = st.finished_at.isoformat()
     verdict.check("report age", timedelta(0) <= age <= timedelta(seconds=policy.max_age_s),
-                  f"finished {st.finished_at}, {int(age.total_seconds())} s before verification",
-                  f"finished {st.finished_at}: outside max_age of {policy.max_age_s} s at {at.isoformat()}")
+                  f"finished {finished}, {int(age.total_seconds())} s before verification",
+                  f"finished {finished}: outside max_age of {policy.max_age_s} s at {at.isoformat()}")

@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if args.json:
-            as_json(verdict, sys.stdout, platform=verdict.claims.get("platform", verdict.subject))
+            platform = verdict.claims.get("platform", verdict.subject)
+            as_json(verdict, sys.stdout, platform=platform, simulated=platform == "sim")
         else:
             table(verdict, sys.stdout)
         sys.stdout.flush()

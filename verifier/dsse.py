@@ -44,8 +44,8 @@ class Envelope:
         if not isinstance(obj, dict):
             raise ParseError("envelope: expected an object")
         ptype = obj.get("payloadType")
-        if not isinstance(ptype, str):
-            raise ParseError("envelope: payloadType missing")
+        if not isinstance(ptype, str) or not ptype.isprintable() or not ptype.isascii():
+            raise ParseError("envelope: payloadType missing or not printable ASCII")
         sigs = obj.get("signatures")
         if not isinstance(sigs, list) or not sigs:
             raise ParseError("envelope: signatures must be a non-empty list")

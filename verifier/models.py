@@ -95,7 +95,12 @@ class Evidence:
 
 def canonical_json(obj: Any) -> bytes:
     """Canonical JSON used for every digest in this project: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ParseError("text holds a lone surrogate (not valid Unicode), so it has no canonical form") from None
+    except RecursionError:
+        raise ParseError("structure nested too deeply to have a canonical form") from None
 
 
 LOG_ENTRY_KEY = "logEntry"
@@ -135,6 +140,11 @@ class Verdict:
     subject: str
     steps: list[Step] = field(default_factory=list)
     claims: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # shown beside the verdict line, e.g. SIMULATED
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def ok(self, name: str, reason: str) -> None:
         self.steps.append(Step(name, Status.OK, reason))
@@ -151,6 +161,8 @@ class Verdict:
 
     def extend(self, other: "Verdict", prefix: str = "") -> None:
         self.steps.extend(Step(prefix + s.name, s.status, s.reason) for s in other.steps)
+        for w in other.warnings:
+            self.warn(w)
 
     @property
     def verified(self) -> bool:
@@ -166,6 +178,7 @@ class Verdict:
         return {
             "verified": self.verified,
             "subject": self.subject,
+            "warnings": self.warnings,
             "steps": [s.to_json() for s in self.steps],
             "claims": self.claims,
         }

@@ -27,8 +27,11 @@ def table(verdict: Verdict, out: TextIO) -> None:
         out.write("\nclaims:\n")
         _claims(verdict.claims, out, "  ")
     n_failed = len(verdict.failures)
-    out.write("\n" + (f"VERIFIED ({verdict.subject})\n" if verdict.verified
-                      else f"NOT VERIFIED ({verdict.subject}): {n_failed} step(s) failed\n"))
+    out.write("\n")
+    for w in verdict.warnings:
+        out.write(f"WARNING: {w}\n")
+    out.write(f"VERIFIED ({verdict.subject})" + (", WITH WARNINGS ABOVE" if verdict.warnings else "") + "\n"
+              if verdict.verified else f"NOT VERIFIED ({verdict.subject}): {n_failed} step(s) failed\n")
 
 
 def _claims(claims: dict[str, Any], out: TextIO, indent: str) -> None:

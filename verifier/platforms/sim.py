@@ -97,6 +97,7 @@ def parse(blob: bytes) -> SimReport:
 
 def verify(evidence: Evidence, *, at: datetime, policy: SimPolicy, verdict: Verdict) -> Bound:
     report = parse(evidence.blob)
+    verdict.warn(WARNING)
     verdict.claims.update(
         simulated=True,
         warning=WARNING,
