@@ -53,7 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     workdir = make_workdir(args.workdir, unsafe_allow_disk=args.unsafe_allow_disk_workdir)
     service = EnclaveService(attester, code_identity(), workdir, device=args.device)
-    server = serve(service, args.listen)
+    try:
+        server = serve(service, args.listen)
+    except BaseException:
+        service.close()  # removes the work folder
+        raise
     host = args.listen.rsplit(":", 1)[0]
     if attester.platform == "sim":
         print("WARNING: --tee sim: evidence is SIMULATED and proves nothing about hardware", file=sys.stderr)

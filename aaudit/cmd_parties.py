@@ -151,15 +151,28 @@ def _manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(out: Path) -> None:
+    """Before a run starts: its bundle must have somewhere to go."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UnusableInput(f"cannot write {out}: {folder} is not a writable folder")
+    if out.is_dir():
+        raise UnusableInput(f"cannot write {out}: it is a folder")
+
+
 def _save(bundle: dict, out: Path, samples: bytes | None = None) -> None:
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
-    print(f"bundle written to {out}")
-    if samples is not None:
-        enc = out.with_suffix(".samples.enc")
-        enc.write_bytes(samples)
-        print(f"per-sample records (encrypted to the auditor's samples key) written to {enc}")
+    try:
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+        print(f"bundle written to {out}")
+        if samples is not None:
+            enc = out.with_suffix(".samples.enc")
+            enc.write_bytes(samples)
+            print(f"per-sample records (encrypted to the auditor's samples key) written to {enc}")
+    except OSError as exc:
+        print(json.dumps(bundle), file=sys.stdout)  # the job ran once; never lose its result
+        raise UnusableInput(f"cannot write {out}: {exc.strerror}; the bundle was printed to standard output") from None
 
 
 def _open_samples(args: argparse.Namespace) -> int:
@@ -199,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from aaudit.client import EnclaveClient
 
+    _check_writable(args.out)
     with EnclaveClient(args.enclave) as client:
         _attested(client, args)
         bars: dict[str, tqdm] = {}
@@ -222,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
 def _result(args: argparse.Namespace) -> int:
     from aaudit.client import EnclaveClient
 
+    _check_writable(args.out)
     with EnclaveClient(args.enclave) as client:
         _attested(client, args)
         bundle = client.result()

@@ -182,9 +182,15 @@ def serve(service: EnclaveService, listen: str, *, max_workers: int = 8) -> grpc
                  ("grpc.max_send_message_length", 64 << 20)],
     )
     pb_grpc.add_EnclaveServicer_to_server(service, server)
-    port = server.add_insecure_port(listen)
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UnusableInput(f"--listen {listen!r} must be HOST:PORT with a port from 0 to 65535")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise UnusableInput(f"cannot listen on {listen}")
+        raise UnusableInput(f"cannot listen on {listen} (address in use or not local?)")
     server.bound_port = port  # type: ignore[attr-defined]
     server.start()
     return server

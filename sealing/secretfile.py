@@ -20,7 +20,7 @@ def write_secret_file(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise SealError(f"{path} already exists; refusing to overwrite a key (remove it or choose another folder)") from None
+        raise SealError(f"{path} already exists; refusing to overwrite a secret file (remove it or choose another path)") from None
     except OSError as exc:
         raise SealError(f"cannot create {path}: {exc.strerror}") from None
     try:
