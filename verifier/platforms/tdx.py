@@ -144,10 +144,7 @@ def _pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     text = pem.rstrip(b"\x00")  # the quoting library writes a C string
     if b"-----BEGIN CERTIFICATE-----" not in text:
         raise ParseError("tdx quote: PCK certificate chain holds no PEM certificate")
-    try:
-        certs = tuple(x509.load_pem_x509_certificates(text))
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise ParseError(f"tdx quote: PCK certificate chain is not valid PEM ({exc})") from None
+    certs = x509chain.load_pem(text, "tdx quote: PCK certificate chain")
     if len(certs) < 2:
         raise ParseError(f"tdx quote: PCK certificate chain has {len(certs)} certificate(s), expected leaf, "
                          "intermediate and root")
