@@ -305,8 +305,13 @@ def _check_collateral(quote: Quote, collateral: bytes | None, at: datetime,
         raise ParseError(f"tdx collateral: not dcap-qvl collateral JSON ({' '.join(str(exc).split())})") from None
     windows = _collateral_windows(text)
     verdict.claims.update(windows)
+    now_secs = int(at.timestamp())
+    if now_secs < 0:  # dcap-qvl takes unsigned seconds since 1970; nothing Intel issues is valid earlier
+        verdict.fail(step, f"the verification time {at.isoformat()} is before 1970-01-01, when no Intel "
+                     "collateral or PCK certificate is valid; give --at as a time the evidence was current")
+        return None
     try:
-        report = dcap_qvl.verify_with_root_ca(quote.raw, col, _root()[1], int(at.timestamp()))
+        report = dcap_qvl.verify_with_root_ca(quote.raw, col, _root()[1], now_secs)
     except (ValueError, RuntimeError) as exc:
         when = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in windows.items())
         verdict.fail(step, f"{' '.join(str(exc).split())} (at {at.isoformat()}{'; ' + when if when else ''})")
