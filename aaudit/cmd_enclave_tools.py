@@ -29,6 +29,10 @@ from typing import Any
 from verifier.errors import UnusableInput
 
 _HEX96 = re.compile(r"^[0-9a-f]{96}$")
+_PAGE = 4096
+# What sev-snp-measure raises for a firmware image it cannot lay out: its own RuntimeErrors, bare
+# asserts on page sizes, and whatever ctypes, enum and int conversions raise on damaged tables.
+_MEASURE_ERRORS = (AssertionError, RuntimeError, ValueError, KeyError, IndexError, OverflowError, OSError)
 TDX_REGISTERS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
 NITRO_PCRS = ("pcr0", "pcr1", "pcr2", "pcr8")
 _SNP_COMPUTE = ("ovmf", "kernel", "initrd", "append", "vcpus", "vcpu_type", "vcpu_sig")
@@ -145,12 +149,19 @@ def snp_values(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str
         sig = None
     inputs = [p for p in (args.ovmf, args.kernel, args.initrd) if p]
     notes = [f"{p.name} sha256 {_file_digest(p)}" for p in inputs]
+    size = args.ovmf.stat().st_size
+    if not size or size % _PAGE:
+        # sev-snp-measure maps the image into guest pages and only asserts this (asserts vanish under -O)
+        raise UnusableInput(f"--ovmf {args.ovmf} is {size} bytes, not a whole number of 4 KiB pages: "
+                            "not an OVMF firmware image")
     try:
         digest = guest.calc_launch_digest(
             SevMode.SEV_SNP, args.vcpus, sig, str(args.ovmf), str(args.kernel) if args.kernel else None,
             str(args.initrd) if args.initrd else None, args.append, args.guest_features, "", vmm)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise UnusableInput(f"sev-snp-measure cannot measure {args.ovmf}: {exc}") from None
+    except _MEASURE_ERRORS as exc:
+        why = str(exc) or f"a consistency check ({type(exc).__name__}) failed"
+        raise UnusableInput(f"sev-snp-measure cannot measure {args.ovmf}: {why} (expected an OVMF AmdSev build "
+                            "with SEV-SNP metadata)") from None
     notes.append(f"append {args.append!r}, vcpus {args.vcpus}, vcpu "
                  f"{args.vcpu_type or (hex(sig) if sig is not None else 'unset')}, vmm {args.vmm_type}, "
                  f"guest features 0x{args.guest_features:x}")

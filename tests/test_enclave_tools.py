@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -20,7 +21,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from aaudit.cli import main as aaudit_main
 from aaudit.cmd_enclave_tools import register_tools
 from enclave import measure
 from verifier.errors import UnusableInput
@@ -226,6 +230,59 @@ def test_snp_errors(tmp_path):
     with pytest.raises(UnusableInput, match="cannot read .*absent.fd"):
         run(["reference-values", "--platform", "sev-snp", "--ovmf", str(tmp_path / "absent.fd"), "--vcpus", "1",
              "--vcpu-type", "EPYC-v4"])
+
+
+def _snp_reference(ovmf: Path, *extra: str) -> int:
+    return aaudit_main(["enclave", "reference-values", "--platform", "sev-snp", "--ovmf", str(ovmf), "--vcpus", "1",
+                        "--vcpu-type", "EPYC-v4", *extra])
+
+
+def _with_metadata_section(image: bytes, index: int, gpa: int, size: int, kind: int) -> bytes:
+    """The synthetic image with metadata section `index` replaced (the metadata sits at 0x1000)."""
+    at = 0x1000 + 16 + 12 * index
+    return image[:at] + struct.pack("<III", gpa, size, kind) + image[at + 12:]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ovmf: b"not firmware\n" * 400, r"5200 bytes, not a whole number of 4 KiB pages"),
+    (lambda ovmf: ovmf + b"\0" * 100, r"65636 bytes, not a whole number of 4 KiB pages"),
+    (lambda ovmf: _with_metadata_section(ovmf, 0, 0x800000, 0x9001, 1),
+     r"a consistency check \(AssertionError\) failed"),  # a section that is not whole pages
+    (lambda ovmf: _with_metadata_section(ovmf, 1, 0x809000, 0x1000, 7), r"7 is not a valid SectionType"),
+    (lambda ovmf: ovmf[:0x1000] + b"XSEV" + ovmf[0x1004:], r"Wrong SEV metadata signature"),
+])
+def test_snp_reference_values_of_a_non_ovmf_file_are_unusable_input(tmp_path, capsys, make, message):
+    ovmf = synthetic_ovmf(tmp_path / "OVMF.fd")
+    bad = tmp_path / "bad.fd"
+    bad.write_bytes(make(ovmf.read_bytes()))
+    assert _snp_reference(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aaudit enclave: sev-snp-measure cannot measure {bad}: ") or "--ovmf" in err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["flip", "cut", "grow"]), st.integers(0, 1 << 16), st.integers(1, 255), st.booleans())
+def test_snp_reference_values_of_a_damaged_ovmf_never_crash(tmp_path, capsys, how, at, xor, direct_boot):
+    """Any damage to the image gives a measurement or exit 2; the flips go where sev-snp-measure
+    parses (SEV metadata at 0x1000, footer table at the end)."""
+    image = bytearray(synthetic_ovmf(tmp_path / "OVMF.fd").read_bytes())
+    if how == "flip":
+        offset = 0x1000 + at % 64 if at & 1 else len(image) - 32 - 1 - at % 128
+        image[offset] ^= xor
+    elif how == "cut":
+        image = image[at % len(image):]
+    else:
+        image += bytes(at % 5000 + 1)
+    (tmp_path / "m.fd").write_bytes(bytes(image))
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    rc = _snp_reference(tmp_path / "m.fd", *(["--kernel", str(kernel)] if direct_boot else []))
+    out, err = capsys.readouterr()
+    assert rc in (0, 2) and "Traceback" not in err
+    assert (rc == 0) == ("measurements = [" in out)
 
 
 def test_snp_given_measurement(tmp_path):

@@ -154,6 +154,23 @@ def test_before_collateral_issue_fails(capsys: pytest.CaptureFixture[str], tmp_p
     assert "issue date is in the future" in steps(result)["quote and collateral (dcap-qvl)"][1]
 
 
+@pytest.mark.parametrize("at", ["1900-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z"])
+def test_time_before_1970_fails_the_collateral_step(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    at: str) -> None:
+    """dcap-qvl takes unsigned seconds since 1970; an earlier --at is a failed step, not an OverflowError."""
+    code, result = run_json(capsys, tmp_path, None, at=at)
+    assert code == 1 and result["verified"] is False
+    status, reason = steps(result)["quote and collateral (dcap-qvl)"]
+    assert status == "failed" and "before 1970-01-01" in reason
+    assert steps(result)["PCK chain"][0] == "failed"  # the certificates are not valid then either
+
+
+def test_epoch_itself_reaches_dcap_qvl(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, result = run_json(capsys, tmp_path, None, at="1970-01-01T00:00:00Z")
+    assert code == 1
+    assert "before 1970" not in steps(result)["quote and collateral (dcap-qvl)"][1]
+
+
 def test_without_collateral_fails_saying_it_is_required(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, result = run_json(capsys, tmp_path, None, collateral=None)
     assert code == 1

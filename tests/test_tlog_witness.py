@@ -5,6 +5,7 @@ carries a valid signature by the log's key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,28 @@ def test_witness_state_is_checked_not_trusted(tmp_path: Path) -> None:
         state.write_text("{not json")
         with pytest.raises(UnusableInput, match="damaged"):
             _check(b, key, state)
+
+
+def _unwritable_state_paths(tmp_path: Path) -> list[Path]:
+    """State paths that do not exist yet (first use) and cannot be created; root ignores file
+    modes, so no chmod here."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    paths = [tmp_path / "dangling" / "witness.json"]  # its directory is a link to nothing
+    if Path("/proc").is_dir():
+        paths.append(Path("/proc/x"))  # the reviewer's case: no file can be created in /proc
+    return paths
+
+
+def test_unreadable_or_unwritable_witness_state_is_unusable_input(tmp_path: Path) -> None:
+    with SQLiteLog(tmp_path / "log.db", origin=ORIGIN) as log:
+        key = log.signer.verifier_key
+        b = publish_bundle(log, bundle(1))
+        for state in _unwritable_state_paths(tmp_path):
+            with pytest.raises(UnusableInput, match=re.escape(f"cannot write witness state {state}: ")):
+                _check(b, key, state)
+            assert not state.exists()
+        (tmp_path / "a-file").write_text("")
+        for state in (tmp_path / "a-file" / "witness.json", tmp_path / "a-dir"):
+            (tmp_path / "a-dir").mkdir(exist_ok=True)
+            with pytest.raises(UnusableInput, match=re.escape(f"cannot read witness state {state}: ")):
+                _check(b, key, state)

@@ -45,9 +45,15 @@ def decode_blob(data: bytes) -> bytes:
 def read_certs(data: bytes, what: str) -> list[bytes]:
     """All certificates in a PEM file (any number), or one DER certificate."""
     if b"-----BEGIN" in data:
-        certs = [base64.b64decode(b"".join(body.split())) for kind, body in _PEM.findall(data) if kind == b"CERTIFICATE"]
-        if not certs:
+        bodies = [body for kind, body in _PEM.findall(data) if kind == b"CERTIFICATE"]
+        if not bodies:
             raise UnusableInput(f"{what}: PEM file holds no CERTIFICATE block")
+        certs = []
+        for i, body in enumerate(bodies):
+            try:
+                certs.append(base64.b64decode(b"".join(body.split()), validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise UnusableInput(f"{what}: CERTIFICATE block {i + 1} is not valid base64 ({exc})") from None
         return certs
     if data[:1] == b"\x30":
         return [data]

@@ -161,7 +161,7 @@ def load_witness_state(path: str | os.PathLike[str],
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UnusableInput(f"cannot read witness state {p}: {exc.strerror}") from None
+        raise UnusableInput(f"cannot read witness state {p}: {exc.strerror or exc}") from None
     state = _parse_state(p, raw)
     if log_key is not None:
         verifier = parse_verifier_key(log_key) if isinstance(log_key, str) else log_key
@@ -197,18 +197,23 @@ def _damaged(p: Path, why: str) -> UnusableInput:
 
 
 def _write_state(path: Path, state: WitnessState) -> None:
-    """Atomic replace, so a crash leaves either the old or the new state, never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Atomic replace, so a crash leaves either the old or the new state, never a torn file.
+    A state that cannot be written is unusable input: the witness must not silently forget."""
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(state.to_json(), f, indent=1)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UnusableInput(f"cannot write witness state {path}: {exc.strerror or exc}") from None
         raise
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -41,17 +41,58 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def load_der(data: bytes, what: str) -> x509.Certificate:
+# What `cryptography` raises for a certificate it cannot decode; only ValueError is documented, the
+# others are not ValueErrors and come from versions, duplicate extensions, names and key types.
+_DECODE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+                  x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
+
+
+def _decoded(cert: x509.Certificate, what: str) -> x509.Certificate:
+    """`cert` once every part a check reads has been decoded.
+
+    `cryptography` parses names, validity, extensions, the key and the signature algorithm only
+    when first used, so a corrupt certificate that loads would otherwise fail in the middle of a
+    chain check. Decoding them here makes the rule simple: a certificate that cannot be read whole
+    is unusable input (ParseError); one that reads but does not chain, verify or match is a failed
+    step."""
+    part = "certificate"
     try:
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
+        for part, read in (
+            ("subject", lambda: cert.subject.rfc4514_string()),
+            ("issuer", lambda: cert.issuer.rfc4514_string()),
+            ("validity", lambda: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
+            ("extensions", lambda: cert.extensions),
+            ("public key", cert.public_key),
+            ("signature algorithm", lambda: (cert.signature_hash_algorithm, cert.signature_algorithm_parameters)),
+        ):
+            read()
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"{what}: the certificate's {part} cannot be read ({' '.join(str(exc).split())})") from None
+    return cert
+
+
+def load_der(data: bytes, what: str) -> x509.Certificate:
+    """A DER certificate, decoded whole; ParseError if any part of it cannot be read."""
+    try:
+        cert = x509.load_der_x509_certificate(data)
+    except _DECODE_ERRORS as exc:
         raise ParseError(f"{what}: not a DER X.509 certificate ({exc})") from None
+    return _decoded(cert, what)
+
+
+def load_pem(data: bytes, what: str) -> tuple[x509.Certificate, ...]:
+    """All certificates of PEM text, each decoded whole; ParseError if any cannot be read."""
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"{what}: not valid PEM X.509 certificates ({exc})") from None
+    return tuple(_decoded(c, f"{what}, certificate {i + 1}") for i, c in enumerate(certs))
 
 
 @lru_cache(maxsize=None)
 def load_pem_file(relpath: str) -> tuple[x509.Certificate, ...]:
     """All certificates of a PEM file under verifier/roots/ (e.g. "amd/ask_ark_milan.pem")."""
-    return tuple(x509.load_pem_x509_certificates((ROOTS_DIR / relpath).read_bytes()))
+    return load_pem((ROOTS_DIR / relpath).read_bytes(), f"verifier/roots/{relpath}")
 
 
 def pinned_root(name: str, relpath: str) -> x509.Certificate:
@@ -103,12 +144,9 @@ def verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: 
 
 
 def verify_p384(cert: x509.Certificate, r: int, s: int, message: bytes) -> str | None:
-    """ECDSA P-384/SHA-384 signature (r, s) over `message` by `cert`'s key: None if it verifies,
-    else the reason (the key is unreadable, not P-384, or the signature does not verify)."""
-    try:
-        key = cert.public_key()
-    except ValueError as exc:
-        return f"the public key of {name_of(cert)!r} cannot be read ({exc})"
+    """ECDSA P-384/SHA-384 signature (r, s) over `message` by `cert`'s key (read when the certificate
+    was loaded): None if it verifies, else the reason (not a P-384 key, or the signature does not verify)."""
+    key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         return f"{name_of(cert)!r} does not hold an ECDSA P-384 key ({type(key).__name__})"
     try:

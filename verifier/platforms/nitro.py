@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +40,9 @@ MAX_BLOB = 1024  # certificates, public_key, user_data, nonce
 POLICY_PCRS = (0, 1, 2, 3, 4, 8)
 _REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
+# The latest millisecond a datetime holds (the end of year 9999).
+_MAX_TIMESTAMP_MS = (datetime.max.replace(tzinfo=timezone.utc) - datetime.fromtimestamp(0, timezone.utc)) \
+    // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def parse(blob: bytes) -> NitroDocument:
     ts = payload["timestamp"]
     if not isinstance(ts, int) or isinstance(ts, bool) or not 0 < ts < 1 << 64:
         raise ParseError("nitro document: timestamp must be a positive 64-bit integer (ms since the epoch)")
+    if ts > _MAX_TIMESTAMP_MS:
+        raise ParseError(f"nitro document: timestamp {ts} ms is after the year 9999")
 
     raw_pcrs = payload["pcrs"]
     if not isinstance(raw_pcrs, dict) or not 1 <= len(raw_pcrs) <= 32:

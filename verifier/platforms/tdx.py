@@ -144,10 +144,7 @@ def _pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     text = pem.rstrip(b"\x00")  # the quoting library writes a C string
     if b"-----BEGIN CERTIFICATE-----" not in text:
         raise ParseError("tdx quote: PCK certificate chain holds no PEM certificate")
-    try:
-        certs = tuple(x509.load_pem_x509_certificates(text))
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise ParseError(f"tdx quote: PCK certificate chain is not valid PEM ({exc})") from None
+    certs = x509chain.load_pem(text, "tdx quote: PCK certificate chain")
     if len(certs) < 2:
         raise ParseError(f"tdx quote: PCK certificate chain has {len(certs)} certificate(s), expected leaf, "
                          "intermediate and root")
@@ -308,8 +305,13 @@ def _check_collateral(quote: Quote, collateral: bytes | None, at: datetime,
         raise ParseError(f"tdx collateral: not dcap-qvl collateral JSON ({' '.join(str(exc).split())})") from None
     windows = _collateral_windows(text)
     verdict.claims.update(windows)
+    now_secs = int(at.timestamp())
+    if now_secs < 0:  # dcap-qvl takes unsigned seconds since 1970; nothing Intel issues is valid earlier
+        verdict.fail(step, f"the verification time {at.isoformat()} is before 1970-01-01, when no Intel "
+                     "collateral or PCK certificate is valid; give --at as a time the evidence was current")
+        return None
     try:
-        report = dcap_qvl.verify_with_root_ca(quote.raw, col, _root()[1], int(at.timestamp()))
+        report = dcap_qvl.verify_with_root_ca(quote.raw, col, _root()[1], now_secs)
     except (ValueError, RuntimeError) as exc:
         when = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in windows.items())
         verdict.fail(step, f"{' '.join(str(exc).split())} (at {at.isoformat()}{'; ' + when if when else ''})")
