@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -75,16 +75,21 @@ def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
     return identity, key_path, pub_path
 
 
-def load_identity(path: Path) -> Identity:
-    """Load a private key written by `generate_identity` (refused if others can read it)."""
+def _load_private(path: Path, kind: type, what: str) -> Any:
+    """A PKCS8 PEM private key of `kind` from a file only its owner can read."""
     data = read_secret_file(Path(path), _MAX_PEM)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise SealError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise SealError(f"{path}: expected an Ed25519 key, found {type(key).__name__}")
-    return Identity(key)
+    if not isinstance(key, kind):
+        raise SealError(f"{path}: expected {what}, found {type(key).__name__}")
+    return key
+
+
+def load_identity(path: Path) -> Identity:
+    """Load a private key written by `generate_identity` (refused if others can read it)."""
+    return Identity(_load_private(path, ed25519.Ed25519PrivateKey, "an Ed25519 key"))
 
 
 def load_public_raw(path: Path) -> bytes:
@@ -141,11 +146,5 @@ def load_samples_key(path: Path) -> "HpkeKeyPair":
     """Load a samples key written by `generate_samples_key` (refused if others can read it)."""
     from sealing.keywrap import HpkeKeyPair
 
-    data = read_secret_file(Path(path), _MAX_PEM)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise SealError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, x25519.X25519PrivateKey):
-        raise SealError(f"{path}: expected an X25519 samples key, found {type(key).__name__}")
+    key = _load_private(path, x25519.X25519PrivateKey, "an X25519 samples key")
     return HpkeKeyPair.from_private_bytes(key.private_bytes_raw())

@@ -27,9 +27,24 @@ from enclave.tee.sev_guest import SevGuestAttester
 from enclave.tee.sim import SimAttester
 from enclave.tee.snp_certs import parse_cert_table
 from tests.tee_fakes import (
-    ARK_GUID, ASK_GUID, CRL_GUID, SNP_GET_EXT_REPORT, SNP_GET_REPORT, VCEK_GUID, VLEK_GUID, FakeNsm,
-    FakeNsmIoctl, FakeSevGuest, FakeTsm, cert_table, hopper_vector, nitro_document, pem_to_der_list,
-    snp_cert_table, snp_vector, vector,
+    ARK_GUID,
+    ASK_GUID,
+    CRL_GUID,
+    SNP_GET_EXT_REPORT,
+    SNP_GET_REPORT,
+    VCEK_GUID,
+    VLEK_GUID,
+    FakeNsm,
+    FakeNsmIoctl,
+    FakeSevGuest,
+    FakeTsm,
+    cert_table,
+    hopper_vector,
+    nitro_document,
+    pem_to_der_list,
+    snp_cert_table,
+    snp_vector,
+    vector,
 )
 from verifier.binding import gpu_nonce
 from verifier.errors import ParseError

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from sealing.digest import AssetFile, ManifestBuilder, folder_digest, manifest, path_problem, read_blocks
+from sealing.digest import (
+    AssetFile,
+    ManifestBuilder,
+    folder_digest,
+    manifest,
+    path_problem,
+    read_blocks,
+)
 from sealing.errors import SealError
 from verifier.errors import UnusableInput
 

@@ -16,9 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from e2e_helpers import (
+    KINDS,
+    RunningEnclave,
+    approve_both,
+    expected,
+    make_parties,
+    nonce,
+    provision,
+)
 
 from aaudit.client import AttestationRefused, EnclaveError, ExpectedRun
-from e2e_helpers import KINDS, RunningEnclave, approve_both, expected, make_parties, nonce, provision
 from enclave.measure import code_identity
 from verifier import policy
 from verifier.bundle import verify_bundle

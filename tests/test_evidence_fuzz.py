@@ -13,13 +13,14 @@ import base64
 import dataclasses
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, given, settings
 from cryptography import x509
+from helpers import flip as _flip
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from verifier import policy as policy_mod
@@ -54,11 +55,6 @@ def _utc(text: str) -> datetime:
 
 def _file_certs(*paths: Path) -> tuple[bytes, ...]:
     return tuple(c for p in paths for c in read_certs(p.read_bytes(), str(p)))
-
-
-def _flip(data: bytes, offset: int, xor: int) -> bytes:
-    offset %= len(data)
-    return data[:offset] + bytes([data[offset] ^ xor]) + data[offset + 1:]
 
 
 def _pem(der: bytes) -> bytes:

@@ -12,7 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from aaudit.cli import main as aaudit_main
 from sealing.errors import SealError
-from sealing.identity import generate_identity, load_identity, load_public_raw, verify_signature
+from sealing.identity import (
+    generate_identity,
+    load_identity,
+    load_public_raw,
+    verify_signature,
+)
 from sealing.keywrap import DEFAULT_SUITE, HYBRID_SUITE, SUITES, HpkeKeyPair, wrap
 from verifier.binding import wrap_info
 

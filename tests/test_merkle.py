@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from verifier.merkle import EMPTY_ROOT, leaf_hash, node_hash, root_hash, verify_consistency, verify_inclusion
+from verifier.merkle import (
+    EMPTY_ROOT,
+    leaf_hash,
+    node_hash,
+    root_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 LEAVES = [bytes.fromhex(h) for h in (
     "", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f")]

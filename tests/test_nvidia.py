@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from helpers import flip as _flip
+from helpers import step as _step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,16 +37,6 @@ def _verify(blob: bytes = REPORT, certs: tuple[bytes, ...] = CHAIN, at: datetime
     pol = pol or policy_mod.baseline("nvidia", False)
     verdict, _ = verify_evidence(Evidence("nvidia", blob, certs), at=at, policy=pol, expected_nonce=nonce)
     return verdict
-
-
-def _step(verdict: Verdict, name: str):
-    matches = [s for s in verdict.steps if s.name == name]
-    assert matches, f"no step {name!r} in {[s.name for s in verdict.steps]}"
-    return matches[0]
-
-
-def _flip(blob: bytes, offset: int) -> bytes:
-    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1:]
 
 
 def _policy(text: str) -> policy_mod.Policy:

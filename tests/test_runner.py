@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, mc_records, write_demo_data
+from benchmarks.demo_assets import (
+    build_tiny_model,
+    demo_spec_toml,
+    mc_records,
+    write_demo_data,
+)
 from benchmarks.spec import parse_spec, spec_to_lm_eval_yaml
 from enclave.runner import DatasetError, run_audit
 from verifier.merkle import root_hash

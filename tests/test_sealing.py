@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from helpers import flip as _flip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,7 +154,6 @@ def test_seal_failure_removes_what_it_created(asset_dir: Path, tmp_path: Path, m
 # --- damaged streams -------------------------------------------------------------------------
 
 
-
 def _other_asset(tmp_path_factory) -> tuple[bytes, list[bytes]]:
     src = tmp_path_factory.mktemp("other")
     for rel, data in FILES.items():
@@ -161,10 +161,6 @@ def _other_asset(tmp_path_factory) -> tuple[bytes, list[bytes]]:
         (src / rel).write_bytes(data)
     other = seal(src, src / "out", "model", chunk_size=CHUNK)
     return _chunks(other)
-
-
-def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
 
 
 CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {

@@ -12,6 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers import flip as _flip
+from helpers import step as _step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,16 +65,6 @@ def _verify(blob: bytes, certs: tuple[bytes, ...], at: datetime = AT_DT, *, allo
     pol = pol or policy_mod.baseline("sev-snp", allow_debug)
     verdict, _ = verify_evidence(Evidence("sev-snp", blob, certs), at=at, policy=pol, expected_report_data=report_data)
     return verdict
-
-
-def _step(verdict: Verdict, name: str):
-    matches = [s for s in verdict.steps if s.name == name]
-    assert matches, f"no step {name!r} in {[s.name for s in verdict.steps]}"
-    return matches[0]
-
-
-def _flip(blob: bytes, offset: int) -> bytes:
-    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1:]
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
-
 import tomllib
 
 import pytest
 import yaml
 
 from benchmarks.demo_assets import demo_spec_toml
-from benchmarks.spec import METRICS, FILTERS, SpecError, parse_spec, spec_to_lm_eval_yaml
+from benchmarks.spec import (
+    FILTERS,
+    METRICS,
+    SpecError,
+    parse_spec,
+    spec_to_lm_eval_yaml,
+)
 from verifier.errors import UnusableInput
 
 BASE = """

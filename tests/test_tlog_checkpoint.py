@@ -15,7 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tlog import keys
 from verifier.checkpoint import (
-    format_checkpoint, parse_checkpoint, parse_note, parse_verifier_key, signature_line, verify_checkpoint,
+    format_checkpoint,
+    parse_checkpoint,
+    parse_note,
+    parse_verifier_key,
+    signature_line,
+    verify_checkpoint,
     verify_note,
 )
 from verifier.errors import ParseError, UnusableInput, VerificationError

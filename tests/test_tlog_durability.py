@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tlog_support import ORIGIN
 
+from tlog.audit import audit
 from tlog.backend import LogError
 from tlog.client import LogClient
-from tlog.audit import audit
 from verifier.checkpoint import verify_checkpoint
 from verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
 

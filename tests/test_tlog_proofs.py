@@ -8,8 +8,21 @@ from __future__ import annotations
 
 import pytest
 
-from tlog.proofs import CompactRange, consistency_ranges, inclusion_ranges, range_hashes, root, subtrees
-from verifier.merkle import leaf_hash, node_hash, root_hash, verify_consistency, verify_inclusion
+from tlog.proofs import (
+    CompactRange,
+    consistency_ranges,
+    inclusion_ranges,
+    range_hashes,
+    root,
+    subtrees,
+)
+from verifier.merkle import (
+    leaf_hash,
+    node_hash,
+    root_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 
 def _k(n: int) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from helpers import step as _step
 from tlog_support import bundle, running_log
 
 from protos import log_pb2, log_pb2_grpc
@@ -27,10 +28,6 @@ def _verdict(b: dict, key: str, require: bool = True) -> Verdict:
     v = Verdict("bundle")
     verify_log_entry(b, LogPolicy(key, require), v, None)
     return v
-
-
-def _step(v: Verdict, name: str):  # type: ignore[no-untyped-def]
-    return next(s for s in v.steps if s.name == name)
 
 
 def test_publish_get_prove_and_verify(tmp_path: Path) -> None:

@@ -14,7 +14,12 @@ from tlog_support import ORIGIN, bundle
 from tlog.log import SQLiteLog
 from tlog.publish import publish_bundle, refresh_bundle
 from verifier.errors import UnusableInput, VerificationError
-from verifier.logentry import LogEntry, load_witness_state, verify_log_entry, witness_update
+from verifier.logentry import (
+    LogEntry,
+    load_witness_state,
+    verify_log_entry,
+    witness_update,
+)
 from verifier.models import Status, Verdict
 from verifier.policy import LogPolicy
 
