@@ -19,7 +19,7 @@ from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
 from sealing.stream import SealedAsset, SealedReader, read_key_file
 from verifier.binding import NONCE_LEN, key_binding, wrap_info
-from verifier.errors import AAuditError, VerificationError
+from verifier.errors import AAuditError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e, canonical_json
 from verifier.policy import Policy
@@ -86,6 +86,7 @@ class EnclaveClient:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.EnclaveStub(self._channel)
+        self.samples: bytes | None = None  # encrypted per-sample records of the last run/result
 
     def close(self) -> None:
         self._channel.close()
@@ -168,7 +169,7 @@ class EnclaveClient:
     def run(self, nonce: bytes, on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:
         """Run the approved audit; returns the bundle (encrypted samples, if any, in `self.samples`)."""
         bundle = None
-        self.samples: bytes | None = None
+        self.samples = None
         try:
             for event in self._stub.RunAudit(pb.RunRequest(nonce=nonce)):
                 kind = event.WhichOneof("event")

@@ -11,7 +11,13 @@ from typing import Any, Callable, Iterator
 
 from sealing.digest import asset_files, manifest_and_digest
 from sealing.identity import ROLES, generate_identity, generate_samples_key
-from sealing.stream import DEFAULT_CHUNK_SIZE, KINDS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, seal
+from sealing.stream import (
+    DEFAULT_CHUNK_SIZE,
+    KINDS,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    seal,
+)
 from verifier.errors import UnusableInput
 
 # Below this a progress bar only flickers.

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from verifier.errors import UnusableInput
 
-
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
 
 

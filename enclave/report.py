@@ -14,8 +14,8 @@ from typing import Any
 from enclave.keys import BootKeys
 from enclave.session import JobInputs
 from enclave.tee import CompositeAttester
-from verifier import dsse
 from sealing.keywrap import DEFAULT_SUITE, seal_to
+from verifier import dsse
 from verifier.binding import key_binding, samples_info, statement_binding
 from verifier.bundle import MEDIA_TYPE
 from verifier.models import b64e, canonical_json

@@ -139,7 +139,9 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             job.events.put((stage, float(fraction), message))
 
         try:
-            from enclave.runner import run_audit  # heavy imports (torch, lm-eval) happen here, not at boot
+            from enclave.runner import (
+                run_audit,  # heavy imports (torch, lm-eval) happen here, not at boot
+            )
 
             progress("run", 0.0, "loading model and running lm-eval")
             run = run_audit(inputs.model_dir, inputs.spec, inputs.datasets, progress=lambda s, f: progress(s, f),

@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.spec import AuditSpec, parse_spec
 from enclave.keys import BootKeys
@@ -22,7 +22,7 @@ from sealing.stream import DirectorySink, MemorySink, Unsealer
 from verifier.binding import NONCE_LEN, wrap_info
 from verifier.errors import AAuditError, UnusableInput
 from verifier.models import b64e
-from verifier.statement import ASSET_KINDS, approval_message, manifest_digest
+from verifier.statement import ASSET_KINDS, manifest_digest, verify_approval
 
 UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor"}
 # Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
@@ -197,15 +197,15 @@ class Session:
     def _manifest_digest_locked(self) -> str:
         return manifest_digest(self._manifest_locked())
 
+    def _missing_locked(self) -> str:
+        return ", ".join(k for k in ASSET_KINDS if k not in self._assets)
+
     def manifest(self) -> tuple[dict[str, Any], str, list[str], bool]:
         with self._lock:
             m = self._manifest_locked()
             return m, manifest_digest(m), sorted(self._approvals), set(self._assets) == set(ASSET_KINDS)
 
     def approve(self, role: str, digest: str, signature: bytes) -> tuple[list[str], bool]:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
         if role not in UPLOADER_ROLE.values():
             raise UnusableInput(f"unknown role {role!r} (provider or auditor)")
         with self._lock:
@@ -215,14 +215,11 @@ class Session:
             if digest != current:
                 raise SessionError(f"approval is for manifest {digest}, but the current manifest is {current} "
                                    "(an asset was uploaded since); fetch the manifest again")
-            if set(self._assets) != set(ASSET_KINDS):
-                missing = ", ".join(k for k in ASSET_KINDS if k not in self._assets)
-                raise SessionError(f"manifest incomplete: missing {missing}")
+            if self._missing_locked():
+                raise SessionError(f"manifest incomplete: missing {self._missing_locked()}")
             key = next(a.party_key for k, a in self._assets.items() if UPLOADER_ROLE[k] == role)
-            try:
-                Ed25519PublicKey.from_public_bytes(key).verify(signature, approval_message(digest))
-            except InvalidSignature:
-                raise SessionError(f"{role} approval signature does not verify with the {role}'s upload key") from None
+            if not verify_approval(key, digest, signature):
+                raise SessionError(f"{role} approval signature does not verify with the {role}'s upload key")
             self._approvals[role] = signature
             return sorted(self._approvals), len(self._approvals) == 2
 
@@ -231,9 +228,8 @@ class Session:
         with self._lock:
             if self._running:
                 raise Busy("a job is already running; one job at a time — wait for it and fetch its result")
-            if set(self._assets) != set(ASSET_KINDS):
-                missing = ", ".join(k for k in ASSET_KINDS if k not in self._assets)
-                raise SessionError(f"cannot run: missing asset(s) {missing}")
+            if self._missing_locked():
+                raise SessionError(f"cannot run: missing asset(s) {self._missing_locked()}")
             missing_roles = [r for r in ("provider", "auditor") if r not in self._approvals]
             if missing_roles:
                 raise SessionError(f"cannot run: no approval from {' and '.join(missing_roles)} on the current manifest")
@@ -284,5 +280,3 @@ class JobInputs:
 def _folder_size(folder: Path | None) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder else 0
 
-
-ProgressFn = Callable[[str, float, str], None]

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
@@ -106,14 +105,6 @@ def load_public_raw(path: Path) -> bytes:
         raise SealError(f"{path}: expected an Ed25519 public key, found {type(key).__name__}")
     return key.public_bytes_raw()
 
-
-def verify_signature(public_raw: bytes, message: bytes, signature: bytes) -> bool:
-    """Whether `signature` is a valid Ed25519 signature of `message` by `public_raw`."""
-    try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def generate_samples_key(out_dir: Path, role: str = "auditor") -> tuple[str, Path, Path]:

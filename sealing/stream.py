@@ -53,7 +53,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealing.digest import MAX_PATH_BYTES, ManifestBuilder, asset_files, path_problem, read_blocks
+from sealing.digest import (
+    MAX_PATH_BYTES,
+    ManifestBuilder,
+    asset_files,
+    path_problem,
+    read_blocks,
+)
 from sealing.errors import SealError
 from sealing.secretfile import read_secret_file, write_secret_file
 from verifier.errors import ParseError

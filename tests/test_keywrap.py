@@ -16,10 +16,10 @@ from sealing.identity import (
     generate_identity,
     load_identity,
     load_public_raw,
-    verify_signature,
 )
 from sealing.keywrap import DEFAULT_SUITE, HYBRID_SUITE, SUITES, HpkeKeyPair, wrap
 from verifier.binding import wrap_info
+from verifier.statement import approval_message, verify_approval
 
 ENCLAVE_SIGNING_KEY = bytes(range(32))
 INFO = wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY)
@@ -110,10 +110,10 @@ def test_identity_keygen_load_sign(tmp_path: Path) -> None:
     assert key_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     loaded = load_identity(key_path)
     assert loaded.public_raw() == identity.public_raw() == load_public_raw(pub_path)
-    signature = loaded.sign(b"manifest digest")
-    assert verify_signature(identity.public_raw(), b"manifest digest", signature)
-    assert not verify_signature(identity.public_raw(), b"another manifest", signature)
-    assert not verify_signature(b"\x00" * 31, b"manifest digest", signature)
+    signature = loaded.sign(approval_message("sha256:" + "1" * 64))
+    assert verify_approval(identity.public_raw(), "sha256:" + "1" * 64, signature)
+    assert not verify_approval(identity.public_raw(), "sha256:" + "2" * 64, signature)
+    assert not verify_approval(b"\x00" * 31, "sha256:" + "1" * 64, signature)
     with pytest.raises(SealError, match="already exists"):
         generate_identity(tmp_path, "provider")
     os.chmod(key_path, 0o640)

@@ -79,3 +79,11 @@ def test_upload_size_limit(setup, tmp_path: Path) -> None:  # noqa: ANN001
     with pytest.raises(SessionError, match="exceeds this enclave's limit of 100 bytes"):
         _upload(session, keys, sealed["dataset"], os.urandom(32), nonce)
     assert session.manifest()[0]["assets"] == {}
+
+
+def test_an_approval_must_name_every_asset_digest() -> None:
+    from aaudit.client import ExpectedRun
+    from verifier.errors import UnusableInput
+
+    with pytest.raises(UnusableInput, match="missing spec"):
+        ExpectedRun({"model": "sha256:" + "0" * 64, "dataset": "sha256:" + "1" * 64}, {})

@@ -12,16 +12,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from verifier import dsse
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
 from verifier.models import CPU_PLATFORMS, Evidence, Status, Verdict, b64d, b64e
 from verifier.policy import Policy
-from verifier.statement import ROLES, AuditStatement, approval_message, manifest_digest, parse_statement
+from verifier.statement import (
+    ROLES,
+    AuditStatement,
+    manifest_digest,
+    parse_statement,
+    verify_approval,
+)
 
 MEDIA_TYPE = "application/vnd.attestable-audits.bundle.v1+json"
 
@@ -163,15 +166,7 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
         if key is None or not approvals:
             verdict.fail(f"{role} approval", f"no {role} approval in the statement")
             continue
-        ok = False
-        for a in approvals:
-            if a.public_key != key:
-                continue
-            try:
-                Ed25519PublicKey.from_public_bytes(key).verify(a.signature, approval_message(st.manifest_digest))
-                ok = True
-            except (InvalidSignature, ValueError):
-                pass
+        ok = any(a.public_key == key and verify_approval(key, st.manifest_digest, a.signature) for a in approvals)
         verdict.check(f"{role} approval", ok, f"{role} signed the manifest",
                       f"{role} approval signature does not verify with the manifest's {role} key")
 

@@ -97,7 +97,7 @@ def _verify_gpu(evidence: Evidence, bound: Bound, *, at: datetime, policy: Polic
         if gpu.platform not in GPU_PLATFORMS:
             verdict.fail(label + "platform", f"{gpu.platform!r} is not a GPU platform")
             continue
-        sub, gbound = verify_evidence(gpu, at=at, policy=policy, expected_nonce=want)
+        sub, _ = verify_evidence(gpu, at=at, policy=policy, expected_nonce=want)
         verdict.extend(sub, label)
         gpu_claims.append(sub.claims)
     verdict.claims["gpus"] = gpu_claims

@@ -23,8 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from verifier.checkpoint import NoteVerifier, parse_checkpoint, parse_note, parse_verifier_key, verify_checkpoint
-from verifier.errors import AAuditError, ParseError, PolicyError, UnusableInput, VerificationError
+from verifier.checkpoint import (
+    NoteVerifier,
+    parse_checkpoint,
+    parse_note,
+    parse_verifier_key,
+    verify_checkpoint,
+)
+from verifier.errors import (
+    AAuditError,
+    ParseError,
+    PolicyError,
+    UnusableInput,
+    VerificationError,
+)
 from verifier.merkle import HASH_SIZE, leaf_hash, verify_consistency, verify_inclusion
 from verifier.models import LOG_ENTRY_KEY, Verdict, b64d, b64e, log_entry_bytes
 

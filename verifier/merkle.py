@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-
 HASH_SIZE = 32
 
 

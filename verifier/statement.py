@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from verifier.errors import ParseError
 from verifier.models import b64d, canonical_json
 
@@ -30,6 +33,15 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 def approval_message(digest: str) -> bytes:
     """What a party signs to approve a run: a domain label and the manifest digest."""
     return _APPROVAL + digest.encode("ascii")
+
+
+def verify_approval(public_raw: bytes, digest: str, signature: bytes) -> bool:
+    """Whether `signature` is `public_raw`'s Ed25519 approval of the manifest with `digest`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, approval_message(digest))
+    except (InvalidSignature, ValueError, UnicodeEncodeError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

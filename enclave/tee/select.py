@@ -18,8 +18,14 @@ import os
 from typing import Any
 
 from enclave.measure import code_identity
-from enclave.tee import Attester, AttestationError, CompositeAttester, GpuAttester
-from enclave.tee.configfs_tsm import DEFAULT_TSM_ROOT, PROVIDERS, ConfigfsTsmAttester, TsmFs, TsmReportClient
+from enclave.tee import AttestationError, Attester, CompositeAttester, GpuAttester
+from enclave.tee.configfs_tsm import (
+    DEFAULT_TSM_ROOT,
+    PROVIDERS,
+    ConfigfsTsmAttester,
+    TsmFs,
+    TsmReportClient,
+)
 from enclave.tee.nitro import DEFAULT_DEVICE as DEFAULT_NSM
 from enclave.tee.nvidia import DEFAULT_CONTROL_DEVICE
 from enclave.tee.sev_guest import DEFAULT_DEVICE as DEFAULT_SEV_GUEST
@@ -93,7 +99,12 @@ def _cpu_attester(tee: str, *, tsm_root: str, sev_guest_dev: str, tdx_guest_dev:
 def _gpu_attesters(gpu_evidence: str, *, nvidia_dev: str, nvml: Any | None) -> list[GpuAttester]:
     if gpu_evidence == "none":
         return []
-    from enclave.tee.nvidia import NvidiaGpuAttester, cc_enabled, load_nvml, nvidia_present
+    from enclave.tee.nvidia import (
+        NvidiaGpuAttester,
+        cc_enabled,
+        load_nvml,
+        nvidia_present,
+    )
 
     if nvml is None and not nvidia_present(nvidia_dev):
         if gpu_evidence == "auto":

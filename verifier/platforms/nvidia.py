@@ -34,7 +34,6 @@ from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.platforms import Bound
 from verifier.x509chain import (
-    verify_p384,
     PINNED_ROOTS,
     ChainError,
     fingerprint,
@@ -43,6 +42,7 @@ from verifier.x509chain import (
     order_chain,
     pinned_root,
     verify_chain,
+    verify_p384,
 )
 
 NAME = "nvidia"

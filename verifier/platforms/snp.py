@@ -42,7 +42,6 @@ from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.platforms import Bound
 from verifier.x509chain import (
-    verify_p384,
     PINNED_ROOTS,
     ChainError,
     fingerprint,
@@ -51,6 +50,7 @@ from verifier.x509chain import (
     name_of,
     pinned_root,
     verify_chain,
+    verify_p384,
 )
 
 NAME = "sev-snp"
