@@ -1,31 +1,50 @@
-"""The parties' side of the enclave protocol: attest and verify first, then upload, approve, run.
+"""The parties' side of the enclave protocol: attest and verify first, then act in a session.
 
-A client never wraps a data key or signs an approval for an enclave whose evidence did not verify
-against the client's own policy, for the keys it is about to use and a nonce it just made.
+A client never wraps a data key or signs anything for an enclave whose evidence did not verify
+against the client's own policy, for the keys it is about to use and a nonce it just made. The
+channel is TLS pinned to the certificate whose key that evidence binds: the client fetches the
+enclave's self-signed certificate, opens a gRPC channel that trusts exactly that certificate, and
+refuses the enclave unless its attestation binds the same key. Every request that acts in a
+session is signed with the party's identity key (verifier/binding.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from enclave.keys import TLS_NAME
 from protos import enclave_pb2 as pb
 from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
 from sealing.stream import SealedAsset, SealedReader, read_key_file
-from verifier.binding import NONCE_LEN, key_binding, wrap_info
-from verifier.errors import AAuditError, UnusableInput, VerificationError
+from verifier.binding import (
+    NONCE_LEN,
+    create_message,
+    job_message,
+    join_message,
+    key_binding,
+    run_message,
+    upload_message,
+    wrap_info,
+)
+from verifier.errors import AAuditError, ParseError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
-from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e, canonical_json
+from verifier.manifest import ASSET_KINDS, ROLES, RunManifest, approval_message
+from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.policy import Policy
-from verifier.statement import ASSET_KINDS, approval_message, manifest_digest
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 5 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+_MAX_CERT = 16 << 10
 
 
 class EnclaveError(AAuditError):
@@ -61,30 +80,92 @@ class AttestedEnclave:
     signing_public: bytes
     hpke_suite: str
     hpke_public: bytes
+    tls_public: bytes
     nonce: bytes
     platform: str
     code_identity: str
     verdict: Verdict
 
 
+@dataclass(frozen=True)
+class ManifestView:
+    """The enclave's answer to GetManifest, checked: the manifest hashes to the digest it states."""
+
+    manifest: RunManifest
+    digest: str
+    approved_by: list[str]
+    complete: bool
+    problems: list[str]
+    state: str
+    queue_position: int
+
+
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except grpc.RpcError as exc:
-        code = exc.code()
-        detail = exc.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise EnclaveError(f"enclave unreachable: {detail}") from None
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise EnclaveError(f"message too large for the enclave: {detail}") from None
-        raise EnclaveError(f"enclave refused ({code.name}): {detail}") from None
+        raise _error(exc) from None
+
+
+def _error(exc: grpc.RpcError) -> EnclaveError:
+    code = exc.code()
+    detail = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return EnclaveError(f"enclave unreachable: {detail}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return EnclaveError(f"enclave limit reached: {detail}")
+    return EnclaveError(f"enclave refused ({code.name}): {detail}")
+
+
+def fetch_certificate(target: str, timeout: float) -> bytes:
+    """The PEM certificate the server at `target` presents. Not trusted by itself: the client trusts
+    it only once an attestation binds its key (`EnclaveClient.attest`)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UnusableInput(f"--enclave {target!r} must be HOST:PORT")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pinned below, after attestation, not by a CA
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=TLS_NAME) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except ssl.SSLError as exc:
+        raise EnclaveError(f"enclave {target}: TLS handshake failed ({exc.reason}); is it serving plaintext "
+                           "(then use --insecure-plaintext-loopback)?") from None
+    except (OSError, ValueError, OverflowError) as exc:
+        raise EnclaveError(f"enclave unreachable: {target}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not der or len(der) > _MAX_CERT:
+        raise EnclaveError(f"enclave {target} presented no usable certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode("ascii")
+
+
+def _spki(cert_pem: bytes) -> bytes:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except ValueError:
+        raise ParseError("the enclave's TLS certificate does not parse") from None
 
 
 class EnclaveClient:
-    def __init__(self, target: str, timeout: float = 60.0) -> None:
+    """One party's connection to one enclave. TLS pinned to the attested key unless
+    `insecure_plaintext` (loopback development only: nothing authenticates the channel)."""
+
+    def __init__(self, target: str, timeout: float = 60.0, *, insecure_plaintext: bool = False) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.insecure_plaintext = insecure_plaintext
+        if insecure_plaintext:
+            self._pinned_tls = b""
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            cert = fetch_certificate(target, min(timeout, 30.0))
+            self._pinned_tls = _spki(cert)
+            creds = grpc.ssl_channel_credentials(root_certificates=cert)
+            self._channel = grpc.secure_channel(target, creds,
+                                                options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)])
         self._stub = pb_grpc.EnclaveStub(self._channel)
         self.samples: bytes | None = None  # encrypted per-sample records of the last run/result
 
@@ -97,34 +178,74 @@ class EnclaveClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- attestation ---------------------------------------------------------------------------
     def attest(self, policy: Policy, *, at: datetime | None = None) -> AttestedEnclave:
-        """Fresh nonce -> evidence -> verify against `policy` for exactly the returned keys."""
+        """Fresh nonce -> evidence -> verify against `policy` for exactly the returned keys, and the
+        TLS key this channel is pinned to."""
         nonce = os.urandom(NONCE_LEN)
         resp = _call(self._stub.Attest, pb.AttestRequest(nonce=nonce), timeout=self.timeout)
         evidence = Evidence.from_bytes(resp.evidence)
         verdict = Verdict(subject=f"enclave at {self.target}")
         if evidence.platform not in CPU_PLATFORMS:
             verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone")
+        verdict.check("channel key", resp.tls_public_key == self._pinned_tls,
+                      "the attested TLS key is the one this channel is pinned to" if self._pinned_tls else
+                      "plaintext channel (development): the enclave binds no TLS key",
+                      "the attested TLS key is not the key of this channel's certificate (a machine in the middle?)")
         verify_evidence(evidence, at=at or datetime.now(timezone.utc), policy=policy, verdict=verdict,
                         expected_report_data=key_binding(resp.signing_public_key, resp.hpke_suite,
-                                                         resp.hpke_public_key, nonce))
+                                                         resp.hpke_public_key, resp.tls_public_key, nonce))
         if not verdict.verified:
             raise AttestationRefused(verdict)
-        return AttestedEnclave(resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, nonce,
-                               evidence.platform, resp.code_identity, verdict)
+        return AttestedEnclave(resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, resp.tls_public_key,
+                               nonce, evidence.platform, resp.code_identity, verdict)
 
-    def upload(self, enclave: AttestedEnclave, asset: SealedAsset, identity_public: bytes,
+    # --- sessions ------------------------------------------------------------------------------
+    def create_session(self, enclave: AttestedEnclave, role: str, identity: Any, other_key: bytes) -> pb.SessionInfo:
+        """Create a session for us (`role`) and the other party's key; the other party must join."""
+        if role not in ROLES:
+            raise UnusableInput(f"unknown role {role!r}")
+        keys = {role: identity.public_raw(), _other(role): other_key}
+        signature = identity.sign(create_message(enclave.signing_public, enclave.nonce, keys["provider"],
+                                                 keys["auditor"]))
+        return _call(self._stub.CreateSession, pb.CreateSessionRequest(
+            attest_nonce=enclave.nonce, provider_key=keys["provider"], auditor_key=keys["auditor"],
+            creator_role=role, signature=signature), timeout=self.timeout)
+
+    def join_session(self, enclave: AttestedEnclave, session_id: str, role: str, identity: Any,
+                     other_key: bytes) -> pb.SessionInfo:
+        """Join after checking that the session is in the attested enclave and names us and the
+        party we expect."""
+        view = self.manifest(session_id)
+        m = view.manifest
+        problems = _enclave_problems(m, enclave)
+        if m.parties.key(role) != identity.public_raw():
+            problems.append(f"the session's {role} key is not ours")
+        if m.parties.key(_other(role)) != other_key:
+            problems.append(f"the session's {_other(role)} key is {b64e(m.parties.key(_other(role)))}, expected "
+                            f"{b64e(other_key)}")
+        if problems:
+            raise VerificationError("refusing to join: " + "; ".join(problems))
+        signature = identity.sign(join_message(enclave.signing_public, session_id, m.session.nonce, role))
+        return _call(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id, role=role,
+                                                                   signature=signature), timeout=self.timeout)
+
+    def upload(self, enclave: AttestedEnclave, session_id: str, asset: SealedAsset, identity: Any,
                on_progress: Callable[[int], None] | None = None) -> pb.UploadResult:
+        party = identity.public_raw()
         data_key = read_key_file(asset.key_path)
         wrapped = keywrap.wrap(data_key, enclave.hpke_public, enclave.hpke_suite,
-                               wrap_info(asset.kind, asset.digest, enclave.signing_public))
+                               wrap_info(asset.kind, asset.digest, enclave.signing_public, party, session_id,
+                                         enclave.nonce))
         del data_key
         reader = SealedReader(asset.sealed_path)
+        signature = identity.sign(upload_message(enclave.signing_public, session_id, asset.kind, asset.digest,
+                                                 reader.header, wrapped, enclave.nonce))
 
         def parts() -> Iterator[pb.UploadPart]:
             yield pb.UploadPart(header=pb.UploadHeader(
                 kind=asset.kind, digest=asset.digest, wrapped_key=wrapped, stream_header=reader.header,
-                party_public_key=identity_public, attest_nonce=enclave.nonce))
+                party_public_key=party, attest_nonce=enclave.nonce, session_id=session_id, signature=signature))
             for chunk in reader:
                 yield pb.UploadPart(chunk=chunk)
                 if on_progress:
@@ -132,46 +253,63 @@ class EnclaveClient:
 
         return _call(self._stub.Upload, parts(), timeout=None)
 
-    def manifest(self) -> tuple[dict[str, Any], str, list[str], bool]:
-        m = _call(self._stub.GetManifest, pb.ManifestRequest(), timeout=self.timeout)
-        manifest = json.loads(m.manifest_json)
-        if canonical_json(manifest) != m.manifest_json or manifest_digest(manifest) != m.digest:
+    def manifest(self, session_id: str) -> ManifestView:
+        m = _call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)
+        try:
+            obj = json.loads(m.manifest_json)
+        except (ValueError, RecursionError):
+            raise VerificationError("the enclave's manifest is not JSON") from None
+        manifest = RunManifest.from_json(obj)
+        if manifest.canonical() != m.manifest_json or manifest.digest() != m.digest:
             raise VerificationError("the enclave's manifest does not hash to the digest it states")
-        return manifest, m.digest, list(m.approved_by), m.complete
+        if manifest.session.id != session_id:
+            raise VerificationError(f"the enclave answered with session {manifest.session.id}, not {session_id}")
+        return ManifestView(manifest, m.digest, list(m.approved_by), m.complete, list(m.problems), m.state,
+                            m.queue_position)
 
-    def approve(self, enclave: AttestedEnclave, role: str, identity: Any, expected: "ExpectedRun") -> pb.ApprovalResult:
+    def approve(self, enclave: AttestedEnclave, session_id: str, role: str, identity: Any,
+                expected: ExpectedRun) -> pb.ApprovalResult:
         """Check every field of the manifest against what this party agreed to; then sign it.
 
-        A party approves a whole run, not only its own upload: the other party's key, every
-        digest and the output policy must be the ones it expects, or it refuses.
+        A party approves a whole run, not only its own upload: the enclave, the session, both keys,
+        every digest and the output policy must be the ones it expects, or it refuses.
         """
-        manifest, digest, _, complete = self.manifest()
-        problems = [] if complete else ["manifest is incomplete (an asset is missing)"]
-        if manifest.get("enclave", {}).get("signingKey") != b64e(enclave.signing_public):
-            problems.append("manifest names another enclave key than the one we attested")
+        view = self.manifest(session_id)
+        m = view.manifest
+        problems = [] if view.complete else [f"manifest is not ready ({'; '.join(view.problems)})"]
+        problems += _enclave_problems(m, enclave)
         parties = {**expected.parties, role: identity.public_raw()}
         for who, key in sorted(parties.items()):
-            if manifest.get("parties", {}).get(who) != b64e(key):
-                problems.append(f"manifest's {who} key is {manifest.get('parties', {}).get(who)}, expected {b64e(key)}")
+            if m.parties.key(who) != key:
+                problems.append(f"manifest's {who} key is {b64e(m.parties.key(who))}, expected {b64e(key)}")
         for kind in ASSET_KINDS:
-            got = (manifest.get("assets", {}).get(kind) or {}).get("digest")
+            got = m.digest_of(kind)
             if got != expected.digests.get(kind):
                 problems.append(f"manifest has {kind} {got}, expected {expected.digests.get(kind)}")
-        if manifest.get("output") == "aggregate+samples" and not expected.allow_samples:
-            problems.append("the spec sends per-sample records to " + str(manifest.get("samplesRecipient"))
-                            + "; approve only with allow_samples (--allow-samples) if you agreed to that")
+        if m.output == "aggregate+samples" and not expected.allow_samples:
+            problems.append(f"the spec sends per-sample records to {m.samples_recipient}; approve only with "
+                            "allow_samples (--allow-samples) if you agreed to that")
         if problems:
             raise VerificationError("refusing to approve: " + "; ".join(problems))
-        return _call(self._stub.Approve, pb.Approval(role=role, manifest_digest=digest,
-                                                     signature=identity.sign(approval_message(digest))),
+        return _call(self._stub.Approve, pb.Approval(session_id=session_id, role=role, manifest_digest=view.digest,
+                                                     signature=identity.sign(approval_message(view.digest))),
                      timeout=self.timeout)
 
-    def run(self, nonce: bytes, on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:
-        """Run the approved audit; returns the bundle (encrypted samples, if any, in `self.samples`)."""
+    # --- jobs ----------------------------------------------------------------------------------
+    def run(self, enclave: AttestedEnclave, session_id: str, role: str, identity: Any, nonce: bytes,
+            on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:
+        """Queue the approved job and follow it; returns the bundle (encrypted samples, if any, in
+        `self.samples`)."""
+        view = self.manifest(session_id)
+        problems = _enclave_problems(view.manifest, enclave)
+        if problems:
+            raise VerificationError("refusing to run: " + "; ".join(problems))
+        signature = identity.sign(run_message(enclave.signing_public, session_id, view.digest, nonce))
         bundle = None
         self.samples = None
         try:
-            for event in self._stub.RunAudit(pb.RunRequest(nonce=nonce)):
+            for event in self._stub.RunAudit(pb.RunRequest(session_id=session_id, role=role, nonce=nonce,
+                                                           manifest_digest=view.digest, signature=signature)):
                 kind = event.WhichOneof("event")
                 if kind == "progress":
                     if on_progress:
@@ -184,13 +322,46 @@ class EnclaveClient:
             raise EnclaveError(f"audit run failed ({exc.code().name}): {exc.details()}") from None
         if bundle is None:
             raise EnclaveError("the enclave ended the run without a bundle")
-        result = json.loads(bundle)
+        result = _bundle_json(bundle)
         if result.get("nonce") != nonce.hex():
             raise VerificationError("the bundle does not carry the nonce this run was started with (a replay?)")
         return result
 
-    def result(self) -> dict[str, Any]:
-        """The last job's bundle (encrypted samples, if any, in `self.samples`)."""
-        res = _call(self._stub.GetResult, pb.ResultRequest(), timeout=self.timeout)
+    def session_action(self, enclave: AttestedEnclave, action: str, session_id: str, role: str,
+                       identity: Any) -> pb.SessionInfo:
+        """`cancel` the session's queued or running job, or `close` the session (drops its assets)."""
+        view = self.manifest(session_id)
+        problems = _enclave_problems(view.manifest, enclave)
+        if problems:
+            raise VerificationError(f"refusing to {action}: " + "; ".join(problems))
+        request = pb.SessionAction(session_id=session_id, role=role, manifest_digest=view.digest,
+                                   signature=identity.sign(job_message(action, enclave.signing_public, session_id,
+                                                                       view.digest)))
+        method = self._stub.CancelJob if action == "cancel" else self._stub.CloseSession
+        return _call(method, request, timeout=self.timeout)
+
+    def result(self, session_id: str) -> dict[str, Any]:
+        """The session's last bundle (encrypted samples, if any, in `self.samples`)."""
+        res = _call(self._stub.GetResult, pb.ResultRequest(session_id=session_id), timeout=self.timeout)
         self.samples = res.samples or None
-        return json.loads(res.bundle)
+        return _bundle_json(res.bundle)
+
+
+def _other(role: str) -> str:
+    return "auditor" if role == "provider" else "provider"
+
+
+def _enclave_problems(m: RunManifest, enclave: AttestedEnclave) -> list[str]:
+    if m.enclave.signing_key != enclave.signing_public:
+        return ["the session belongs to another enclave key than the one we attested"]
+    return []
+
+
+def _bundle_json(data: bytes) -> dict[str, Any]:
+    try:
+        bundle = json.loads(data)
+    except (ValueError, RecursionError):
+        raise VerificationError("the enclave's bundle is not JSON") from None
+    if not isinstance(bundle, dict):
+        raise VerificationError("the enclave's bundle is not a JSON object")
+    return bundle

@@ -172,6 +172,8 @@ class AuditSpec:
     batch_size: int = 1
     description: str = ""
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
+    deadline_s: int = 3600  # PROVISIONAL (replaced by the aggregate branch)
+    min_documents: int = 20  # PROVISIONAL
 
     @property
     def task_names(self) -> list[str]:

@@ -37,13 +37,13 @@ def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool,
     if samples_ciphertext is not None:
         delivery = {"recipient": job.spec.samples_recipient, "suite": DEFAULT_SUITE,
                     "ciphertextSha256": hashlib.sha256(samples_ciphertext).hexdigest()}
-    model_sha = job.manifest["assets"]["model"]["digest"].removeprefix("sha256:")
+    model_sha = job.manifest.assets["model"].digest.removeprefix("sha256:")
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": "model", "digest": {"sha256": model_sha}}],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
-            "manifest": job.manifest,
+            "manifest": job.manifest.to_json(),
             "manifestDigest": job.manifest_digest,
             "approvals": job.approvals,
             "platform": {"name": platform, "simulated": simulated, "codeIdentity": code_identity},
@@ -62,19 +62,21 @@ def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool,
     }
 
 
-def build_bundle(statement: dict[str, Any], *, keys: BootKeys, attester: CompositeAttester, nonce: bytes) -> dict[str, Any]:
-    """Sign the statement and collect the session and final evidence into a bundle."""
+def build_bundle(statement: dict[str, Any], *, keys: BootKeys, tls_public: bytes, attester: CompositeAttester,
+                 nonce: bytes) -> bytes:
+    """Sign the statement and collect the session and final evidence into a bundle (canonical JSON)."""
     payload = canonical_json(statement)
     envelope = dsse.sign(keys.signing, dsse.IN_TOTO_PAYLOAD_TYPE, payload)
     hpke_pub = keys.hpke.public_bytes()
-    session = attester.attest(key_binding(keys.signing_public, keys.hpke.suite, hpke_pub, nonce))
+    session = attester.attest(key_binding(keys.signing_public, keys.hpke.suite, hpke_pub, tls_public, nonce))
     final = attester.attest(statement_binding(keys.signing_public, payload))
-    return {
+    return canonical_json({
         "mediaType": MEDIA_TYPE,
         "envelope": envelope.to_json(),
         "enclave": {"signingKey": {"alg": "ed25519", "public": b64e(keys.signing_public)},
-                    "hpke": {"suite": keys.hpke.suite, "public": b64e(hpke_pub)}},
+                    "hpke": {"suite": keys.hpke.suite, "public": b64e(hpke_pub)},
+                    "tls": {"public": b64e(tls_public)}},
         "nonce": nonce.hex(),
         "evidence": session.to_json(),
         "finalEvidence": final.to_json(),
-    }
+    })

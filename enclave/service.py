@@ -1,194 +1,411 @@
-"""The enclave's gRPC service (protos/enclave.proto) over a `Session`.
+"""The enclave's gRPC service (protos/enclave.proto) over `Sessions`, a job queue and a watchdog.
 
-Logs say what happened (asset kind, digest, sizes, job stages), never secret bytes.
+Logs say what happened (session ids, asset kinds, digests, sizes, job stages), never secret bytes.
+Every method maps errors to status codes through one table (`_CODES`). The server stays
+answerable under load: uploads take at most `Limits.max_concurrent_uploads` worker threads and
+idle ones are cut after `Limits.upload_idle_s`; queued jobs are bounded; the remaining threads
+serve `Attest`, `GetManifest` and the rest.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import queue
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 
+from enclave.jobs import JobCancelled, JobDeadline, JobFailed, run_job
 from enclave.keys import BootKeys
 from enclave.report import build_bundle, build_statement, encrypt_samples
-from enclave.session import Busy, JobInputs, Session, SessionError
+from enclave.session import (
+    Busy,
+    JobInputs,
+    LimitReached,
+    Limits,
+    NoSuchSession,
+    NotAParty,
+    Sessions,
+    Upload,
+)
 from enclave.tee import CompositeAttester
 from enclave.workdir import wipe
 from protos import enclave_pb2 as pb
 from protos import enclave_pb2_grpc as pb_grpc
 from verifier.binding import NONCE_LEN, key_binding
 from verifier.errors import AAuditError, UnusableInput
-from verifier.models import canonical_json
 
 log = logging.getLogger("aaudit.enclave")
 
 # One sealed chunk (1 MiB by default, at most 4 MiB) plus framing fits; anything larger is refused
 # by gRPC itself with RESOURCE_EXHAUSTED before it is buffered.
 MAX_MESSAGE_BYTES = 5 << 20
+RESERVE_WORKERS = 16  # threads kept for Attest, GetManifest, Approve ... whatever uploads and jobs hold
 _DONE = object()
 
+# First match wins: subclasses before their bases.
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (JobDeadline, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (JobCancelled, grpc.StatusCode.CANCELLED),
+    (JobFailed, grpc.StatusCode.INTERNAL),
+    (NoSuchSession, grpc.StatusCode.NOT_FOUND),
+    (NotAParty, grpc.StatusCode.PERMISSION_DENIED),
+    (LimitReached, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Busy, grpc.StatusCode.ABORTED),
+    (UnusableInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (AAuditError, grpc.StatusCode.FAILED_PRECONDITION),
+]
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
-    if isinstance(exc, Busy):
-        context.abort(grpc.StatusCode.ABORTED, str(exc))
-    if isinstance(exc, UnusableInput):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+R = TypeVar("R")
+
+
+def _status(exc: AAuditError) -> grpc.StatusCode:
+    return next(code for cls, code in _CODES if isinstance(exc, cls))
+
+
+def _rpc(method: Callable[..., R]) -> Callable[..., R]:
+    """Turn project errors into status codes with their messages; anything else is a bug, reported
+    to the caller without internals (which could hold secrets)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except AAuditError as exc:
+            log.warning("%s refused: %s", method.__name__, exc)
+            context.abort(_status(exc), str(exc))
+        except Exception as exc:
+            log.error("%s failed: %s", method.__name__, type(exc).__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def _rpc_stream(method: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]]:
+    """`_rpc` for server-streaming methods."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[R]:
+        try:
+            yield from method(self, request, context)
+        except AAuditError as exc:
+            log.warning("%s ended: %s", method.__name__, exc)
+            context.abort(_status(exc), str(exc))
+        except Exception as exc:
+            log.error("%s failed: %s", method.__name__, type(exc).__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return wrapper
 
 
 @dataclass
 class _Job:
+    inputs: JobInputs
+    nonce: bytes
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    error: AAuditError | None = None
     bundle: bytes | None = None
     samples: bytes | None = None
-    error: str | None = None
+
+
+class _UploadWatch:
+    """Upload slots and the idle cut-off: an upload that sends nothing for `idle_s` is cancelled."""
+
+    def __init__(self, slots: int, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._slots = threading.BoundedSemaphore(slots)
+        self._slot_count = slots
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[grpc.ServicerContext, Callable[[], float], list[bool]]] = {}
+
+    def enter(self, context: grpc.ServicerContext, last_activity: Callable[[], float]) -> tuple[int, list[bool]]:
+        if not self._slots.acquire(blocking=False):
+            raise LimitReached(f"{self._slot_count} uploads are in flight, this enclave's limit; retry shortly")
+        timed_out = [False]
+        with self._lock:
+            key = id(timed_out)
+            self._active[key] = (context, last_activity, timed_out)
+        return key, timed_out
+
+    def leave(self, key: int) -> None:
+        with self._lock:
+            self._active.pop(key, None)
+        self._slots.release()
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stale = [(ctx, flag) for ctx, last, flag in self._active.values() if now - last() > self.idle_s]
+        for ctx, flag in stale:
+            flag[0] = True
+            ctx.cancel()
 
 
 class EnclaveService(pb_grpc.EnclaveServicer):
     def __init__(self, attester: CompositeAttester, code_identity: str, workdir: Path, *,
-                 keys: BootKeys | None = None, device: str | None = None) -> None:
+                 keys: BootKeys | None = None, device: str | None = None, limits: Limits | None = None,
+                 tls: bool = True) -> None:
         self.keys = keys or BootKeys.generate()
         self.attester = attester
         self.code_identity = code_identity
         self.workdir = workdir
         self.device = device
-        self.session = Session(self.keys, attester.platform, code_identity, workdir)
-        self._last: tuple[bytes, bytes | None] | None = None  # bundle and encrypted samples of the last job
+        self.limits = limits or Limits()
+        self.tls = tls
+        self.tls_public = self.keys.tls.public_der if tls else b""
+        self.sessions = Sessions(self.keys, attester.platform, code_identity, workdir, self.limits)
+        self._uploads = _UploadWatch(self.limits.max_concurrent_uploads, self.limits.upload_idle_s)
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue_changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._current: _Job | None = None
+        self._threads = [threading.Thread(target=self._worker, name="audit-queue", daemon=True),
+                         threading.Thread(target=self._watchdog, name="watchdog", daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    # --- attestation ---------------------------------------------------------------------------
+    # --- attestation and sessions --------------------------------------------------------------
+    @_rpc
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestResponse:
         if len(request.nonce) != NONCE_LEN:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_LEN} bytes, got {len(request.nonce)}")
+            raise UnusableInput(f"nonce must be {NONCE_LEN} bytes, got {len(request.nonce)}")
         hpke_pub = self.keys.hpke.public_bytes()
-        self.session.note_attestation(request.nonce)
-        evidence = self.attester.attest(key_binding(self.keys.signing_public, self.keys.hpke.suite, hpke_pub, request.nonce))
+        self.sessions.note_attestation(request.nonce)
+        evidence = self.attester.attest(key_binding(self.keys.signing_public, self.keys.hpke.suite, hpke_pub,
+                                                    self.tls_public, request.nonce))
         return pb.AttestResponse(evidence=evidence.to_bytes(), signing_public_key=self.keys.signing_public,
                                  hpke_suite=self.keys.hpke.suite, hpke_public_key=hpke_pub,
-                                 platform=self.attester.platform, code_identity=self.code_identity)
+                                 platform=self.attester.platform, code_identity=self.code_identity,
+                                 tls_public_key=self.tls_public)
+
+    def _info(self, session: Any) -> pb.SessionInfo:
+        return pb.SessionInfo(session_id=session.id, session_nonce=session.nonce,
+                              provider_key=session.parties.provider, auditor_key=session.parties.auditor,
+                              joined=sorted(session.joined), state=session.state.value, job=session.job)
+
+    @_rpc
+    def CreateSession(self, request: pb.CreateSessionRequest, context: grpc.ServicerContext) -> pb.SessionInfo:
+        session = self.sessions.create(request.attest_nonce, request.provider_key, request.auditor_key,
+                                       request.creator_role, request.signature)
+        log.info("session %s created by the %s", session.id, request.creator_role)
+        return self._info(session)
+
+    @_rpc
+    def JoinSession(self, request: pb.JoinSessionRequest, context: grpc.ServicerContext) -> pb.SessionInfo:
+        session = self.sessions.join(request.session_id, request.role, request.signature)
+        log.info("session %s joined by the %s", session.id, request.role)
+        return self._info(session)
 
     # --- provisioning --------------------------------------------------------------------------
+    @_rpc
     def Upload(self, request_iterator: Iterator[pb.UploadPart], context: grpc.ServicerContext) -> pb.UploadResult:
-        first = next(request_iterator, None)
+        started = time.monotonic()
+        current: list[Upload] = []
+        key, timed_out = self._uploads.enter(context, lambda: current[0].last_activity if current else started)
+        try:
+            return self._upload(request_iterator, current, timed_out)
+        finally:
+            self._uploads.leave(key)
+
+    def _upload(self, parts: Iterator[pb.UploadPart], current: list[Upload], timed_out: list[bool]) -> pb.UploadResult:
+        first = next(parts, None)
         if first is None or first.WhichOneof("part") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an upload must start with its header")
+            if timed_out[0]:
+                raise UnusableInput(f"upload idle for more than {self.limits.upload_idle_s:.0f} s; cut off")
+            raise UnusableInput("an upload must start with its header")
         h = first.header
+        up = self.sessions.begin_upload(h.session_id, h.kind, h.digest, h.wrapped_key, h.stream_header,
+                                        h.party_public_key, h.attest_nonce, h.signature)
+        current.append(up)
         try:
-            up = self.session.begin_upload(h.kind, h.digest, h.wrapped_key, h.stream_header, h.party_public_key,
-                                           h.attest_nonce)
-        except AAuditError as exc:
-            _abort(context, exc)
-        try:
-            for part in request_iterator:
+            for part in parts:
                 if part.WhichOneof("part") != "chunk":
                     raise UnusableInput(f"{h.kind}: a second header inside one upload")
                 up.feed(part.chunk)
-            asset, manifest_digest = self.session.finish_upload(up)
-        except AAuditError as exc:
-            up.abort()
-            log.warning("upload of %s refused: %s", h.kind, exc)
-            _abort(context, exc)
+            if timed_out[0]:
+                raise UnusableInput(f"{h.kind} upload idle for more than {self.limits.upload_idle_s:.0f} s; cut off. "
+                                    "Nothing of it was kept; upload again")
+            asset, manifest_digest = self.sessions.finish_upload(up)
         except BaseException:
             up.abort()
             raise
-        log.info("accepted %s %s (%d bytes); approvals reset", asset.kind, asset.digest, asset.plaintext_bytes)
+        log.info("session %s: accepted %s %s (%d bytes); approvals reset", h.session_id, asset.kind, asset.digest,
+                 asset.plaintext_bytes)
         return pb.UploadResult(kind=asset.kind, digest=asset.digest, plaintext_bytes=asset.plaintext_bytes,
                                manifest_digest=manifest_digest)
 
+    @_rpc
     def GetManifest(self, request: pb.ManifestRequest, context: grpc.ServicerContext) -> pb.Manifest:
-        manifest, digest, approved, complete = self.session.manifest()
-        return pb.Manifest(manifest_json=canonical_json(manifest), digest=digest, approved_by=approved, complete=complete)
+        manifest, approved, problems, session = self.sessions.manifest(request.session_id)
+        return pb.Manifest(manifest_json=manifest.canonical(), digest=manifest.digest(), approved_by=approved,
+                           complete=not problems, problems=problems, state=session.state.value,
+                           queue_position=self._position(session.id))
 
+    @_rpc
     def Approve(self, request: pb.Approval, context: grpc.ServicerContext) -> pb.ApprovalResult:
-        try:
-            approved, ready = self.session.approve(request.role, request.manifest_digest, request.signature)
-        except AAuditError as exc:
-            _abort(context, exc)
-        log.info("%s approved manifest %s", request.role, request.manifest_digest)
+        approved, ready = self.sessions.approve(request.session_id, request.role, request.manifest_digest,
+                                                request.signature)
+        log.info("session %s: %s approved manifest %s", request.session_id, request.role, request.manifest_digest)
         return pb.ApprovalResult(approved_by=approved, ready=ready)
 
-    # --- the audit job -------------------------------------------------------------------------
+    # --- the job queue -------------------------------------------------------------------------
+    def _position(self, session_id: str) -> int:
+        with self._queue_changed:
+            for i, job in enumerate(self._queue, 1):
+                if job.inputs.session_id == session_id:
+                    return i
+        return 0
+
+    @_rpc_stream
     def RunAudit(self, request: pb.RunRequest, context: grpc.ServicerContext) -> Iterator[pb.RunEvent]:
-        if len(request.nonce) != NONCE_LEN:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce must be {NONCE_LEN} bytes")
-        try:
-            inputs = self.session.start_job()
-        except (SessionError, Busy) as exc:
-            _abort(context, exc)
-        job = _Job()
-        threading.Thread(target=self._run, args=(inputs, request.nonce, job), name="audit-job", daemon=True).start()
+        with self._queue_changed:
+            inputs = self.sessions.queue_job(request.session_id, request.role, request.manifest_digest,
+                                             request.nonce, request.signature, len(self._queue))
+            job = _Job(inputs, request.nonce)
+            self._queue.append(job)
+            self._queue_changed.notify_all()
+        log.info("session %s: job %d queued by the %s", inputs.session_id, inputs.manifest.session.job, request.role)
+        shown = -1
         while True:
-            event = job.events.get()
+            try:
+                event = job.events.get(timeout=0.5)
+            except queue.Empty:
+                position = self._position(inputs.session_id)
+                if position and position != shown:
+                    shown = position
+                    yield pb.RunEvent(progress=pb.Progress(stage="queued", fraction=0.0,
+                                                           message=f"position {position} in the queue"))
+                continue
             if event is _DONE:
                 break
             stage, fraction, message = event
             yield pb.RunEvent(progress=pb.Progress(stage=stage, fraction=fraction, message=message))
         if job.error is not None:
-            context.abort(grpc.StatusCode.INTERNAL, job.error)
+            raise job.error
         if job.samples is not None:
             yield pb.RunEvent(samples=job.samples)
         yield pb.RunEvent(bundle=job.bundle)
 
-    def _run(self, inputs: JobInputs, nonce: bytes, job: _Job) -> None:
+    def _worker(self) -> None:
+        while not self._stopping.is_set():
+            with self._queue_changed:
+                while not self._queue and not self._stopping.is_set():
+                    self._queue_changed.wait(timeout=1.0)
+                if self._stopping.is_set():
+                    return
+                job = self._queue[0]
+            try:
+                self._run(job)
+            finally:
+                with self._queue_changed:
+                    self._queue.popleft()
+                    self._queue_changed.notify_all()
+
+    def _run(self, job: _Job) -> None:
+        inputs = job.inputs
+
         def progress(stage: str, fraction: float, message: str = "") -> None:
             job.events.put((stage, float(fraction), message))
 
+        result = None
         try:
-            from enclave.runner import (
-                run_audit,  # heavy imports (torch, lm-eval) happen here, not at boot
-            )
-
-            progress("run", 0.0, "loading model and running lm-eval")
-            run = run_audit(inputs.model_dir, inputs.spec, inputs.datasets, progress=lambda s, f: progress(s, f),
-                            device=self.device)
+            if not self.sessions.job_running(inputs.session_id):
+                raise JobCancelled("the job was cancelled before it started")
+            self._current = job
+            progress("run", 0.0, "loading model and running lm-eval in a job process")
+            run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
+                          deadline_s=inputs.deadline_s, progress=lambda s, f: progress(s, f), cancel=inputs.cancel)
             progress("report", 0.0, "signing the statement and taking the final attestation")
             if inputs.spec.output == "aggregate+samples":
                 job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)
             statement = build_statement(inputs, run, platform=self.attester.platform,
                                         simulated=self.attester.platform == "sim",
-                                        code_identity=self.code_identity, nonce=nonce, samples_ciphertext=job.samples)
-            bundle = build_bundle(statement, keys=self.keys, attester=self.attester, nonce=nonce)
-            job.bundle = canonical_json(bundle)
-            self._last = (job.bundle, job.samples)
+                                        code_identity=self.code_identity, nonce=job.nonce,
+                                        samples_ciphertext=job.samples)
+            bundle = build_bundle(statement, keys=self.keys, tls_public=self.tls_public, attester=self.attester,
+                                  nonce=job.nonce)
+            job.bundle = bundle
+            result = (bundle, job.samples)
             progress("report", 1.0, "done")
-            log.info("job finished: manifest %s", inputs.manifest_digest)
-        except Exception as exc:  # the job's error goes to the client; never the secret inputs
-            job.error = f"audit job failed: {type(exc).__name__}: {exc}" if isinstance(exc, AAuditError) \
-                else f"audit job failed: {type(exc).__name__}"
-            log.error("job failed: %s", type(exc).__name__)
+            log.info("session %s: job finished, manifest %s", inputs.session_id, inputs.manifest_digest)
+        except AAuditError as exc:  # the job's error goes to the client; never the secret inputs
+            job.error = exc if isinstance(exc, JobFailed) else JobFailed(f"audit job failed: {exc}")
+            log.error("session %s: job ended: %s", inputs.session_id, type(exc).__name__)
+        except Exception as exc:
+            job.error = JobFailed(f"audit job failed: {type(exc).__name__}")
+            log.error("session %s: job failed: %s", inputs.session_id, type(exc).__name__)
         finally:
-            self.session.end_job()
+            self._current = None
+            self.sessions.end_job(inputs.session_id, result)
             job.events.put(_DONE)
 
+    @_rpc
+    def CancelJob(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
+        session = self.sessions.cancel(request.session_id, request.role, request.manifest_digest, request.signature)
+        log.info("session %s: the %s cancelled the job", session.id, request.role)
+        return self._info(session)
+
+    @_rpc
+    def CloseSession(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
+        session = self.sessions.close(request.session_id, request.role, request.manifest_digest, request.signature)
+        log.info("session %s: closed by the %s", session.id, request.role)
+        return self._info(session)
+
+    @_rpc
     def GetResult(self, request: pb.ResultRequest, context: grpc.ServicerContext) -> pb.ResultResponse:
-        if self._last is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no job has finished on this enclave yet")
-        bundle, samples = self._last
+        bundle, samples = self.sessions.result(request.session_id)
         return pb.ResultResponse(bundle=bundle, samples=samples or b"")
 
+    # --- housekeeping --------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        while not self._stopping.wait(1.0):
+            self._uploads.sweep()
+            self.sessions.reap()
+
     def close(self) -> None:
-        self.session.end_job()
+        """Stop: cancel every job (its process is killed), drop every session, wipe the work folder."""
+        self._stopping.set()
+        with self._queue_changed:
+            for job in self._queue:
+                job.inputs.cancel.set()
+            self._queue_changed.notify_all()
+        self.sessions.close_all()
+        self._threads[0].join(timeout=10)
         wipe(self.workdir)
 
 
-def serve(service: EnclaveService, listen: str, *, max_workers: int = 8) -> grpc.Server:
-    """Start the gRPC server on `listen` (host:port; port 0 picks one); returns the started server."""
+def serve(service: EnclaveService, listen: str) -> grpc.Server:
+    """Start the gRPC server on `listen` (host:port; port 0 picks one); returns the started server.
+
+    With TLS (the default) the server presents the boot's self-signed certificate, whose key the
+    attestation binds; plaintext is only for loopback development."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UnusableInput(f"--listen {listen!r} must be HOST:PORT with a port from 0 to 65535")
+    if not service.tls and host not in ("127.0.0.1", "localhost", "[::1]"):
+        raise UnusableInput(f"plaintext gRPC is for loopback development only; {host} is not loopback")
+    limits = service.limits
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_uploads + limits.max_queued_jobs + 1
+                                   + RESERVE_WORKERS, thread_name_prefix="grpc"),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", 64 << 20)],
     )
     pb_grpc.add_EnclaveServicer_to_server(service, server)
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UnusableInput(f"--listen {listen!r} must be HOST:PORT with a port from 0 to 65535")
     try:
-        port = server.add_insecure_port(listen)
+        if service.tls:
+            creds = grpc.ssl_server_credentials([(service.keys.tls.key_pem, service.keys.tls.cert_pem)])
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError:
         port = 0
     if port == 0:

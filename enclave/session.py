@@ -1,33 +1,66 @@
-"""The enclave's audit session: assets, the run manifest, approvals, and the one job at a time.
+"""Audit sessions owned by their two parties: assets, the run manifest, approvals, job states.
 
-Pure state and rules, no gRPC, so every rule is testable directly: an asset is accepted only when
-its stream authenticates to the end and its digest matches the uploader's claim; any upload voids
-the approvals; a run needs all assets and both approvals on the current manifest; at the end of a
-job every secret is dropped.
+Pure state and rules, no gRPC, so every rule is testable directly. An enclave holds several
+sessions. A session is created by one party naming both parties' identity keys and joined by the
+other's signature; from then on only those two keys act in it, each by signing what it asks for
+(verifier/binding.py). A stranger can create sessions of its own but never reach into another.
+
+Attacks this module refuses (tests/test_session.py, tests/test_sessions_attacks.py):
+- a captured upload replayed under another key, into another session, or after its job: the header
+  is signed by the session's key for that kind, the wrap `info` binds party key, session id and
+  attestation nonce, and each attestation nonce serves one upload of each kind;
+- an approval carried over to another session or a later job: the manifest holds the session id,
+  its fresh random nonce and the job number;
+- role lock-out: a session's roles are fixed at creation, so nobody can take another session's role;
+- exhaustion: sessions, bytes held in memory and on tmpfs, and queued jobs are bounded (`Limits`).
 """
 
 from __future__ import annotations
 
+import enum
+import os
 import secrets
 import threading
-from collections import OrderedDict
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.spec import AuditSpec, parse_spec
+from benchmarks.summary import check_aggregate, summarize_tasks
 from enclave.keys import BootKeys
 from enclave.workdir import wipe
 from sealing.stream import DirectorySink, MemorySink, Unsealer
-from verifier.binding import NONCE_LEN, wrap_info
+from verifier.binding import (
+    NONCE_LEN,
+    create_message,
+    job_message,
+    join_message,
+    run_message,
+    upload_message,
+    wrap_info,
+)
 from verifier.errors import AAuditError, UnusableInput
 from verifier.models import b64e
-from verifier.statement import ASSET_KINDS, manifest_digest, verify_approval
+from verifier.manifest import (
+    ASSET_KINDS,
+    ROLES,
+    UPLOADER_ROLE,
+    AssetRef,
+    EnclaveRef,
+    Limits as ManifestLimits,
+    Parties,
+    RunManifest,
+    SessionRef,
+    TaskRef,
+    verify_approval,
+    verify_party_signature,
+)
 
-UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor"}
 # Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
 DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
 MAX_OPEN_NONCES = 4096
+SESSION_ID_BYTES = 16
 
 
 class SessionError(AAuditError):
@@ -35,7 +68,77 @@ class SessionError(AAuditError):
 
 
 class Busy(SessionError):
-    """A job is running; nothing that would change its inputs is accepted."""
+    """The session's job is queued or running; nothing that would change its inputs is accepted."""
+
+
+class NoSuchSession(SessionError):
+    """No session has that id in this enclave boot (never created, closed, or expired)."""
+
+
+class NotAParty(SessionError):
+    """The request is not signed by the session's key for the role it names."""
+
+
+class LimitReached(SessionError):
+    """A resource limit of this enclave is reached; the message names it and what frees it."""
+
+
+class State(enum.Enum):
+    AWAITING_JOIN = "awaiting-join"
+    OPEN = "open"
+    QUEUED = "queued"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one enclave accepts from everyone together. The operator sets them (`aaudit enclave
+    serve --help`); the defaults follow the machine's size (`Limits.for_machine`)."""
+
+    max_sessions: int = 64
+    max_memory_bytes: int = 8 << 30        # datasets and specs, all sessions together
+    max_tmpfs_bytes: int = 1 << 40         # decrypted models, all sessions together
+    max_bytes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BYTES))
+    max_concurrent_uploads: int = 8
+    upload_idle_s: float = 30.0
+    max_queued_jobs: int = 8
+    max_deadline_s: int = 24 * 3600
+    min_documents_floor: int = 10
+    session_idle_s: float = 3600.0
+
+    @classmethod
+    def for_machine(cls, workdir: Path, **overrides: Any) -> "Limits":
+        """Half the machine's memory for datasets and specs, the work folder's free space for models."""
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            memory = 16 << 30
+        try:
+            st = os.statvfs(workdir)
+            tmpfs = st.f_bavail * st.f_frsize
+        except OSError:
+            tmpfs = 0
+        return cls(**{"max_memory_bytes": memory // 2, "max_tmpfs_bytes": int(tmpfs * 0.9), **overrides})
+
+
+class ByteBudget:
+    """Bytes held across all sessions for one kind of storage; reservations fail past the limit."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit, self.used = name, limit, 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise LimitReached(f"the enclave holds {self.used} bytes of {self.name} and its limit is "
+                                   f"{self.limit}; retry when other jobs have finished or ask the operator")
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
 
 
 @dataclass
@@ -45,6 +148,8 @@ class Asset:
     plaintext_bytes: int
     party_key: bytes
     attest_nonce: bytes
+    budget: ByteBudget
+    reserved: int
     files: dict[str, bytes] | None = field(default=None, repr=False)  # dataset / spec
     folder: Path | None = None                                          # model, on tmpfs
 
@@ -53,12 +158,15 @@ class Asset:
             wipe(self.folder)
         if self.files is not None:
             self.files.clear()
+        self.budget.release(self.reserved)
+        self.reserved = 0
 
 
 @dataclass
 class Upload:
     """One upload in progress. The data key lives only here, only until `finish` or `abort`."""
 
+    session: "AuditSession"
     kind: str
     claimed_digest: str
     party_key: bytes
@@ -67,216 +175,446 @@ class Upload:
     sink: Any
     folder: Path | None
     max_bytes: int
+    budget: ByteBudget
     received: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
 
     def feed(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.max_bytes:
+        self.last_activity = time.monotonic()
+        if self.received + len(chunk) > self.max_bytes:
             self.abort()
-            raise SessionError(f"{self.kind}: upload exceeds this enclave's limit of {self.max_bytes} bytes; refused")
+            raise LimitReached(f"{self.kind}: upload exceeds this enclave's limit of {self.max_bytes} bytes; refused")
+        try:
+            self.budget.reserve(len(chunk))
+        except LimitReached:
+            self.abort()
+            raise
+        self.received += len(chunk)
         self.unsealer.feed(chunk)
 
     def abort(self) -> None:
         self.unsealer.abort()
         if self.folder is not None:
             wipe(self.folder)
+        self.budget.release(self.received)
+        self.received = 0
 
 
-class Session:
+@dataclass
+class JobInputs:
+    """What one job needs; the session keeps ownership of the secrets until `end_job`."""
+
+    session_id: str
+    model_dir: Path
+    spec: AuditSpec
+    datasets: dict[str, bytes]
+    manifest: RunManifest
+    manifest_digest: str
+    approvals: list[dict[str, str]]
+    party_nonces: dict[str, str]
+    deadline_s: int
+    cancel: threading.Event
+
+
+@dataclass
+class AuditSession:
+    id: str
+    nonce: bytes
+    parties: Parties
+    joined: set[str]
+    created: float = field(default_factory=time.monotonic)
+    state: State = State.AWAITING_JOIN
+    job: int = 1
+    assets: dict[str, Asset] = field(default_factory=dict)
+    approvals: dict[str, bytes] = field(default_factory=dict)
+    spec: AuditSpec | None = None
+    tasks: tuple[TaskRef, ...] = ()
+    problems: tuple[str, ...] = ()
+    result: tuple[bytes, bytes | None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def drop_assets(self) -> None:
+        for asset in self.assets.values():
+            asset.drop()
+        self.assets.clear()
+        self.approvals.clear()
+        self.spec = None
+        self.tasks, self.problems = (), ()
+
+
+class Sessions:
+    """Every session of one enclave boot, the attestation nonces it issued, and the shared budgets."""
+
     def __init__(self, keys: BootKeys, platform: str, code_identity: str, workdir: Path,
-                 max_bytes: dict[str, int] | None = None) -> None:
+                 limits: Limits | None = None) -> None:
         self.keys = keys
         self.platform = platform
         self.code_identity = code_identity
         self.workdir = workdir
-        self._lock = threading.Lock()
-        self._assets: dict[str, Asset] = {}
-        self._approvals: dict[str, bytes] = {}
-        self._running = False
-        self._spec: AuditSpec | None = None
-        self._issued_nonces: OrderedDict[bytes, set[str]] = OrderedDict()
-        self.max_bytes = {**DEFAULT_MAX_BYTES, **(max_bytes or {})}
+        self.limits = limits or Limits()
+        self.memory = ByteBudget("dataset and spec bytes in memory", self.limits.max_memory_bytes)
+        self.tmpfs = ByteBudget("decrypted model bytes on tmpfs", self.limits.max_tmpfs_bytes)
+        self._lock = threading.RLock()
+        self._sessions: dict[str, AuditSession] = {}
+        # nonce -> what it already served ("create", "model", "dataset", "spec"); evicted oldest first,
+        # and an evicted nonce is refused like one never issued.
+        self._nonces: dict[bytes, set[str]] = {}
+
+    # --- attestation nonces --------------------------------------------------------------------
+    def note_attestation(self, nonce: bytes) -> None:
+        """Remember a nonce this boot attested to; each serves one session creation and one upload per kind."""
+        with self._lock:
+            self._nonces[nonce] = set()
+            while len(self._nonces) > MAX_OPEN_NONCES:
+                del self._nonces[next(iter(self._nonces))]
+
+    def _use_nonce_locked(self, nonce: bytes, purpose: str) -> None:
+        used = self._nonces.get(nonce)
+        if used is None:
+            raise SessionError("attest_nonce was not issued by this enclave boot (or expired): attest again, "
+                               "then retry")
+        if purpose in used:
+            raise SessionError(f"attest_nonce was already used for a {purpose} (a replay?); attest again")
+        used.add(purpose)
+
+    # --- sessions ------------------------------------------------------------------------------
+    def create(self, attest_nonce: bytes, provider: bytes, auditor: bytes, creator_role: str,
+               signature: bytes) -> AuditSession:
+        _check_len(attest_nonce, NONCE_LEN, "attest_nonce")
+        _check_len(provider, 32, "provider_key (raw Ed25519)")
+        _check_len(auditor, 32, "auditor_key (raw Ed25519)")
+        if creator_role not in ROLES:
+            raise UnusableInput(f"unknown role {creator_role!r} (provider or auditor)")
+        if provider == auditor:
+            raise UnusableInput("provider and auditor must use different identity keys")
+        parties = Parties(provider, auditor)
+        message = create_message(self.keys.signing_public, attest_nonce, provider, auditor)
+        if not verify_party_signature(parties.key(creator_role), message, signature):
+            raise NotAParty(f"the session request is not signed by the {creator_role} key it names")
+        with self._lock:
+            self._reap_locked()
+            if len(self._sessions) >= self.limits.max_sessions:
+                raise LimitReached(f"this enclave holds its limit of {self.limits.max_sessions} sessions; "
+                                   "close a session you own or retry later")
+            self._use_nonce_locked(attest_nonce, "session creation")
+            session = AuditSession(secrets.token_hex(SESSION_ID_BYTES), secrets.token_bytes(32), parties,
+                                   {creator_role})
+            self._sessions[session.id] = session
+            return session
+
+    def join(self, session_id: str, role: str, signature: bytes) -> AuditSession:
+        with self._lock:
+            session = self._get_locked(session_id)
+            self._check_signed_locked(session, role, join_message(self.keys.signing_public, session.id,
+                                                                  session.nonce, role), signature, "join")
+            session.joined.add(role)
+            if session.state is State.AWAITING_JOIN and session.joined == set(ROLES):
+                session.state = State.OPEN
+            session.touch()
+            return session
+
+    def get(self, session_id: str) -> AuditSession:
+        with self._lock:
+            return self._get_locked(session_id)
+
+    def _get_locked(self, session_id: str) -> AuditSession:
+        session = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            raise NoSuchSession(f"no session {session_id[:64]!r} in this enclave boot (closed, expired after "
+                                f"{int(self.limits.session_idle_s)} s idle, or the enclave restarted: a restart "
+                                "loses every session and asset, so create a session and upload again)")
+        return session
+
+    def _check_signed_locked(self, session: AuditSession, role: str, message: bytes, signature: bytes,
+                             what: str) -> None:
+        if role not in ROLES:
+            raise UnusableInput(f"unknown role {role!r} (provider or auditor)")
+        if not verify_party_signature(session.parties.key(role), message, signature):
+            raise NotAParty(f"{what} refused: not signed by this session's {role} key")
+
+    def _require_open_locked(self, session: AuditSession, what: str) -> None:
+        if session.state is State.AWAITING_JOIN:
+            missing = " and ".join(r for r in ROLES if r not in session.joined)
+            raise SessionError(f"{what} refused: the {missing} has not joined session {session.id} yet")
+        if session.state is State.CLOSED:
+            raise NoSuchSession(f"{what} refused: session {session.id} is closing")
+        if session.state in (State.QUEUED, State.RUNNING):
+            raise Busy(f"{what} refused: session {session.id}'s job is {session.state.value}; wait for it or "
+                       "cancel it")
+
+    def _reap_locked(self) -> None:
+        """Close sessions idle past the limit (never one whose job is queued or running)."""
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            idle = now - session.last_activity
+            if idle > self.limits.session_idle_s and session.state not in (State.QUEUED, State.RUNNING):
+                self._close_locked(session)
+
+    def reap(self) -> None:
+        with self._lock:
+            self._reap_locked()
+
+    def _close_locked(self, session: AuditSession) -> None:
+        session.drop_assets()
+        session.result = None
+        session.state = State.CLOSED
+        self._sessions.pop(session.id, None)
 
     # --- uploads -------------------------------------------------------------------------------
-    def begin_upload(self, kind: str, digest: str, wrapped_key: bytes, stream_header: bytes,
-                     party_key: bytes, attest_nonce: bytes) -> Upload:
+    def begin_upload(self, session_id: str, kind: str, digest: str, wrapped_key: bytes, stream_header: bytes,
+                     party_key: bytes, attest_nonce: bytes, signature: bytes) -> Upload:
         if kind not in ASSET_KINDS:
             raise UnusableInput(f"unknown asset kind {kind!r} (expected one of {', '.join(ASSET_KINDS)})")
-        if len(party_key) != 32:
-            raise UnusableInput("party_public_key must be a raw 32-byte Ed25519 key")
-        if len(attest_nonce) != NONCE_LEN:
-            raise UnusableInput(f"attest_nonce must be {NONCE_LEN} bytes")
+        _check_len(party_key, 32, "party_public_key (raw Ed25519)")
+        _check_len(attest_nonce, NONCE_LEN, "attest_nonce")
+        role = UPLOADER_ROLE[kind]
         with self._lock:
-            if self._running:
-                raise Busy("a job is running; uploads are refused until it ends")
-            self._check_auditor_key_locked(kind, party_key)
-            used = self._issued_nonces.get(attest_nonce)
-            if used is None:
-                raise SessionError("attest_nonce was not issued by this enclave boot: attest first, then upload")
-            if kind in used:
-                raise SessionError(f"attest_nonce was already used for a {kind} upload (a replay?); attest again")
-            used.add(kind)
+            session = self._get_locked(session_id)
+            if party_key != session.parties.key(role):
+                raise NotAParty(f"{kind} upload refused: only session {session.id}'s {role} key may upload a {kind}")
+            message = upload_message(self.keys.signing_public, session.id, kind, digest, stream_header, wrapped_key,
+                                     attest_nonce)
+            if not verify_party_signature(party_key, message, signature):
+                raise NotAParty(f"{kind} upload refused: the header signature does not verify with the {role} key "
+                                "for this session, kind, digest, stream and nonce (altered or replayed from "
+                                "elsewhere)")
+            self._require_open_locked(session, f"{kind} upload")
+            self._use_nonce_locked(attest_nonce, f"{kind} upload")
+            session.touch()
         try:
-            data_key = self.keys.hpke.unwrap(wrapped_key, wrap_info(kind, digest, self.keys.signing_public))
+            data_key = self.keys.hpke.unwrap(wrapped_key, wrap_info(kind, digest, self.keys.signing_public, party_key,
+                                                                    session.id, attest_nonce))
         except AAuditError:
-            raise SessionError(f"{kind}: the wrapped data key does not open for this enclave, asset kind and "
-                               "digest (wrapped for another enclave boot, or digest/kind changed)") from None
-        folder = None
+            raise SessionError(f"{kind}: the wrapped data key does not open for this enclave, session, party, "
+                               "asset kind, digest and nonce (wrapped for another context, or altered)") from None
+        folder, budget = None, self.memory
         if kind == "model":
-            folder = self.workdir / f"model-{secrets.token_hex(8)}"
+            folder, budget = self.workdir / f"model-{secrets.token_hex(8)}", self.tmpfs
             sink: Any = DirectorySink(folder)
         else:
             sink = MemorySink()
         unsealer = Unsealer(stream_header, data_key, kind, sink, expected_kind=kind)
         del data_key
-        return Upload(kind, digest, party_key, attest_nonce, unsealer, sink, folder, self.max_bytes[kind])
-
-    def _check_auditor_key_locked(self, kind: str, party_key: bytes) -> None:
-        """One auditor key uploads both dataset and spec, so one key approves for the role."""
-        if kind in ("dataset", "spec"):
-            other = self._assets.get("spec" if kind == "dataset" else "dataset")
-            if other is not None and other.party_key != party_key:
-                raise SessionError(f"the auditor's other asset ({other.kind}) was uploaded with another identity "
-                                   "key; one auditor key must upload both dataset and spec")
-
-    def note_attestation(self, nonce: bytes) -> None:
-        """Remember a nonce this boot attested to; each may serve one upload of each asset kind."""
-        with self._lock:
-            self._issued_nonces[nonce] = set()
-            while len(self._issued_nonces) > MAX_OPEN_NONCES:
-                self._issued_nonces.popitem(last=False)
+        return Upload(session, kind, digest, party_key, attest_nonce, unsealer, sink, folder,
+                      self.limits.max_bytes[kind], budget)
 
     def finish_upload(self, up: Upload) -> tuple[Asset, str]:
         try:
             digest = up.unsealer.finish(expected_digest=up.claimed_digest)  # wipes the sink on mismatch
+            files = None if up.folder is not None else dict(up.sink.files)
+            spec = None
+            if up.kind == "spec":
+                if len(files or {}) != 1:
+                    raise UnusableInput("spec: the sealed spec must hold exactly one TOML file")
+                spec = parse_spec(next(iter(files.values())))  # SpecError (UnusableInput) names the problem
         except BaseException:
             up.abort()
             raise
-        files = None if up.folder is not None else dict(up.sink.files)
-        spec = None
-        if up.kind == "spec":
-            if len(files or {}) != 1:
-                up.abort()
-                raise UnusableInput("spec: the sealed spec must hold exactly one TOML file")
-            spec = parse_spec(next(iter(files.values())))  # SpecError (UnusableInput) names the problem
         size = sum(len(v) for v in files.values()) if files is not None else _folder_size(up.folder)
-        asset = Asset(up.kind, digest, size, up.party_key, up.attest_nonce, files, up.folder)
+        asset = Asset(up.kind, digest, size, up.party_key, up.attest_nonce, up.budget, up.received, files, up.folder)
+        up.received = 0  # the reservation moves to the asset
+        session = up.session
         with self._lock:
-            if self._running:
+            if session.state is State.CLOSED or session.state in (State.QUEUED, State.RUNNING):
                 asset.drop()
-                raise Busy("a job started while this upload was in flight; upload refused")
-            try:
-                self._check_auditor_key_locked(up.kind, up.party_key)  # again: another upload may have finished
-            except SessionError:
-                asset.drop()
-                raise
-            old = self._assets.pop(up.kind, None)
+                raise Busy(f"session {session.id} was closed or its job started while this upload was in flight; "
+                           "upload refused")
+            old = session.assets.pop(up.kind, None)
             if old is not None:
                 old.drop()
-            self._assets[up.kind] = asset
+            session.assets[up.kind] = asset
             if spec is not None:
-                self._spec = spec
-            self._approvals.clear()  # any new asset voids every approval
-            return asset, self._manifest_digest_locked()
+                session.spec = spec
+            session.approvals.clear()  # any new asset voids every approval
+            self._summarize_locked(session)
+            session.touch()
+            return asset, self._manifest_locked(session).digest()
+
+    def _summarize_locked(self, session: AuditSession) -> None:
+        """Per-task document counts and metrics for the manifest, once dataset and spec are both there;
+        an inconsistency is a problem that blocks approval (not a refused upload, so that either
+        asset can be replaced next)."""
+        session.tasks, session.problems = (), ()
+        if session.spec is None or "dataset" not in session.assets:
+            return
+        try:
+            summaries = summarize_tasks(session.spec, session.assets["dataset"].files or {})
+            session.tasks = tuple(TaskRef(s.name, s.documents, tuple(s.metrics)) for s in summaries)
+            check_aggregate(session.spec, summaries, self.limits.min_documents_floor)
+        except AAuditError as exc:
+            session.problems = (str(exc),)
+        if session.spec.deadline_s > self.limits.max_deadline_s:
+            session.problems += (f"the spec's deadline of {session.spec.deadline_s} s exceeds this enclave's limit "
+                                 f"of {self.limits.max_deadline_s} s",)
 
     # --- manifest and approvals ----------------------------------------------------------------
-    def _manifest_locked(self) -> dict[str, Any]:
-        parties = {}
-        for kind, asset in self._assets.items():
-            parties[UPLOADER_ROLE[kind]] = b64e(asset.party_key)
-        return {
-            "version": 1,
-            "assets": {k: {"digest": a.digest, "bytes": a.plaintext_bytes} for k, a in sorted(self._assets.items())},
-            "parties": parties,
-            "output": self._spec.output if self._spec is not None else None,
-            "samplesRecipient": self._spec.samples_recipient if self._spec is not None else None,
-            "enclave": {"platform": self.platform, "codeIdentity": self.code_identity,
-                        "signingKey": b64e(self.keys.signing_public)},
-        }
+    def _manifest_locked(self, session: AuditSession) -> RunManifest:
+        spec = session.spec
+        limits = None
+        if spec is not None:
+            floor = None if spec.output != "aggregate" else max(spec.min_documents, self.limits.min_documents_floor)
+            limits = ManifestLimits(min(spec.deadline_s, self.limits.max_deadline_s), floor)
+        return RunManifest(
+            session=SessionRef(session.id, session.nonce, session.job),
+            enclave=EnclaveRef(self.platform, self.code_identity, self.keys.signing_public),
+            parties=session.parties,
+            assets={k: AssetRef(a.digest, a.plaintext_bytes) for k, a in sorted(session.assets.items())},
+            output=spec.output if spec is not None else None,
+            samples_recipient=spec.samples_recipient if spec is not None else None,
+            tasks=session.tasks,
+            limits=limits,
+        )
 
-    def _manifest_digest_locked(self) -> str:
-        return manifest_digest(self._manifest_locked())
+    def _problems_locked(self, session: AuditSession) -> list[str]:
+        missing = [k for k in ASSET_KINDS if k not in session.assets]
+        problems = [f"missing asset(s): {', '.join(missing)}"] if missing else []
+        if session.state is State.AWAITING_JOIN:
+            problems.append(f"waiting for the {' and '.join(r for r in ROLES if r not in session.joined)} to join")
+        return problems + list(session.problems)
 
-    def _missing_locked(self) -> str:
-        return ", ".join(k for k in ASSET_KINDS if k not in self._assets)
-
-    def manifest(self) -> tuple[dict[str, Any], str, list[str], bool]:
+    def manifest(self, session_id: str) -> tuple[RunManifest, list[str], list[str], AuditSession]:
+        """The current manifest, the roles that approved it, and why it cannot be approved yet."""
         with self._lock:
-            m = self._manifest_locked()
-            return m, manifest_digest(m), sorted(self._approvals), set(self._assets) == set(ASSET_KINDS)
+            session = self._get_locked(session_id)
+            return (self._manifest_locked(session), sorted(session.approvals), self._problems_locked(session),
+                    session)
 
-    def approve(self, role: str, digest: str, signature: bytes) -> tuple[list[str], bool]:
-        if role not in UPLOADER_ROLE.values():
+    def approve(self, session_id: str, role: str, digest: str, signature: bytes) -> tuple[list[str], bool]:
+        if role not in ROLES:
             raise UnusableInput(f"unknown role {role!r} (provider or auditor)")
         with self._lock:
-            if self._running:
-                raise Busy("a job is running; approvals are closed")
-            current = self._manifest_digest_locked()
+            session = self._get_locked(session_id)
+            self._require_open_locked(session, "approval")
+            current = self._manifest_locked(session).digest()
             if digest != current:
-                raise SessionError(f"approval is for manifest {digest}, but the current manifest is {current} "
-                                   "(an asset was uploaded since); fetch the manifest again")
-            if self._missing_locked():
-                raise SessionError(f"manifest incomplete: missing {self._missing_locked()}")
-            key = next(a.party_key for k, a in self._assets.items() if UPLOADER_ROLE[k] == role)
-            if not verify_approval(key, digest, signature):
-                raise SessionError(f"{role} approval signature does not verify with the {role}'s upload key")
-            self._approvals[role] = signature
-            return sorted(self._approvals), len(self._approvals) == 2
+                raise SessionError(f"approval is for manifest {digest[:80]}, but session {session.id}'s current "
+                                   f"manifest is {current} (an asset was uploaded since); fetch the manifest again")
+            problems = self._problems_locked(session)
+            if problems:
+                raise SessionError("the manifest cannot be approved yet: " + "; ".join(problems))
+            if not verify_approval(session.parties.key(role), digest, signature):
+                raise NotAParty(f"{role} approval signature does not verify with this session's {role} key")
+            session.approvals[role] = signature
+            session.touch()
+            return sorted(session.approvals), len(session.approvals) == len(ROLES)
 
-    # --- the job -------------------------------------------------------------------------------
-    def start_job(self) -> "JobInputs":
+    # --- jobs ----------------------------------------------------------------------------------
+    def queue_job(self, session_id: str, role: str, digest: str, run_nonce: bytes, signature: bytes,
+                  queued_jobs: int) -> JobInputs:
+        """Move an approved session to QUEUED and hand out its job's inputs."""
+        _check_len(run_nonce, NONCE_LEN, "run nonce")
         with self._lock:
-            if self._running:
-                raise Busy("a job is already running; one job at a time — wait for it and fetch its result")
-            if self._missing_locked():
-                raise SessionError(f"cannot run: missing asset(s) {self._missing_locked()}")
-            missing_roles = [r for r in ("provider", "auditor") if r not in self._approvals]
+            session = self._get_locked(session_id)
+            self._check_signed_locked(session, role, run_message(self.keys.signing_public, session.id, digest,
+                                                                 run_nonce), signature, "run")
+            self._require_open_locked(session, "run")
+            manifest = self._manifest_locked(session)
+            if digest != manifest.digest():
+                raise SessionError(f"run refused: manifest {digest[:80]} is not session {session.id}'s current one "
+                                   f"({manifest.digest()})")
+            problems = self._problems_locked(session)
+            if problems:
+                raise SessionError("cannot run: " + "; ".join(problems))
+            missing_roles = [r for r in ROLES if r not in session.approvals]
             if missing_roles:
-                raise SessionError(f"cannot run: no approval from {' and '.join(missing_roles)} on the current manifest")
-            assert self._spec is not None
-            data = self._assets["dataset"].files or {}
-            absent = [name for name in self._spec.datasets if name not in data]
-            if absent:
-                raise SessionError(f"cannot run: spec names dataset file(s) not in the dataset asset: {', '.join(absent)}")
-            manifest = self._manifest_locked()
-            digest = manifest_digest(manifest)
-            approvals = []
-            for kind, role in (("model", "provider"), ("dataset", "auditor")):
-                approvals.append({"role": role, "publicKey": b64e(self._assets[kind].party_key),
-                                  "signature": b64e(self._approvals[role])})
-            self._running = True
+                raise SessionError(f"cannot run: no approval from {' and '.join(missing_roles)} on the current "
+                                   "manifest")
+            if queued_jobs >= self.limits.max_queued_jobs:
+                raise LimitReached(f"{queued_jobs} jobs are waiting for the accelerator, this enclave's limit; "
+                                   "retry later")
+            assert session.spec is not None and manifest.limits is not None
+            session.state = State.QUEUED
+            session.cancel = threading.Event()
+            session.touch()
             return JobInputs(
-                model_dir=self._assets["model"].folder,  # type: ignore[arg-type]
-                spec=self._spec, datasets=data, manifest=manifest, manifest_digest=digest, approvals=approvals,
-                party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in self._assets.items()},
+                session_id=session.id,
+                model_dir=session.assets["model"].folder,  # type: ignore[arg-type]
+                spec=session.spec,
+                datasets=session.assets["dataset"].files or {},
+                manifest=manifest,
+                manifest_digest=manifest.digest(),
+                approvals=[{"role": r, "publicKey": b64e(session.parties.key(r)),
+                            "signature": b64e(session.approvals[r])} for r in ROLES],
+                party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in session.assets.items()},
+                deadline_s=manifest.limits.deadline_seconds,
+                cancel=session.cancel,
             )
 
-    def end_job(self) -> None:
-        """Drop every secret of the job: decrypted files, dataset bytes, spec, approvals."""
+    def job_running(self, session_id: str) -> bool:
+        """The queue picked this session's job; False if it was cancelled while queued."""
         with self._lock:
-            for asset in self._assets.values():
-                asset.drop()
-            self._assets.clear()
-            self._approvals.clear()
-            self._spec = None
-            self._running = False
+            session = self._sessions.get(session_id)
+            if session is None or session.state is not State.QUEUED or session.cancel.is_set():
+                return False
+            session.state = State.RUNNING
+            return True
 
-    @property
-    def running(self) -> bool:
-        return self._running
+    def end_job(self, session_id: str, result: tuple[bytes, bytes | None] | None) -> None:
+        """Drop every secret of the job (decrypted files, dataset bytes, spec, approvals), keep its
+        result, and open the session for its next job, whose manifest has the next job number."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return
+            if session.state is State.CLOSED:
+                self._close_locked(session)
+                return
+            session.drop_assets()
+            if result is not None:
+                session.result = result
+            session.job += 1
+            session.state = State.OPEN
+            session.touch()
+
+    def cancel(self, session_id: str, role: str, digest: str, signature: bytes) -> AuditSession:
+        with self._lock:
+            session = self._get_locked(session_id)
+            self._check_signed_locked(session, role, job_message("cancel", self.keys.signing_public, session.id,
+                                                                 digest), signature, "cancel")
+            if digest != self._manifest_locked(session).digest():
+                raise SessionError("cancel refused: it names another manifest than the session's current job")
+            if session.state not in (State.QUEUED, State.RUNNING):
+                raise SessionError(f"session {session.id} has no queued or running job to cancel")
+            session.cancel.set()
+            session.touch()
+            return session
+
+    def close(self, session_id: str, role: str, digest: str, signature: bytes) -> AuditSession:
+        with self._lock:
+            session = self._get_locked(session_id)
+            self._check_signed_locked(session, role, job_message("close", self.keys.signing_public, session.id,
+                                                                 digest), signature, "close")
+            if digest != self._manifest_locked(session).digest():
+                raise SessionError("close refused: it names another manifest than the session's current one")
+            session.cancel.set()
+            if session.state is State.RUNNING:
+                session.state = State.CLOSED  # the job's end drops its assets and removes the session
+            else:
+                self._close_locked(session)
+            return session
+
+    def result(self, session_id: str) -> tuple[bytes, bytes | None]:
+        with self._lock:
+            session = self._get_locked(session_id)
+            if session.result is None:
+                raise NoSuchSession(f"session {session.id} has no finished job yet")
+            return session.result
+
+    def close_all(self) -> None:
+        with self._lock:
+            for session in list(self._sessions.values()):
+                session.cancel.set()
+                self._close_locked(session)
 
 
-@dataclass
-class JobInputs:
-    model_dir: Path
-    spec: AuditSpec
-    datasets: dict[str, bytes]
-    manifest: dict[str, Any]
-    manifest_digest: str
-    approvals: list[dict[str, str]]
-    party_nonces: dict[str, str]
+def _check_len(value: bytes, n: int, what: str) -> None:
+    if len(value) != n:
+        raise UnusableInput(f"{what} must be {n} bytes, got {len(value)}")
 
 
 def _folder_size(folder: Path | None) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder else 0
-

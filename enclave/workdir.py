@@ -46,7 +46,36 @@ def make_workdir(base: Path | None = None, *, unsafe_allow_disk: bool = False) -
             f"work folder base {base} is on {fstype}, not tmpfs: decrypted weights must never reach persistent "
             "disk. Give --workdir on a tmpfs, or --unsafe-allow-disk-workdir for development only."
         )
-    return Path(tempfile.mkdtemp(prefix="aaudit-job-", dir=base))
+    sweep_stale(base)
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))  # mode 0700
+
+
+PREFIX = "aaudit-job-"
+
+
+def sweep_stale(base: Path) -> list[Path]:
+    """Wipe work folders left by enclave processes that are gone (killed mid-job: `kill -9`, power
+    loss of a VM with persistent tmpfs). A folder is named after its owner's pid; one whose pid is
+    alive belongs to a running enclave and is left alone."""
+    swept = []
+    for folder in base.glob(f"{PREFIX}*"):
+        pid_text = folder.name[len(PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and _alive(int(pid_text)):
+            continue
+        if folder.is_dir() and not folder.is_symlink():
+            wipe(folder)
+            swept.append(folder)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def wipe(path: Path) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/enclave.proto\x12\x11\x61\x61udit.enclave.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x94\x01\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x12\n\nhpke_suite\x18\x03 \x01(\t\x12\x17\n\x0fhpke_public_key\x18\x04 \x01(\x0c\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x15\n\rcode_identity\x18\x06 \x01(\t\"\x88\x01\n\x0cUploadHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0bwrapped_key\x18\x03 \x01(\x0c\x12\x15\n\rstream_header\x18\x04 \x01(\x0c\x12\x18\n\x10party_public_key\x18\x05 \x01(\x0c\x12\x14\n\x0c\x61ttest_nonce\x18\x06 \x01(\x0c\"X\n\nUploadPart\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.aaudit.enclave.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"^\n\x0cUploadResult\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x17\n\x0fplaintext_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\"\x11\n\x0fManifestRequest\"X\n\x08Manifest\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0b\x61pproved_by\x18\x03 \x03(\t\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\"D\n\x08\x41pproval\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"4\n\x0e\x41pprovalResult\x12\x13\n\x0b\x61pproved_by\x18\x01 \x03(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\"\x1b\n\nRunRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"i\n\x08RunEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.aaudit.enclave.v1.ProgressH\x00\x12\x10\n\x06\x62undle\x18\x02 \x01(\x0cH\x00\x12\x11\n\x07samples\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\x0f\n\rResultRequest\"1\n\x0eResultResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x0f\n\x07samples\x18\x02 \x01(\x0c\x32\xdb\x03\n\x07\x45nclave\x12M\n\x06\x41ttest\x12 .aaudit.enclave.v1.AttestRequest\x1a!.aaudit.enclave.v1.AttestResponse\x12J\n\x06Upload\x12\x1d.aaudit.enclave.v1.UploadPart\x1a\x1f.aaudit.enclave.v1.UploadResult(\x01\x12N\n\x0bGetManifest\x12\".aaudit.enclave.v1.ManifestRequest\x1a\x1b.aaudit.enclave.v1.Manifest\x12I\n\x07\x41pprove\x12\x1b.aaudit.enclave.v1.Approval\x1a!.aaudit.enclave.v1.ApprovalResult\x12H\n\x08RunAudit\x12\x1d.aaudit.enclave.v1.RunRequest\x1a\x1b.aaudit.enclave.v1.RunEvent0\x01\x12P\n\tGetResult\x12 .aaudit.enclave.v1.ResultRequest\x1a!.aaudit.enclave.v1.ResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/enclave.proto\x12\x11\x61\x61udit.enclave.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xac\x01\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x12\n\nhpke_suite\x18\x03 \x01(\t\x12\x17\n\x0fhpke_public_key\x18\x04 \x01(\x0c\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x15\n\rcode_identity\x18\x06 \x01(\t\x12\x16\n\x0etls_public_key\x18\x07 \x01(\x0c\"\x80\x01\n\x14\x43reateSessionRequest\x12\x14\n\x0c\x61ttest_nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cprovider_key\x18\x02 \x01(\x0c\x12\x13\n\x0b\x61uditor_key\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63reator_role\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"I\n\x12JoinSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x8f\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rsession_nonce\x18\x02 \x01(\x0c\x12\x14\n\x0cprovider_key\x18\x03 \x01(\x0c\x12\x13\n\x0b\x61uditor_key\x18\x04 \x01(\x0c\x12\x0e\n\x06joined\x18\x05 \x03(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0b\n\x03job\x18\x07 \x01(\r\"\xaf\x01\n\x0cUploadHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0bwrapped_key\x18\x03 \x01(\x0c\x12\x15\n\rstream_header\x18\x04 \x01(\x0c\x12\x18\n\x10party_public_key\x18\x05 \x01(\x0c\x12\x14\n\x0c\x61ttest_nonce\x18\x06 \x01(\x0c\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"X\n\nUploadPart\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.aaudit.enclave.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"^\n\x0cUploadResult\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x17\n\x0fplaintext_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\"%\n\x0fManifestRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x91\x01\n\x08Manifest\x12\x15\n\rmanifest_json\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0b\x61pproved_by\x18\x03 \x03(\t\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\x12\x10\n\x08problems\x18\x05 \x03(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x16\n\x0equeue_position\x18\x07 \x01(\r\"X\n\x08\x41pproval\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"4\n\x0e\x41pprovalResult\x12\x13\n\x0b\x61pproved_by\x18\x01 \x03(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\"i\n\nRunRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"]\n\rSessionAction\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"<\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\"i\n\x08RunEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.aaudit.enclave.v1.ProgressH\x00\x12\x10\n\x06\x62undle\x18\x02 \x01(\x0cH\x00\x12\x11\n\x07samples\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"#\n\rResultRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x0eResultResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x0f\n\x07samples\x18\x02 \x01(\x0c\x32\xac\x06\n\x07\x45nclave\x12M\n\x06\x41ttest\x12 .aaudit.enclave.v1.AttestRequest\x1a!.aaudit.enclave.v1.AttestResponse\x12X\n\rCreateSession\x12\'.aaudit.enclave.v1.CreateSessionRequest\x1a\x1e.aaudit.enclave.v1.SessionInfo\x12T\n\x0bJoinSession\x12%.aaudit.enclave.v1.JoinSessionRequest\x1a\x1e.aaudit.enclave.v1.SessionInfo\x12J\n\x06Upload\x12\x1d.aaudit.enclave.v1.UploadPart\x1a\x1f.aaudit.enclave.v1.UploadResult(\x01\x12N\n\x0bGetManifest\x12\".aaudit.enclave.v1.ManifestRequest\x1a\x1b.aaudit.enclave.v1.Manifest\x12I\n\x07\x41pprove\x12\x1b.aaudit.enclave.v1.Approval\x1a!.aaudit.enclave.v1.ApprovalResult\x12H\n\x08RunAudit\x12\x1d.aaudit.enclave.v1.RunRequest\x1a\x1b.aaudit.enclave.v1.RunEvent0\x01\x12M\n\tCancelJob\x12 .aaudit.enclave.v1.SessionAction\x1a\x1e.aaudit.enclave.v1.SessionInfo\x12P\n\x0c\x43loseSession\x12 .aaudit.enclave.v1.SessionAction\x1a\x1e.aaudit.enclave.v1.SessionInfo\x12P\n\tGetResult\x12 .aaudit.enclave.v1.ResultRequest\x1a!.aaudit.enclave.v1.ResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTESTREQUEST']._serialized_start=43
   _globals['_ATTESTREQUEST']._serialized_end=73
   _globals['_ATTESTRESPONSE']._serialized_start=76
-  _globals['_ATTESTRESPONSE']._serialized_end=224
-  _globals['_UPLOADHEADER']._serialized_start=227
-  _globals['_UPLOADHEADER']._serialized_end=363
-  _globals['_UPLOADPART']._serialized_start=365
-  _globals['_UPLOADPART']._serialized_end=453
-  _globals['_UPLOADRESULT']._serialized_start=455
-  _globals['_UPLOADRESULT']._serialized_end=549
-  _globals['_MANIFESTREQUEST']._serialized_start=551
-  _globals['_MANIFESTREQUEST']._serialized_end=568
-  _globals['_MANIFEST']._serialized_start=570
-  _globals['_MANIFEST']._serialized_end=658
-  _globals['_APPROVAL']._serialized_start=660
-  _globals['_APPROVAL']._serialized_end=728
-  _globals['_APPROVALRESULT']._serialized_start=730
-  _globals['_APPROVALRESULT']._serialized_end=782
-  _globals['_RUNREQUEST']._serialized_start=784
-  _globals['_RUNREQUEST']._serialized_end=811
-  _globals['_PROGRESS']._serialized_start=813
-  _globals['_PROGRESS']._serialized_end=873
-  _globals['_RUNEVENT']._serialized_start=875
-  _globals['_RUNEVENT']._serialized_end=980
-  _globals['_RESULTREQUEST']._serialized_start=982
-  _globals['_RESULTREQUEST']._serialized_end=997
-  _globals['_RESULTRESPONSE']._serialized_start=999
-  _globals['_RESULTRESPONSE']._serialized_end=1048
-  _globals['_ENCLAVE']._serialized_start=1051
-  _globals['_ENCLAVE']._serialized_end=1526
+  _globals['_ATTESTRESPONSE']._serialized_end=248
+  _globals['_CREATESESSIONREQUEST']._serialized_start=251
+  _globals['_CREATESESSIONREQUEST']._serialized_end=379
+  _globals['_JOINSESSIONREQUEST']._serialized_start=381
+  _globals['_JOINSESSIONREQUEST']._serialized_end=454
+  _globals['_SESSIONINFO']._serialized_start=457
+  _globals['_SESSIONINFO']._serialized_end=600
+  _globals['_UPLOADHEADER']._serialized_start=603
+  _globals['_UPLOADHEADER']._serialized_end=778
+  _globals['_UPLOADPART']._serialized_start=780
+  _globals['_UPLOADPART']._serialized_end=868
+  _globals['_UPLOADRESULT']._serialized_start=870
+  _globals['_UPLOADRESULT']._serialized_end=964
+  _globals['_MANIFESTREQUEST']._serialized_start=966
+  _globals['_MANIFESTREQUEST']._serialized_end=1003
+  _globals['_MANIFEST']._serialized_start=1006
+  _globals['_MANIFEST']._serialized_end=1151
+  _globals['_APPROVAL']._serialized_start=1153
+  _globals['_APPROVAL']._serialized_end=1241
+  _globals['_APPROVALRESULT']._serialized_start=1243
+  _globals['_APPROVALRESULT']._serialized_end=1295
+  _globals['_RUNREQUEST']._serialized_start=1297
+  _globals['_RUNREQUEST']._serialized_end=1402
+  _globals['_SESSIONACTION']._serialized_start=1404
+  _globals['_SESSIONACTION']._serialized_end=1497
+  _globals['_PROGRESS']._serialized_start=1499
+  _globals['_PROGRESS']._serialized_end=1559
+  _globals['_RUNEVENT']._serialized_start=1561
+  _globals['_RUNEVENT']._serialized_end=1666
+  _globals['_RESULTREQUEST']._serialized_start=1668
+  _globals['_RESULTREQUEST']._serialized_end=1703
+  _globals['_RESULTRESPONSE']._serialized_start=1705
+  _globals['_RESULTRESPONSE']._serialized_end=1754
+  _globals['_ENCLAVE']._serialized_start=1757
+  _globals['_ENCLAVE']._serialized_end=2569
 # @@protoc_insertion_point(module_scope)

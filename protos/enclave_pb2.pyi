@@ -13,36 +13,84 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestResponse(_message.Message):
-    __slots__ = ("evidence", "signing_public_key", "hpke_suite", "hpke_public_key", "platform", "code_identity")
+    __slots__ = ("evidence", "signing_public_key", "hpke_suite", "hpke_public_key", "platform", "code_identity", "tls_public_key")
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     HPKE_SUITE_FIELD_NUMBER: _ClassVar[int]
     HPKE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     CODE_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TLS_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     evidence: bytes
     signing_public_key: bytes
     hpke_suite: str
     hpke_public_key: bytes
     platform: str
     code_identity: str
-    def __init__(self, evidence: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., hpke_suite: _Optional[str] = ..., hpke_public_key: _Optional[bytes] = ..., platform: _Optional[str] = ..., code_identity: _Optional[str] = ...) -> None: ...
+    tls_public_key: bytes
+    def __init__(self, evidence: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., hpke_suite: _Optional[str] = ..., hpke_public_key: _Optional[bytes] = ..., platform: _Optional[str] = ..., code_identity: _Optional[str] = ..., tls_public_key: _Optional[bytes] = ...) -> None: ...
+
+class CreateSessionRequest(_message.Message):
+    __slots__ = ("attest_nonce", "provider_key", "auditor_key", "creator_role", "signature")
+    ATTEST_NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUDITOR_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_ROLE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    attest_nonce: bytes
+    provider_key: bytes
+    auditor_key: bytes
+    creator_role: str
+    signature: bytes
+    def __init__(self, attest_nonce: _Optional[bytes] = ..., provider_key: _Optional[bytes] = ..., auditor_key: _Optional[bytes] = ..., creator_role: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class JoinSessionRequest(_message.Message):
+    __slots__ = ("session_id", "role", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    role: str
+    signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "session_nonce", "provider_key", "auditor_key", "joined", "state", "job")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_KEY_FIELD_NUMBER: _ClassVar[int]
+    AUDITOR_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    session_nonce: bytes
+    provider_key: bytes
+    auditor_key: bytes
+    joined: _containers.RepeatedScalarFieldContainer[str]
+    state: str
+    job: int
+    def __init__(self, session_id: _Optional[str] = ..., session_nonce: _Optional[bytes] = ..., provider_key: _Optional[bytes] = ..., auditor_key: _Optional[bytes] = ..., joined: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., job: _Optional[int] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("kind", "digest", "wrapped_key", "stream_header", "party_public_key", "attest_nonce")
+    __slots__ = ("kind", "digest", "wrapped_key", "stream_header", "party_public_key", "attest_nonce", "session_id", "signature")
     KIND_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     STREAM_HEADER_FIELD_NUMBER: _ClassVar[int]
     PARTY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ATTEST_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     kind: str
     digest: str
     wrapped_key: bytes
     stream_header: bytes
     party_public_key: bytes
     attest_nonce: bytes
-    def __init__(self, kind: _Optional[str] = ..., digest: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., stream_header: _Optional[bytes] = ..., party_public_key: _Optional[bytes] = ..., attest_nonce: _Optional[bytes] = ...) -> None: ...
+    session_id: str
+    signature: bytes
+    def __init__(self, kind: _Optional[str] = ..., digest: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., stream_header: _Optional[bytes] = ..., party_public_key: _Optional[bytes] = ..., attest_nonce: _Optional[bytes] = ..., session_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UploadPart(_message.Message):
     __slots__ = ("header", "chunk")
@@ -65,30 +113,40 @@ class UploadResult(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., digest: _Optional[str] = ..., plaintext_bytes: _Optional[int] = ..., manifest_digest: _Optional[str] = ...) -> None: ...
 
 class ManifestRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("manifest_json", "digest", "approved_by", "complete")
+    __slots__ = ("manifest_json", "digest", "approved_by", "complete", "problems", "state", "queue_position")
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     manifest_json: bytes
     digest: str
     approved_by: _containers.RepeatedScalarFieldContainer[str]
     complete: bool
-    def __init__(self, manifest_json: _Optional[bytes] = ..., digest: _Optional[str] = ..., approved_by: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    state: str
+    queue_position: int
+    def __init__(self, manifest_json: _Optional[bytes] = ..., digest: _Optional[str] = ..., approved_by: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("role", "manifest_digest", "signature")
+    __slots__ = ("session_id", "role", "manifest_digest", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
     role: str
     manifest_digest: str
     signature: bytes
-    def __init__(self, role: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ApprovalResult(_message.Message):
     __slots__ = ("approved_by", "ready")
@@ -99,10 +157,30 @@ class ApprovalResult(_message.Message):
     def __init__(self, approved_by: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("nonce",)
+    __slots__ = ("nonce", "session_id", "role", "manifest_digest", "signature")
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
-    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+    session_id: str
+    role: str
+    manifest_digest: str
+    signature: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., session_id: _Optional[str] = ..., role: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SessionAction(_message.Message):
+    __slots__ = ("session_id", "role", "manifest_digest", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    role: str
+    manifest_digest: str
+    signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "fraction", "message")
@@ -125,8 +203,10 @@ class RunEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ..., samples: _Optional[bytes] = ...) -> None: ...
 
 class ResultRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class ResultResponse(_message.Message):
     __slots__ = ("bundle", "samples")

@@ -39,6 +39,16 @@ class EnclaveStub:
                 request_serializer=protos_dot_enclave__pb2.AttestRequest.SerializeToString,
                 response_deserializer=protos_dot_enclave__pb2.AttestResponse.FromString,
                 _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/aaudit.enclave.v1.Enclave/CreateSession',
+                request_serializer=protos_dot_enclave__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.SessionInfo.FromString,
+                _registered_method=True)
+        self.JoinSession = channel.unary_unary(
+                '/aaudit.enclave.v1.Enclave/JoinSession',
+                request_serializer=protos_dot_enclave__pb2.JoinSessionRequest.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.SessionInfo.FromString,
+                _registered_method=True)
         self.Upload = channel.stream_unary(
                 '/aaudit.enclave.v1.Enclave/Upload',
                 request_serializer=protos_dot_enclave__pb2.UploadPart.SerializeToString,
@@ -59,6 +69,16 @@ class EnclaveStub:
                 request_serializer=protos_dot_enclave__pb2.RunRequest.SerializeToString,
                 response_deserializer=protos_dot_enclave__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/aaudit.enclave.v1.Enclave/CancelJob',
+                request_serializer=protos_dot_enclave__pb2.SessionAction.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.SessionInfo.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/aaudit.enclave.v1.Enclave/CloseSession',
+                request_serializer=protos_dot_enclave__pb2.SessionAction.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.SessionInfo.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/aaudit.enclave.v1.Enclave/GetResult',
                 request_serializer=protos_dot_enclave__pb2.ResultRequest.SerializeToString,
@@ -76,8 +96,21 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSession(self, request, context):
+        """A session for two named parties, created by one of them; the other joins by signing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request_iterator, context):
-        """Client-streaming upload of one sealed asset: a header first, then ciphertext chunks in order.
+        """Client-streaming upload of one sealed asset into a session: a signed header, then chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,14 +130,27 @@ class EnclaveServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunAudit(self, request, context):
-        """Runs the audit; streams progress, ends with the signed bundle.
+        """Queues the approved job; streams queue position and progress, ends with the signed bundle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Either party cancels the session's queued or running job, or closes the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetResult(self, request, context):
-        """The bundle of the last finished job (for the party that did not start it).
+        """The bundle of the session's last finished job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +163,16 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.Attest,
                     request_deserializer=protos_dot_enclave__pb2.AttestRequest.FromString,
                     response_serializer=protos_dot_enclave__pb2.AttestResponse.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=protos_dot_enclave__pb2.CreateSessionRequest.FromString,
+                    response_serializer=protos_dot_enclave__pb2.SessionInfo.SerializeToString,
+            ),
+            'JoinSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinSession,
+                    request_deserializer=protos_dot_enclave__pb2.JoinSessionRequest.FromString,
+                    response_serializer=protos_dot_enclave__pb2.SessionInfo.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
@@ -137,6 +193,16 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.RunAudit,
                     request_deserializer=protos_dot_enclave__pb2.RunRequest.FromString,
                     response_serializer=protos_dot_enclave__pb2.RunEvent.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=protos_dot_enclave__pb2.SessionAction.FromString,
+                    response_serializer=protos_dot_enclave__pb2.SessionInfo.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=protos_dot_enclave__pb2.SessionAction.FromString,
+                    response_serializer=protos_dot_enclave__pb2.SessionInfo.SerializeToString,
             ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
@@ -171,6 +237,60 @@ class Enclave:
             '/aaudit.enclave.v1.Enclave/Attest',
             protos_dot_enclave__pb2.AttestRequest.SerializeToString,
             protos_dot_enclave__pb2.AttestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/CreateSession',
+            protos_dot_enclave__pb2.CreateSessionRequest.SerializeToString,
+            protos_dot_enclave__pb2.SessionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/JoinSession',
+            protos_dot_enclave__pb2.JoinSessionRequest.SerializeToString,
+            protos_dot_enclave__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -279,6 +399,60 @@ class Enclave:
             '/aaudit.enclave.v1.Enclave/RunAudit',
             protos_dot_enclave__pb2.RunRequest.SerializeToString,
             protos_dot_enclave__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/CancelJob',
+            protos_dot_enclave__pb2.SessionAction.SerializeToString,
+            protos_dot_enclave__pb2.SessionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/CloseSession',
+            protos_dot_enclave__pb2.SessionAction.SerializeToString,
+            protos_dot_enclave__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ from aaudit.client import EnclaveClient, ExpectedRun
 from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
 from enclave.measure import code_identity
 from enclave.service import EnclaveService, serve
+from enclave.session import Limits
 from enclave.tee.select import make_attester
 from enclave.workdir import make_workdir
 from sealing.identity import generate_identity, generate_samples_key
@@ -56,11 +57,11 @@ def make_parties(root: Path) -> Parties:
 
 
 class RunningEnclave:
-    """An enclave service with the sim attester, served over gRPC on 127.0.0.1."""
+    """An enclave service with the sim attester, served over attested TLS on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self.workdir = make_workdir()
-        self.service = EnclaveService(make_attester("sim"), code_identity(), self.workdir)
+        self.service = EnclaveService(make_attester("sim"), code_identity(), self.workdir, limits=limits)
         self.server = serve(self.service, "127.0.0.1:0")
         self.target = f"127.0.0.1:{self.server.bound_port}"
 
@@ -72,11 +73,19 @@ class RunningEnclave:
         self.service.close()
 
 
-def provision(client: EnclaveClient, parties: Parties, kinds: tuple[str, ...] = KINDS) -> None:
+def open_session(client: EnclaveClient, parties: Parties) -> str:
+    """The auditor creates a session naming both keys; the provider checks it and joins."""
+    enclave = client.attest(parties.enclave_policy)
+    info = client.create_session(enclave, "auditor", parties.auditor, parties.provider.public_raw())
+    client.join_session(enclave, info.session_id, "provider", parties.provider, parties.auditor.public_raw())
+    return info.session_id
+
+
+def provision(client: EnclaveClient, parties: Parties, sid: str, kinds: tuple[str, ...] = KINDS) -> None:
     enclave = client.attest(parties.enclave_policy)
     for kind in kinds:
         who = parties.provider if kind == "model" else parties.auditor
-        client.upload(enclave, parties.sealed[kind], who.public_raw())
+        client.upload(enclave, sid, parties.sealed[kind], who)
 
 
 def expected(parties: Parties, role: str, allow_samples: bool = True) -> ExpectedRun:
@@ -85,10 +94,16 @@ def expected(parties: Parties, role: str, allow_samples: bool = True) -> Expecte
                        {"auditor" if role == "provider" else "provider": other.public_raw()}, allow_samples)
 
 
-def approve_both(client: EnclaveClient, parties: Parties) -> None:
+def approve_both(client: EnclaveClient, parties: Parties, sid: str) -> None:
     enclave = client.attest(parties.enclave_policy)
-    client.approve(enclave, "provider", parties.provider, expected(parties, "provider"))
-    client.approve(enclave, "auditor", parties.auditor, expected(parties, "auditor"))
+    client.approve(enclave, sid, "provider", parties.provider, expected(parties, "provider"))
+    client.approve(enclave, sid, "auditor", parties.auditor, expected(parties, "auditor"))
+
+
+def run(client: EnclaveClient, parties: Parties, sid: str, **kwargs: object) -> dict:
+    """The auditor starts the approved job and follows it to its bundle."""
+    enclave = client.attest(parties.enclave_policy)
+    return client.run(enclave, sid, "auditor", parties.auditor, nonce(), **kwargs)  # type: ignore[arg-type]
 
 
 def nonce() -> bytes:

@@ -23,7 +23,9 @@ from e2e_helpers import (
     expected,
     make_parties,
     nonce,
+    open_session,
     provision,
+    run,
 )
 
 from aaudit.client import AttestationRefused, EnclaveError, ExpectedRun
@@ -51,10 +53,11 @@ def enclave():
 def job(enclave: RunningEnclave, parties) -> tuple[dict, bytes]:
     """One complete audit: its bundle and the per-sample records encrypted to the auditor."""
     with enclave.client() as c:
-        provision(c, parties)
-        approve_both(c, parties)
+        sid = open_session(c, parties)
+        provision(c, parties, sid)
+        approve_both(c, parties, sid)
         stages = []
-        result = c.run(nonce(), on_progress=lambda p: stages.append((p.stage, p.fraction)))
+        result = run(c, parties, sid, on_progress=lambda p: stages.append((p.stage, p.fraction)))
     assert stages and stages[-1][1] == 1.0, stages
     assert any(s == "evaluating" for s, _ in stages), stages
     assert c.samples, "output aggregate+samples must deliver the encrypted records"
@@ -205,14 +208,18 @@ def test_wrong_nonce_and_other_keys_are_refused(enclave: RunningEnclave, parties
         resp = c._stub.Attest(pb.AttestRequest(nonce=n))
     ev = Evidence.from_bytes(resp.evidence)
     now = datetime.now(timezone.utc)
+    tls = resp.tls_public_key
+    assert tls == c._pinned_tls and len(tls) > 32, "the attestation binds the TLS key the channel is pinned to"
     good, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
-        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, n))
+        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, tls, n))
     assert good.verified
     wrong_nonce, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
-        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, nonce()))
+        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, tls, nonce()))
     other_keys, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
-        os.urandom(32), resp.hpke_suite, resp.hpke_public_key, n))
-    for v in (wrong_nonce, other_keys):
+        os.urandom(32), resp.hpke_suite, resp.hpke_public_key, tls, n))
+    other_tls, _ = verify_evidence(ev, at=now, policy=parties.enclave_policy, expected_report_data=key_binding(
+        resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, b"", n))
+    for v in (wrong_nonce, other_keys, other_tls):
         assert [s.name for s in v.failures] == ["report data"]
 
 
@@ -239,11 +246,11 @@ def _upload_tampered(enclave: RunningEnclave, parties, kind: str, mutate, tmp_pa
 
     asset = SealedAsset.load(folder / src.meta_path.name)
     with enclave.client() as c:
+        sid = open_session(c, parties)
         e = c.attest(parties.enclave_policy)
         with pytest.raises(EnclaveError) as exc:
-            c.upload(e, asset, (parties.provider if kind == "model" else parties.auditor).public_raw())
-        manifest, _, _, _ = c.manifest()
-    assert kind not in manifest["assets"], "a refused asset must not enter the manifest"
+            c.upload(e, sid, asset, parties.provider if kind == "model" else parties.auditor)
+        assert kind not in c.manifest(sid).manifest.assets, "a refused asset must not enter the manifest"
     return str(exc.value)
 
 
@@ -269,9 +276,10 @@ def test_malformed_spec_is_refused(enclave: RunningEnclave, parties, tmp_path: P
                    '[task.config]\noutput_type = "multiple_choice"\nprocess_results = "!function evil.run"\n')
     asset = seal(bad, tmp_path / "sealed-bad", "spec")
     with enclave.client() as c:
+        sid = open_session(c, parties)
         e = c.attest(parties.enclave_policy)
         with pytest.raises(EnclaveError, match="process_results"):
-            c.upload(e, asset, parties.auditor.public_raw())
+            c.upload(e, sid, asset, parties.auditor)
 
 
 def test_oversized_message_is_refused(enclave: RunningEnclave, parties) -> None:
@@ -282,12 +290,12 @@ def test_oversized_message_is_refused(enclave: RunningEnclave, parties) -> None:
     def parts():
         yield pb.UploadPart(header=pb.UploadHeader(kind="dataset", stream_header=b"\0" * (6 << 20)))
 
-    with enclave.client() as c, pytest.raises(grpc.RpcError) as exc:
-        c._stub.Upload(parts())
-    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.value
-    with enclave.client() as c:  # the service is unharmed and its manifest unchanged
-        manifest, _, _, _ = c.manifest()
-    assert "dataset" not in manifest["assets"]
+    with enclave.client() as c:
+        sid = open_session(c, parties)
+        with pytest.raises(grpc.RpcError) as exc:
+            c._stub.Upload(parts())
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.value
+        assert "dataset" not in c.manifest(sid).manifest.assets  # the service is unharmed
 
 
 def test_published_bundle_needs_its_inclusion_proof(bundle: dict, parties, tmp_path: Path) -> None:
@@ -349,56 +357,71 @@ def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dic
 
 def test_missing_approval_and_reupload_void(enclave: RunningEnclave, parties, bundle: dict) -> None:
     with enclave.client() as c:
-        provision(c, parties)
+        sid = open_session(c, parties)
+        provision(c, parties, sid)
         e = c.attest(parties.enclave_policy)
-        c.approve(e, "provider", parties.provider, expected(parties, "provider"))
+        c.approve(e, sid, "provider", parties.provider, expected(parties, "provider"))
         with pytest.raises(EnclaveError, match="no approval from auditor"):
-            c.run(nonce())
-        c.approve(e, "auditor", parties.auditor, expected(parties, "auditor"))
-        _, _, approved, _ = c.manifest()
-        assert approved == ["auditor", "provider"]
-        provision(c, parties, kinds=("dataset",))  # re-upload voids both approvals
-        _, _, approved, _ = c.manifest()
-        assert approved == []
+            run(c, parties, sid)
+        c.approve(e, sid, "auditor", parties.auditor, expected(parties, "auditor"))
+        assert c.manifest(sid).approved_by == ["auditor", "provider"]
+        provision(c, parties, sid, kinds=("dataset",))  # re-upload voids both approvals
+        assert c.manifest(sid).approved_by == []
         with pytest.raises(EnclaveError, match="no approval from provider and auditor"):
-            c.run(nonce())
+            run(c, parties, sid)
 
 
-def test_one_job_at_a_time_and_result_for_the_other_party(enclave: RunningEnclave, parties) -> None:
-    from protos import enclave_pb2 as pb
+def test_jobs_queue_and_the_other_party_fetches_the_result(enclave: RunningEnclave, parties) -> None:
+    """Two sessions' jobs: one runs, the other waits its turn (its queue position is reported); a
+    running session accepts no upload; afterwards its secrets are gone and the job number moves on."""
+    from verifier.binding import run_message
 
     with enclave.client() as c:
-        provision(c, parties)
-        approve_both(c, parties)
-        first = c._stub.RunAudit(pb.RunRequest(nonce=nonce()))
-        assert next(first).WhichOneof("event") == "progress"  # the job is running now
-        with pytest.raises(EnclaveError, match="already running"):
-            c.run(nonce())
-        with pytest.raises(EnclaveError, match="a job is running"):
-            provision(c, parties, kinds=("spec",))
-        events = list(first)
-        assert events[-1].WhichOneof("event") == "bundle"
-        assert json.loads(events[-1].bundle) == c.result()  # the provider can fetch what the auditor started
-        manifest, _, approved, complete = c.manifest()
-    assert manifest["assets"] == {} and approved == [] and not complete, "secrets must be dropped after a job"
+        sids = [open_session(c, parties) for _ in range(2)]
+        for sid in sids:
+            provision(c, parties, sid)
+            approve_both(c, parties, sid)
+        e = c.attest(parties.enclave_policy)
+        streams = []
+        for sid in sids:
+            view = c.manifest(sid)
+            sig = parties.auditor.sign(run_message(e.signing_public, sid, view.digest, n := nonce()))
+            from protos import enclave_pb2 as pb
+
+            streams.append(c._stub.RunAudit(pb.RunRequest(session_id=sid, role="auditor", nonce=n,
+                                                          manifest_digest=view.digest, signature=sig)))
+        assert next(streams[0]).WhichOneof("event") == "progress"
+        first_of_second = next(streams[1])
+        assert first_of_second.progress.stage in ("queued", "run"), first_of_second
+        with pytest.raises(EnclaveError, match="queued|running"):
+            provision(c, parties, sids[1], kinds=("spec",))
+        for stream in streams:
+            events = list(stream)
+            assert events[-1].WhichOneof("event") == "bundle"
+        stages = [ev.progress.stage for ev in [first_of_second]]
+        assert stages
+        assert json.loads(events[-1].bundle) == c.result(sids[1])  # anyone in the session can fetch it
+        view = c.manifest(sids[1])
+    assert view.manifest.assets == {} and view.approved_by == [] and not view.complete, "secrets dropped after a job"
+    assert view.manifest.session.job == 2, "the next job has its own manifest, so old approvals never carry over"
 
 
-def test_provider_refuses_a_manifest_with_another_auditor_or_unagreed_samples(enclave: RunningEnclave, parties,
-                                                                            tmp_path: Path) -> None:
+def test_provider_refuses_to_join_a_session_with_another_auditor(enclave: RunningEnclave, parties,
+                                                                 tmp_path: Path) -> None:
     from sealing.identity import generate_identity
     from verifier.errors import VerificationError
 
-    with enclave.client() as c:  # runs after a finished job: the session is empty
-        provision(c, parties, kinds=("model",))
-        intruder, _, _ = generate_identity(tmp_path, "auditor")  # someone else uploads as "the auditor"
-        e = c.attest(parties.enclave_policy)
-        for kind in ("dataset", "spec"):
-            c.upload(e, parties.sealed[kind], intruder.public_raw())
-        with pytest.raises(VerificationError, match="manifest's auditor key"):
-            c.approve(e, "provider", parties.provider, expected(parties, "provider"))
-        _, _, approved, _ = c.manifest()
-    assert approved == []
+    intruder, _, _ = generate_identity(tmp_path, "auditor")
     with enclave.client() as c:
+        e = c.attest(parties.enclave_policy)
+        info = c.create_session(e, "auditor", intruder, parties.provider.public_raw())
+        with pytest.raises(VerificationError, match="session's auditor key"):
+            c.join_session(e, info.session_id, "provider", parties.provider, parties.auditor.public_raw())
+        assert c.manifest(info.session_id).manifest.session.id == info.session_id
+    with enclave.client() as c:  # and an auditor refuses per-sample output it did not agree to
+        sid = open_session(c, parties)
+        provision(c, parties, sid)
+        e = c.attest(parties.enclave_policy)
         with pytest.raises(VerificationError, match="per-sample records"):
-            c.approve(e, "auditor", intruder, ExpectedRun({k: a.digest for k, a in parties.sealed.items()},
-                                                          {"provider": parties.provider.public_raw()}))
+            c.approve(e, sid, "auditor", parties.auditor, ExpectedRun({k: a.digest for k, a in parties.sealed.items()},
+                                                                      {"provider": parties.provider.public_raw()}))

@@ -16,15 +16,10 @@ from verifier import dsse
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
-from verifier.models import CPU_PLATFORMS, Evidence, Status, Verdict, b64d, b64e
+from verifier.models import CPU_PLATFORMS, Evidence, Status, Verdict, b64d
 from verifier.policy import Policy
-from verifier.statement import (
-    ROLES,
-    AuditStatement,
-    manifest_digest,
-    parse_statement,
-    verify_approval,
-)
+from verifier.manifest import ROLES, verify_approval
+from verifier.statement import AuditStatement, parse_statement
 
 MEDIA_TYPE = "application/vnd.attestable-audits.bundle.v1+json"
 
@@ -59,6 +54,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     if len(signing_pub) != 32:
         raise ParseError("bundle: enclave signing key is not a 32-byte Ed25519 key")
     hpke_pub = b64d(hpke.get("public"), "enclave.hpke.public")
+    tls_pub = b64d(_field(enclave, "tls", dict).get("public"), "enclave.tls.public")
     suite = hpke.get("suite")
     if not isinstance(suite, str):
         raise ParseError("bundle: enclave.hpke.suite missing")
@@ -77,7 +73,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     if evidence.platform not in CPU_PLATFORMS:
         verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
     verify_evidence(evidence, at=at, policy=policy, verdict=verdict, prefix="evidence: ",
-                    expected_report_data=key_binding(signing_pub, suite, hpke_pub, nonce))
+                    expected_report_data=key_binding(signing_pub, suite, hpke_pub, tls_pub, nonce))
     # 2. The report is signed by that key.
     verdict.check("report signature", envelope.payload_type == dsse.IN_TOTO_PAYLOAD_TYPE and dsse.verify(envelope, signing_pub),
                   "DSSE signature by the attested enclave key verifies",
@@ -152,18 +148,18 @@ def _warn_if_code_unpinned(policy: Policy, verdict: Verdict) -> None:
 
 
 def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Verdict) -> None:
-    digest = manifest_digest(st.manifest)
+    digest = st.manifest.digest()
     verdict.check("manifest digest", digest == st.manifest_digest, f"{digest}",
                   f"manifest hashes to {digest}, statement says {st.manifest_digest}")
     verdict.check("model subject", st.subject_digest == st.digest_of("model"),
                   "statement subject is the manifest's model",
                   f"subject {st.subject_digest} is not the manifest's model {st.digest_of('model')}")
-    verdict.check("manifest names this enclave", st.enclave_key == b64e(signing_pub),
+    verdict.check("manifest names this enclave", st.manifest.enclave.signing_key == signing_pub,
                   "approvals were given to this enclave boot key", "manifest names another enclave key")
     for role in ROLES:
         key = st.party_key(role)
         approvals = [a for a in st.approvals if a.role == role]
-        if key is None or not approvals:
+        if not approvals:
             verdict.fail(f"{role} approval", f"no {role} approval in the statement")
             continue
         ok = any(a.public_key == key and verify_approval(key, st.manifest_digest, a.signature) for a in approvals)
