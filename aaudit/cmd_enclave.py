@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="DEVELOPMENT ONLY: allow a work folder that is not on tmpfs")
     s.add_argument("--device", default=None, help="torch device for the run (default: cuda if present, else cpu)")
     s.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
+    s.add_argument("--insecure-plaintext-loopback", action="store_true",
+                   help="INSECURE, development only: serve plaintext gRPC (no attested TLS) on a loopback address")
+    lim = s.add_argument_group("limits", "what all clients together may consume (defaults follow the machine)")
+    for flag, field, kind, text in _LIMIT_FLAGS:
+        lim.add_argument(flag, dest=field, type=kind, default=None, metavar="N", help=text)
     s.set_defaults(func=_serve)
     try:
         tools = importlib.import_module("aaudit.cmd_enclave_tools")
@@ -43,16 +48,47 @@ def register(sub: argparse._SubParsersAction) -> None:
         tools.register_tools(esub)
 
 
+_LIMIT_FLAGS = (
+    ("--max-sessions", "max_sessions", int, "sessions held at once (default 64)"),
+    ("--max-concurrent-uploads", "max_concurrent_uploads", int, "uploads in flight at once (default 8)"),
+    ("--upload-idle-seconds", "upload_idle_s", float, "cut an upload that sends nothing this long (default 30)"),
+    ("--max-memory-bytes", "max_memory_bytes", int, "dataset and spec bytes held in memory (default: half the RAM)"),
+    ("--max-tmpfs-bytes", "max_tmpfs_bytes", int, "decrypted model bytes on the work tmpfs (default: 90%% of free)"),
+    ("--max-queued-jobs", "max_queued_jobs", int, "jobs waiting for the accelerator (default 8)"),
+    ("--max-job-seconds", "max_deadline_s", int, "cap on any spec's deadline (default 86400)"),
+    ("--min-documents-floor", "min_documents_floor", int,
+     "least documents per task for output \"aggregate\", whatever the spec says (default 10)"),
+    ("--session-idle-seconds", "session_idle_s", float, "close sessions idle this long (default 3600)"),
+)
+
+
+def _limits(args: argparse.Namespace, workdir: Path):  # noqa: ANN202
+    from enclave.session import Limits
+    from verifier.errors import UnusableInput
+
+    overrides = {field: getattr(args, field) for _, field, _, _ in _LIMIT_FLAGS if getattr(args, field) is not None}
+    bad = [flag for flag, field, _, _ in _LIMIT_FLAGS if field in overrides and not overrides[field] > 0]
+    if bad:
+        raise UnusableInput(f"{', '.join(bad)} must be greater than 0")
+    return Limits.for_machine(workdir, **overrides)
+
+
 def _serve(args: argparse.Namespace) -> int:
     # The attester comes first: on a machine without the requested TEE this fails in milliseconds.
     attester = make_attester(args.tee, args.gpu_evidence)
     from enclave.measure import code_identity
     from enclave.service import EnclaveService, serve
-    from enclave.workdir import make_workdir
+    from enclave.workdir import make_workdir, wipe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     workdir = make_workdir(args.workdir, unsafe_allow_disk=args.unsafe_allow_disk_workdir)
-    service = EnclaveService(attester, code_identity(), workdir, device=args.device)
+    try:
+        limits = _limits(args, workdir)
+    except BaseException:
+        wipe(workdir)
+        raise
+    service = EnclaveService(attester, code_identity(), workdir, device=args.device, limits=limits,
+                             tls=not args.insecure_plaintext_loopback)
     try:
         server = serve(service, args.listen)
     except BaseException:
@@ -61,14 +97,17 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.listen.rsplit(":", 1)[0]
     if attester.platform == "sim":
         print("WARNING: --tee sim: evidence is SIMULATED and proves nothing about hardware", file=sys.stderr)
-    print(f"enclave listening on {host}:{server.bound_port} (platform {attester.platform}, "
-          f"code identity {service.code_identity})", flush=True)
+    if not service.tls:
+        print("WARNING: --insecure-plaintext-loopback: the channel is NOT authenticated", file=sys.stderr)
+    print(f"enclave listening on {host}:{server.bound_port} ({'plaintext' if not service.tls else 'attested TLS'}, "
+          f"platform {attester.platform}, code identity {service.code_identity})", flush=True)
     if args.port_file:
         args.port_file.write_text(str(server.bound_port))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=2).wait()
+    print("enclave stopping: cancelling jobs, dropping every session", file=sys.stderr, flush=True)
+    server.stop(grace=1)
     service.close()
     return 0

@@ -16,27 +16,51 @@ ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
 
 def register(sub: argparse._SubParsersAction) -> None:
     for role, kinds in ROLE_KINDS.items():
-        p = sub.add_parser(role, help=f"the {role}'s commands: upload sealed {' and '.join(kinds)}, approve, "
-                           + ("run, " if role == "auditor" else "") + "fetch the result",
+        other = _other(role)
+        p = sub.add_parser(role, help=f"the {role}'s commands: open a session, upload sealed {' and '.join(kinds)}, "
+                           "approve, run, fetch the result",
                            description=f"Commands for the {role}. Every command first attests the enclave with a "
-                           "fresh nonce and verifies its evidence against --policy; nothing is sent otherwise.")
+                           "fresh nonce, verifies its evidence against --policy and pins the TLS key the evidence "
+                           "binds; nothing is sent otherwise. Everything happens in a session that names both "
+                           "parties' keys: one party creates it, the other joins.")
         rsub = p.add_subparsers(dest=f"{role}_command", required=True)
 
-        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)} to the enclave",
+        c = rsub.add_parser("create-session", help=f"open a session for you and the {other}",
+                            description=f"Create a session in the enclave naming your key and the {other}'s; print "
+                            f"its id. Give the id to the {other}, who joins it with `aaudit {other} join`.")
+        c.add_argument(f"--{other}", required=True, type=Path, metavar=f"{other}.pub", dest="other_pub",
+                       help=f"the {other}'s public identity key file")
+        c.add_argument("--session-out", type=Path, metavar="FILE", help="also write the session id to FILE")
+        _common(c, role)
+        c.set_defaults(func=_create, role=role)
+
+        j = rsub.add_parser("join", help=f"join a session the {other} created",
+                            description=f"Check that the session lives in the attested enclave and names your key "
+                            f"and the {other}'s key you expect, then sign to join it.")
+        _session(j)
+        j.add_argument(f"--expect-{other}", required=True, type=Path, metavar=f"{other}.pub", dest="other_pub",
+                       help=f"the {other}'s public identity key file")
+        _common(j, role)
+        j.set_defaults(func=_join, role=role)
+
+        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)} into a session",
                             description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)} in SEALED_DIR "
-                            "(written by `aaudit seal`) to the attested enclave key, and stream the ciphertext.")
+                            "(written by `aaudit seal`) to the attested enclave key, for this session and this "
+                            "attestation only, sign the upload header, and stream the ciphertext.")
         u.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+        _session(u)
         _common(u, role)
         u.set_defaults(func=_upload, role=role)
 
-        other = "auditor" if role == "provider" else "provider"
-        other_kinds = [k for r, ks in ROLE_KINDS.items() if r != role for k in ks]
+        other_kinds = ROLE_KINDS[other]
         a = rsub.add_parser("approve", help="check the whole run manifest and sign it",
-                            description=f"Fetch the run manifest and check every field against what you agreed to: "
-                            f"the attested enclave, your key and the digests in SEALED_DIR, the {other}'s key and "
-                            f"the {' and '.join(other_kinds)} digests you were given (step A of the protocol), and "
-                            "whether per-sample records go to the auditor. Refuse on any difference; else sign.")
+                            description=f"Fetch the session's run manifest and check every field against what you "
+                            f"agreed to: the attested enclave, your key and the digests in SEALED_DIR, the {other}'s "
+                            f"key and the {' and '.join(other_kinds)} digests you were given (step A of the "
+                            "protocol), and whether per-sample records go to the auditor. The manifest also shows "
+                            "each task's document count and published metrics. Refuse on any difference; else sign.")
         a.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+        _session(a)
         a.add_argument(f"--expect-{other}", required=True, type=Path, metavar=f"{other}.pub",
                        help=f"the {other}'s public identity key file")
         for kind in other_kinds:
@@ -46,19 +70,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(a, role)
         a.set_defaults(func=_approve, role=role)
 
-        r = rsub.add_parser("result", help="fetch the bundle of the last finished job")
+        run = rsub.add_parser("run", help="start the approved audit, show progress, save the bundle",
+                              description="Queue the approved job with a fresh nonce (signed), follow its queue "
+                              "position and progress, save the signed bundle and verify it against --policy.")
+        _session(run)
+        run.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
+        _common(run, role)
+        run.set_defaults(func=_run, role=role)
+
+        for action, text in (("cancel", "cancel the session's queued or running job (its inputs are dropped)"),
+                             ("close", "close the session: cancel its job and drop every asset it holds")):
+            x = rsub.add_parser(action, help=text, description=text[0].upper() + text[1:] + "; signed by you.")
+            _session(x)
+            _common(x, role)
+            x.set_defaults(func=_action, role=role, action=action)
+
+        r = rsub.add_parser("result", help="fetch the bundle of the session's last finished job",
+                            description="Fetch the bundle (and, for the auditor, the encrypted per-sample records) "
+                            "of the session's last finished job and verify it against --policy.")
+        _session(r)
         r.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
         _common(r, role, identity=False)
         r.set_defaults(func=_result, role=role)
 
         if role == "auditor":
-            run = rsub.add_parser("run", help="start the audit, show progress, save the bundle",
-                                  description="Start the approved audit with a fresh nonce, follow its progress, "
-                                  "save the signed bundle and verify it against --policy.")
-            run.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
-            _common(run, role, identity=False)
-            run.set_defaults(func=_run, role=role)
-
             o = rsub.add_parser("open-samples", help="decrypt and check the per-sample records of an audit",
                                 description="Decrypt the per-sample records the enclave encrypted to your samples "
                                 "key (output = \"aggregate+samples\"), check them against the signed statement "
@@ -69,9 +104,27 @@ def register(sub: argparse._SubParsersAction) -> None:
             o.add_argument("--out", type=Path, required=True, metavar="SAMPLES.jsonl")
             o.set_defaults(func=_open_samples, role=role)
 
-    m = sub.add_parser("manifest", help="show the enclave's current run manifest")
+    m = sub.add_parser("manifest", help="show a session's current run manifest",
+                       description="Show a session's run manifest, approvals, problems and queue position. "
+                       "For reading only: it does not attest the enclave (approve does, and checks every field).")
+    _session(m)
     m.add_argument("--enclave", required=True, metavar="HOST:PORT")
+    _plaintext(m)
     m.set_defaults(func=_manifest)
+
+
+def _other(role: str) -> str:
+    return "auditor" if role == "provider" else "provider"
+
+
+def _session(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--session", required=True, metavar="ID", help="the session id (`create-session` prints it)")
+
+
+def _plaintext(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure-plaintext-loopback", action="store_true",
+                   help="INSECURE, development only: talk plaintext gRPC to an enclave started with the same flag "
+                   "on 127.0.0.1 (nothing authenticates the channel)")
 
 
 def _common(p: argparse.ArgumentParser, role: str, identity: bool = True) -> None:
@@ -81,6 +134,13 @@ def _common(p: argparse.ArgumentParser, role: str, identity: bool = True) -> Non
     if identity:
         p.add_argument("--identity", required=True, type=Path, metavar=f"{role}.key",
                        help=f"your Ed25519 identity key (`aaudit keygen --role {role}`)")
+    _plaintext(p)
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202
+    from aaudit.client import EnclaveClient
+
+    return EnclaveClient(args.enclave, insecure_plaintext=args.insecure_plaintext_loopback)
 
 
 def _sealed(folder: Path, kind: str):  # noqa: ANN202
@@ -97,56 +157,93 @@ def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
 
     enclave = client.attest(policy.load(args.policy))
     sim = " (SIMULATED)" if enclave.platform == "sim" else ""
-    print(f"enclave {args.enclave}: {enclave.platform}{sim} evidence verified for our nonce; "
+    channel = "plaintext channel (INSECURE)" if client.insecure_plaintext else "TLS key pinned"
+    print(f"enclave {args.enclave}: {enclave.platform}{sim} evidence verified for our nonce; {channel}; "
           f"code identity {enclave.code_identity}", file=sys.stderr)
     return enclave
+
+
+def _create(args: argparse.Namespace) -> int:
+    from sealing.identity import load_identity, load_public_raw
+
+    identity, other = load_identity(args.identity), load_public_raw(args.other_pub)
+    with _client(args) as client:
+        info = client.create_session(_attested(client, args), args.role, identity, other)
+    if args.session_out:
+        try:
+            args.session_out.write_text(info.session_id + "\n")
+        except OSError as exc:
+            print(f"session {info.session_id}")
+            raise UnusableInput(f"cannot write {args.session_out}: {exc.strerror}; the id is printed above") from None
+    print(f"session {info.session_id}")
+    print(f"created for you ({args.role}) and the {_other(args.role)}; the {_other(args.role)} joins with "
+          f"`aaudit {_other(args.role)} join --session {info.session_id} ...`", file=sys.stderr)
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from sealing.identity import load_identity, load_public_raw
+
+    identity, other = load_identity(args.identity), load_public_raw(args.other_pub)
+    with _client(args) as client:
+        info = client.join_session(_attested(client, args), args.session, args.role, identity, other)
+    print(f"joined session {info.session_id} as {args.role}; state {info.state}")
+    return 0
 
 
 def _upload(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from aaudit.client import EnclaveClient
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
     assets = [_sealed(args.sealed, kind) for kind in ROLE_KINDS[args.role]]
-    with EnclaveClient(args.enclave) as client:
-        enclave = _attested(client, args)
+    with _client(args) as client:
         for asset in assets:
-            total = asset.sealed_size
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {asset.kind}", file=sys.stderr,
-                      disable=None) as bar:
-                res = client.upload(enclave, asset, identity.public_raw(), on_progress=bar.update)
+            enclave = _attested(client, args)  # one fresh attestation (and nonce) per upload
+            with tqdm(total=asset.sealed_size, unit="B", unit_scale=True, desc=f"upload {asset.kind}",
+                      file=sys.stderr, disable=None) as bar:
+                res = client.upload(enclave, args.session, asset, identity, on_progress=bar.update)
             print(f"{res.kind}: accepted, enclave computed {res.digest} ({res.plaintext_bytes} bytes); "
                   f"manifest now {res.manifest_digest}")
     return 0
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from aaudit.client import EnclaveClient, ExpectedRun
+    from aaudit.client import ExpectedRun
     from sealing.identity import load_identity, load_public_raw
 
     identity = load_identity(args.identity)
-    other = "auditor" if args.role == "provider" else "provider"
+    other = _other(args.role)
     digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
     digests.update({kind: getattr(args, f"expect_{kind}") for kind in ROLE_KINDS[other]})
     expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
-    with EnclaveClient(args.enclave) as client:
+    with _client(args) as client:
         enclave = _attested(client, args)
-        manifest, digest, _, _ = client.manifest()
-        print(json.dumps(manifest, indent=2), file=sys.stderr)
-        res = client.approve(enclave, args.role, identity, expected)
-    print(f"{args.role} approved manifest {digest}; approvals: {', '.join(res.approved_by)}"
+        view = client.manifest(args.session)
+        print(json.dumps(view.manifest.to_json(), indent=2), file=sys.stderr)
+        res = client.approve(enclave, args.session, args.role, identity, expected)
+    print(f"{args.role} approved manifest {view.digest}; approvals: {', '.join(res.approved_by)}"
           + ("; ready to run" if res.ready else ""))
     return 0
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from aaudit.client import EnclaveClient
+    with _client(args) as client:
+        view = client.manifest(args.session)
+    print(json.dumps({"digest": view.digest, "approvedBy": view.approved_by, "complete": view.complete,
+                      "problems": view.problems, "state": view.state, "queuePosition": view.queue_position,
+                      "manifest": view.manifest.to_json()}, indent=2))
+    return 0
 
-    with EnclaveClient(args.enclave) as client:
-        manifest, digest, approved, complete = client.manifest()
-    print(json.dumps({"digest": digest, "approvedBy": approved, "complete": complete, "manifest": manifest}, indent=2))
+
+def _action(args: argparse.Namespace) -> int:
+    from sealing.identity import load_identity
+
+    identity = load_identity(args.identity)
+    with _client(args) as client:
+        info = client.session_action(_attested(client, args), args.action, args.session, args.role, identity)
+    print(f"session {info.session_id}: {args.action} accepted; state {info.state}")
     return 0
 
 
@@ -209,14 +306,18 @@ def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from aaudit.client import EnclaveClient
+    from sealing.identity import load_identity
 
     _check_writable(args.out)
-    with EnclaveClient(args.enclave) as client:
-        _attested(client, args)
+    identity = load_identity(args.identity)
+    with _client(args) as client:
+        enclave = _attested(client, args)
         bars: dict[str, tqdm] = {}
 
         def show(p) -> None:  # noqa: ANN001
+            if p.stage == "queued":
+                print(f"queued: {p.message}", file=sys.stderr)
+                return
             bar = bars.get(p.stage)
             if bar is None:
                 for other in bars.values():
@@ -225,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
                                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
             bar.update(max(0, int(p.fraction * 1000) - bar.n))
 
-        bundle = client.run(os.urandom(32), on_progress=show)
+        bundle = client.run(enclave, args.session, args.role, identity, os.urandom(32), on_progress=show)
         for bar in bars.values():
             bar.close()
     _save(bundle, args.out, client.samples)
@@ -233,13 +334,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _result(args: argparse.Namespace) -> int:
-    from aaudit.client import EnclaveClient
-
     _check_writable(args.out)
-    with EnclaveClient(args.enclave) as client:
+    with _client(args) as client:
         _attested(client, args)
-        bundle = client.result()
+        bundle = client.result(args.session)
     _save(bundle, args.out, client.samples)
     return _verify_and_summarise(bundle, args)
-
-

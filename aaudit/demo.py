@@ -87,7 +87,7 @@ def run_demo(out: Path) -> int:
 
     servers: list[subprocess.Popen] = []
     try:
-        _step("5. start the transparency log and the enclave (sim TEE) on loopback")
+        _step("5. start the transparency log and the enclave (sim TEE, attested TLS) on loopback")
         servers.append(_start(["log", "serve", "--db", str(out / "log/log.db"), "--listen", "127.0.0.1:0"],
                               out / "run/log.port", out / "run/log.txt"))
         log_addr = f"127.0.0.1:{(out / 'run/log.port').read_text().strip()}"
@@ -104,30 +104,37 @@ def run_demo(out: Path) -> int:
             "allow_simulated = true  # demo only: the sim attester proves nothing about hardware\n\n"
             f'[sim]\nmeasurements = ["{code_identity()}"]\n')
 
-        _step("6. provider and auditor attest the enclave and upload their sealed assets")
+        _step("6. the auditor opens a session naming both keys; the provider checks it and joins")
         pkey, akey = str(out / "keys/provider.key"), str(out / "keys/auditor.key")
         common = ["--enclave", enclave, "--policy", str(enclave_policy)]
-        _aaudit("provider", "upload", str(out / "sealed/provider"), *common, "--identity", pkey)
-        _aaudit("auditor", "upload", str(out / "sealed/auditor"), *common, "--identity", akey)
+        _aaudit("auditor", "create-session", *common, "--identity", akey, "--provider", str(out / "keys/provider.pub"),
+                "--session-out", str(out / "run/session.txt"))
+        session = ["--session", (out / "run/session.txt").read_text().strip()]
+        _aaudit("provider", "join", *session, *common, "--identity", pkey,
+                "--expect-auditor", str(out / "keys/auditor.pub"))
 
-        _step("7. both approve the run manifest")
+        _step("7. provider and auditor attest the enclave again and upload their sealed assets into the session")
+        _aaudit("provider", "upload", str(out / "sealed/provider"), *session, *common, "--identity", pkey)
+        _aaudit("auditor", "upload", str(out / "sealed/auditor"), *session, *common, "--identity", akey)
+
+        _step("8. both approve the run manifest")
         # Each checks the whole manifest: the other's key and digests were exchanged in step A.
         digests = {k: json.loads((out / f"sealed/{r}/{k}.json").read_text())["digest"]
-                  for k, r in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
-        _aaudit("provider", "approve", str(out / "sealed/provider"), *common, "--identity", pkey,
+                   for k, r in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
+        _aaudit("provider", "approve", str(out / "sealed/provider"), *session, *common, "--identity", pkey,
                 "--expect-auditor", str(out / "keys/auditor.pub"), "--expect-dataset", digests["dataset"],
                 "--expect-spec", digests["spec"], "--allow-samples")
-        _aaudit("auditor", "approve", str(out / "sealed/auditor"), *common, "--identity", akey,
+        _aaudit("auditor", "approve", str(out / "sealed/auditor"), *session, *common, "--identity", akey,
                 "--expect-provider", str(out / "keys/provider.pub"), "--expect-model", digests["model"],
                 "--allow-samples")
 
-        _step("8. auditor runs the audit inside the enclave")
-        _aaudit("auditor", "run", *common, "--out", str(out / "bundle.json"))
-        _step("9. auditor opens the per-sample records and checks them against the signed Merkle root")
+        _step("9. auditor runs the audit inside the enclave")
+        _aaudit("auditor", "run", *session, *common, "--identity", akey, "--out", str(out / "bundle.json"))
+        _step("10. auditor opens the per-sample records and checks them against the signed Merkle root")
         _aaudit("auditor", "open-samples", str(out / "bundle.samples.enc"), "--bundle", str(out / "bundle.json"),
                 "--key", str(out / "keys/auditor.samples.key"), "--out", str(out / "samples.jsonl"))
 
-        _step("10. the bundle is published to the transparency log")
+        _step("11. the bundle is published to the transparency log")
         _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
         log_key = load_or_create(out / "log/log.db").verifier_key
     finally:
@@ -139,7 +146,7 @@ def run_demo(out: Path) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    _step("11. a third party verifies the bundle against the regulator's policy (policy.toml)")
+    _step("12. a third party verifies the bundle against the regulator's policy (policy.toml)")
     (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, log_key))
     verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"),
                              "--policy", str(out / "policy.toml")], text=True, stdout=subprocess.PIPE)

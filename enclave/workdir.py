@@ -7,6 +7,7 @@ folder is removed when the job ends.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -65,6 +66,8 @@ def sweep_stale(base: Path) -> list[Path]:
         if folder.is_dir() and not folder.is_symlink():
             wipe(folder)
             swept.append(folder)
+            logging.getLogger("aaudit.enclave").warning("wiped a stale work folder left by a stopped enclave: %s",
+                                                        folder)
     return swept
 
 
