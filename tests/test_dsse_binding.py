@@ -33,14 +33,40 @@ def test_sign_verify_and_tamper() -> None:
 
 def test_bindings_depend_on_every_input() -> None:
     s, h, n = os.urandom(32), os.urandom(32), os.urandom(32)
-    base = key_binding(s, "suite", h, n)
+    t = os.urandom(91)
+    base = key_binding(s, "suite", h, t, n)
     assert len(base) == 64
-    assert base != key_binding(s, "suite", h, os.urandom(32))
-    assert base != key_binding(os.urandom(32), "suite", h, n)
-    assert base != key_binding(s, "other", h, n)
-    assert base != key_binding(s, "suite", os.urandom(32), n)
+    assert base != key_binding(s, "suite", h, t, os.urandom(32))
+    assert base != key_binding(os.urandom(32), "suite", h, t, n)
+    assert base != key_binding(s, "other", h, t, n)
+    assert base != key_binding(s, "suite", os.urandom(32), t, n)
+    assert base != key_binding(s, "suite", h, os.urandom(91), n), "the TLS key is bound"
+    assert base != key_binding(s, "suite", h, b"", n)
     assert statement_binding(s, b"x") != statement_binding(s, b"y") and len(statement_binding(s, b"x")) == 64
-    assert gpu_nonce(base) != gpu_nonce(key_binding(s, "suite", h, os.urandom(32)))
-    assert wrap_info("model", "sha256:1", s) != wrap_info("dataset", "sha256:1", s)
+    assert gpu_nonce(base) != gpu_nonce(key_binding(s, "suite", h, t, os.urandom(32)))
+    p, sid = os.urandom(32), "ab" * 16
+    assert wrap_info("model", "sha256:1", s, p, sid, n) != wrap_info("dataset", "sha256:1", s, p, sid, n)
     with pytest.raises(ValueError):
-        key_binding(s, "suite", h, b"short")
+        key_binding(s, "suite", h, t, b"short")
+
+
+def test_party_messages_are_domain_separated_and_length_prefixed() -> None:
+    """A signature for one action never stands for another, and no field can bleed into the next."""
+    from verifier.binding import create_message, job_message, join_message, run_message, upload_message
+
+    e, sid, n = os.urandom(32), "ab" * 16, os.urandom(32)
+    messages = [
+        create_message(e, n, b"p" * 32, b"a" * 32),
+        join_message(e, sid, n, "provider"),
+        upload_message(e, sid, "spec", "sha256:1", b"hdr", b"wrapped", n),
+        run_message(e, sid, "sha256:1", n),
+        job_message("cancel", e, sid, "sha256:1"),
+        job_message("close", e, sid, "sha256:1"),
+    ]
+    assert len(set(messages)) == len(messages)
+    assert all(m.startswith(b"attestable-audits/v1/") for m in messages)
+    assert join_message(e, sid, n, "provider") != join_message(os.urandom(32), sid, n, "provider")
+    assert upload_message(e, sid, "spec", "sha256:1", b"hdr", b"wrapped", n) != \
+        upload_message(e, sid, "spec", "sha256:1", b"hd", b"rwrapped", n)
+    with pytest.raises(ValueError):
+        job_message("approve", e, sid, "sha256:1")

@@ -35,6 +35,7 @@ def test_serve_bad_listen_address_exits_2_and_leaves_no_work_folder(tmp_path: Pa
 def test_auditor_run_refuses_an_unwritable_output_before_contacting_anyone(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text("allow_simulated = true\n")
     proc = subprocess.run([sys.executable, "-m", "aaudit.cli", "auditor", "run", "--enclave", "127.0.0.1:1",
+                           "--session", "0" * 32, "--identity", str(tmp_path / "none.key"),
                            "--policy", str(tmp_path / "p.toml"), "--out", str(tmp_path / "missing" / "b.json")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not a writable folder" in proc.stderr, proc.stderr

@@ -19,10 +19,11 @@ from sealing.identity import (
 )
 from sealing.keywrap import DEFAULT_SUITE, HYBRID_SUITE, SUITES, HpkeKeyPair, wrap
 from verifier.binding import wrap_info
-from verifier.statement import approval_message, verify_approval
+from verifier.manifest import approval_message, verify_approval
 
 ENCLAVE_SIGNING_KEY = bytes(range(32))
-INFO = wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY)
+PARTY, SESSION, NONCE = b"P" * 32, "0123abcd" * 4, b"N" * 32
+INFO = wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY, PARTY, SESSION, NONCE)
 
 
 @pytest.fixture(params=SUITES)
@@ -59,9 +60,12 @@ def test_hybrid_public_bytes_are_mlkem_then_x25519() -> None:
 @pytest.mark.parametrize(
     "other_info",
     [
-        wrap_info("dataset", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY),
-        wrap_info("model", "sha256:" + "cd" * 32, ENCLAVE_SIGNING_KEY),
-        wrap_info("model", "sha256:" + "ab" * 32, bytes(32)),
+        wrap_info("dataset", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY, PARTY, SESSION, NONCE),
+        wrap_info("model", "sha256:" + "cd" * 32, ENCLAVE_SIGNING_KEY, PARTY, SESSION, NONCE),
+        wrap_info("model", "sha256:" + "ab" * 32, bytes(32), PARTY, SESSION, NONCE),
+        wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY, b"Q" * 32, SESSION, NONCE),
+        wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY, PARTY, "f" * 32, NONCE),
+        wrap_info("model", "sha256:" + "ab" * 32, ENCLAVE_SIGNING_KEY, PARTY, SESSION, b"M" * 32),
         b"",
     ],
 )
