@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from verifier.errors import ParseError
+from verifier.errors import ParseError, VerificationError
 
 ROOTS_DIR = Path(__file__).resolve().parent / "roots"
 
@@ -33,8 +33,8 @@ PINNED_ROOTS = {
 }
 
 
-class ChainError(Exception):
-    """A chain did not verify; the message says which certificate and why."""
+class ChainError(VerificationError):
+    """A chain did not verify; the message says which certificate and why (a failed check: exit 1)."""
 
 
 def fingerprint(cert: x509.Certificate) -> str:
