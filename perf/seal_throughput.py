@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from sealing import stream  # noqa: E402
+from sealing import _stream_format, stream  # noqa: E402
 from sealing.digest import asset_files, read_blocks  # noqa: E402
 
 MEMORY_CHUNKS_ALLOWED = 8
@@ -69,12 +69,12 @@ def _copy_files(asset: Path, dest: Path, block: int) -> str:
 def _decrypt_only(sealed: Path, key: bytes) -> str:
     """AES-256-GCM over the same chunks with the stream's own key and nonces, and nothing else."""
     reader = stream.SealedReader(sealed)
-    aead_key, _ = stream._derive(key, reader.header[: stream.HEADER_LEN - 32])
-    aead, prefix = AESGCM(aead_key), reader.header[stream.HEADER_LEN - 32 - stream.NONCE_PREFIX_LEN : stream.HEADER_LEN - 32]
+    aead_key, _ = _stream_format.derive_keys(key, reader.header[: _stream_format.FIELDS_LEN])
+    aead, prefix = AESGCM(aead_key), _stream_format.parse_header(reader.header, str(sealed)).nonce_prefix
     buffer = memoryview(bytearray(reader.chunk_size))
     for index, chunk in enumerate(reader):
         last = index == reader.chunk_count - 1
-        aead.decrypt_into(stream._nonce(prefix, index, last), chunk, reader.header, buffer[: len(chunk) - stream.TAG_LEN])
+        aead.decrypt_into(_stream_format.chunk_nonce(prefix, index, last), chunk, reader.header, buffer[: len(chunk) - stream.TAG_LEN])
     return "ok"
 
 

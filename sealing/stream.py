@@ -1,4 +1,4 @@
-"""The sealed asset format: a folder's files in one chunked, authenticated AES-256-GCM stream.
+"""Sealed assets: a folder's files in one chunked, authenticated AES-256-GCM stream.
 
 Why this shape: an asset (a 16 GB model, a dataset, a spec) is encrypted once under a random
 256-bit data key; only that key is HPKE-wrapped per audit (`sealing.keywrap`). The enclave
@@ -9,30 +9,13 @@ its nonce-reuse misuse-resistance", CRYPTO 2015) over AES-256-GCM from `cryptogr
 AES-GCM-HKDF streaming AEAD is the same construction and is fast enough, but its Python API only
 decrypts from a file object, while the enclave is fed chunk by chunk over gRPC and must say which
 chunk failed; it would also add a protobuf-pinned dependency and turn the 32-byte data key into a
-keyset. This file is the whole format:
+keyset.
 
-    sealed file = header || chunk_0 || chunk_1 || ... || chunk_(n-1)
-
-    header (53 bytes)  = fields || commitment
-      fields (21)      = magic "AAUDSEAL" || version u8 (1) || kind u8 (1 model, 2 dataset, 3 spec)
-                         || chunk size u32 BE (plaintext bytes per chunk) || nonce prefix (7 random bytes)
-      aead key || commitment = HKDF-SHA256(data key, salt = none,
-                                           info = "attestable-audits/v1/seal\\0" || fields, 64 bytes)
-    chunk_i            = AES-256-GCM(aead key, nonce_i, plaintext_i, aad = header)
-      nonce_i          = prefix (7) || i as u32 BE (4) || 0x01 if last chunk else 0x00 (1)
-      every chunk but the last carries exactly `chunk size` plaintext bytes; the last carries
-      0..chunk size (a stream always has a last chunk).
-
-The index in the nonce stops reordering, the last-chunk flag stops truncation at a chunk boundary,
-the header as AAD (and in the key derivation) binds every chunk to this asset's kind, chunk size and
-prefix, and the random data key per asset stops splicing between assets. The commitment lets the
-enclave tell "wrong key or altered header" apart from a tampered chunk before decrypting anything,
-and makes the ciphertext commit to one key.
-
-The plaintext inside the stream is a sequence of records, in manifest order:
-
-    file record = "F" || path length u16 BE || UTF-8 relative POSIX path || size u64 BE || bytes
-    end record  = "E" || number of files u64 BE     (nothing may follow it)
+This module is the public reader and writer: `seal` (folder -> sealed file, key file, metadata),
+`SealedAsset` (the metadata), `SealedReader` (a sealed file as chunks), `Unsealer` (the enclave's
+check-decrypt-digest-store) and its sinks. The format's bytes (header, key and nonce derivation,
+plaintext records) live in the private low-level layer `sealing._stream_format`, which documents
+them; the names re-exported here from it stay importable from `sealing.stream`.
 """
 
 from __future__ import annotations
@@ -42,108 +25,53 @@ import hmac
 import json
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Literal, NoReturn, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealing.digest import (
-    MAX_PATH_BYTES,
-    ManifestBuilder,
-    asset_files,
-    path_problem,
-    read_blocks,
+from sealing._stream_format import (
+    DATA_KEY_LEN,
+    FIELDS_LEN,
+    HEADER_LEN,
+    KINDS,
+    MAGIC,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    NONCE_PREFIX_LEN,
+    TAG_LEN,
+    VERSION,
+    FileSink,
+    RecordParser,
+    StreamHeader,
+    check_data_key,
+    chunk_nonce,
+    derive_keys,
+    end_record,
+    file_record,
+    header_fields,
+    kind_code,
+    parse_header,
 )
+from sealing.digest import ManifestBuilder, asset_files, path_problem, read_blocks
 from sealing.errors import SealError
 from sealing.secretfile import read_secret_file, write_secret_file
 from verifier.errors import ParseError
 
+__all__ = [
+    "DATA_KEY_LEN", "DEFAULT_CHUNK_SIZE", "HEADER_LEN", "KINDS", "MAGIC", "MAX_CHUNKS", "MAX_CHUNK_SIZE",
+    "META_FORMAT", "MIN_CHUNK_SIZE", "NONCE_PREFIX_LEN", "TAG_LEN", "VERSION", "DigestOnlySink", "DirectorySink",
+    "Kind", "MemorySink", "SealedAsset", "SealedReader", "Sink", "StreamHeader", "StreamWriter", "Unsealer",
+    "end_record", "file_record", "parse_header", "read_key_file", "seal",
+]
+
 Kind = Literal["model", "dataset", "spec"]
-KINDS: dict[str, int] = {"model": 1, "dataset": 2, "spec": 3}
-MAGIC = b"AAUDSEAL"
-VERSION = 1
-DATA_KEY_LEN = 32
-TAG_LEN = 16
-NONCE_PREFIX_LEN = 7
 DEFAULT_CHUNK_SIZE = 1 << 20
-MIN_CHUNK_SIZE = 64
-MAX_CHUNK_SIZE = 64 << 20  # bounds the enclave's buffer whatever a header claims
-MAX_CHUNKS = 1 << 32  # the nonce's chunk counter is 32 bits
 META_FORMAT = "attestable-audits/sealed-asset/v1"
-
-_FIELDS = struct.Struct(">8sBBI7s")
-_COMMITMENT_LEN = 32
-HEADER_LEN = _FIELDS.size + _COMMITMENT_LEN
-_KDF_LABEL = b"attestable-audits/v1/seal\x00"
-_FILE_HEAD = struct.Struct(">cH")
-_FILE_SIZE = struct.Struct(">Q")
-_END = struct.Struct(">cQ")
-_FILE_TAG, _END_TAG = b"F", b"E"
-
-
-@dataclass(frozen=True)
-class StreamHeader:
-    kind: str
-    chunk_size: int
-    nonce_prefix: bytes
-    raw: bytes
-
-
-def _derive(data_key: bytes, fields: bytes) -> tuple[bytes, bytes]:
-    """(AEAD key, key commitment) for one stream: both depend on the whole header's fields."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=32 + _COMMITMENT_LEN, salt=None, info=_KDF_LABEL + fields).derive(data_key)
-    return okm[:32], okm[32:]
-
-
-def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
-    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-
-
-def _check_data_key(data_key: bytes) -> None:
-    if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != DATA_KEY_LEN:
-        raise SealError(f"a data key is {DATA_KEY_LEN} bytes")
-
-
-def _check_kind(kind: str) -> int:
-    if kind not in KINDS:
-        raise SealError(f"unknown asset kind {kind!r} (known: {', '.join(KINDS)})")
-    return KINDS[kind]
-
-
-def parse_header(header: bytes, asset: str) -> StreamHeader:
-    """Parse and bounds-check a stream header (authenticity is checked by `Unsealer`)."""
-    if len(header) != HEADER_LEN:
-        raise SealError(f"{asset}: header is {len(header)} bytes; a version {VERSION} header is {HEADER_LEN}")
-    magic, version, kind_code, chunk_size, prefix = _FIELDS.unpack_from(header)
-    if magic != MAGIC:
-        raise SealError(f"{asset}: not a sealed asset (bad magic); seal it with `aaudit seal`")
-    if version != VERSION:
-        raise SealError(f"{asset}: sealed format version {version} is not supported (this build reads {VERSION})")
-    kinds = {code: name for name, code in KINDS.items()}
-    if kind_code not in kinds:
-        raise SealError(f"{asset}: header names unknown asset kind {kind_code}")
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        raise SealError(f"{asset}: header chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
-    return StreamHeader(kinds[kind_code], chunk_size, prefix, bytes(header))
-
-
-def file_record(path: str, size: int) -> bytes:
-    """The record that starts a file in the plaintext stream (its bytes follow)."""
-    problem = path_problem(path)
-    if problem:
-        raise SealError(f"cannot seal a file with an unsafe path ({problem})")
-    encoded = path.encode("utf-8")
-    return _FILE_HEAD.pack(_FILE_TAG, len(encoded)) + encoded + _FILE_SIZE.pack(size)
-
-
-def end_record(file_count: int) -> bytes:
-    return _END.pack(_END_TAG, file_count)
 
 
 class StreamWriter:
@@ -153,11 +81,11 @@ class StreamWriter:
     """
 
     def __init__(self, data_key: bytes, kind: str, out: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
-        _check_data_key(data_key)
+        check_data_key(data_key)
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
             raise SealError(f"chunk size must be within {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes")
-        fields = _FIELDS.pack(MAGIC, VERSION, _check_kind(kind), chunk_size, os.urandom(NONCE_PREFIX_LEN))
-        aead_key, commitment = _derive(bytes(data_key), fields)
+        fields = header_fields(kind, chunk_size, os.urandom(NONCE_PREFIX_LEN))
+        aead_key, commitment = derive_keys(bytes(data_key), fields)
         self.header = fields + commitment
         self._aead = AESGCM(aead_key)
         self._prefix = fields[-NONCE_PREFIX_LEN:]
@@ -198,7 +126,7 @@ class StreamWriter:
             raise SealError(f"asset needs more than {MAX_CHUNKS} chunks; use a larger chunk size")
         out = self._out_buf[: self._fill + TAG_LEN]
         self._aead.encrypt_into(
-            _nonce(self._prefix, self.chunk_count, last), memoryview(self._pending)[: self._fill], self.header, out
+            chunk_nonce(self._prefix, self.chunk_count, last), memoryview(self._pending)[: self._fill], self.header, out
         )
         self._out.write(out)
         self._sha256.update(out)
@@ -284,7 +212,7 @@ def seal(
     `progress(n)` is called with each number of plaintext bytes processed. Refuses to overwrite any
     of the three files; on failure, removes what it created.
     """
-    _check_kind(kind)
+    kind_code(kind)
     files = asset_files(Path(src))
     out_dir = Path(out_dir)
     try:
@@ -393,15 +321,12 @@ class SealedReader:
             raise SealError(f"{self.path}: {exc.strerror}") from None
 
 
-class Sink(Protocol):
+class Sink(FileSink, Protocol):
     """Where unsealed files go. Content must not be usable before `commit`; `wipe` destroys it.
 
     `write` gets views of a reused buffer: copy what you keep before returning.
     """
 
-    def begin_file(self, path: str, size: int) -> None: ...
-    def write(self, data: memoryview) -> None: ...
-    def end_file(self) -> None: ...
     def commit(self) -> None: ...
     def wipe(self) -> None: ...
 
@@ -531,82 +456,6 @@ class DigestOnlySink:
         self.files = self.bytes = 0
 
 
-class _RecordParser:
-    """Splits the decrypted byte stream into file records, feeding the manifest and the sink."""
-
-    def __init__(self, builder: ManifestBuilder, sink: Sink) -> None:
-        self._builder = builder
-        self._sink = sink
-        self._pending = bytearray()  # an incomplete record head: at most 3 + MAX_PATH_BYTES + 8 bytes
-        self._remaining = 0  # bytes left in the current file
-        self.done = False
-
-    @property
-    def between_records(self) -> bool:
-        return not self._pending and not self._remaining
-
-    def feed(self, data: memoryview) -> None:
-        pos, end = 0, len(data)
-        while pos < end:
-            if self.done:
-                raise SealError("data follows the end record")
-            if self._remaining:
-                piece = data[pos : pos + min(self._remaining, end - pos)]
-                self._builder.update(piece)
-                self._sink.write(piece)
-                self._remaining -= len(piece)
-                pos += len(piece)
-                if not self._remaining:
-                    self._end_file()
-                continue
-            take = min(self._need() - len(self._pending), end - pos)
-            self._pending += data[pos : pos + take]
-            pos += take
-            if len(self._pending) == self._need():
-                self._complete()
-
-    def _need(self) -> int:
-        """Bytes the record head being read needs in total (grows once the path length is known)."""
-        if not self._pending:
-            return 1
-        tag = self._pending[:1]
-        if tag == _END_TAG:
-            return _END.size
-        if tag != _FILE_TAG:
-            raise SealError(f"unknown record type {self._pending[0]}")
-        if len(self._pending) < _FILE_HEAD.size:
-            return _FILE_HEAD.size
-        path_len = _FILE_HEAD.unpack_from(self._pending)[1]
-        if not 1 <= path_len <= MAX_PATH_BYTES:
-            raise SealError(f"file record {self._builder.file_count + 1} has a path length of {path_len} bytes")
-        return _FILE_HEAD.size + path_len + _FILE_SIZE.size
-
-    def _complete(self) -> None:
-        head = bytes(self._pending)
-        self._pending.clear()
-        if head[:1] == _END_TAG:
-            count = _END.unpack(head)[1]
-            if count != self._builder.file_count:
-                raise SealError(f"end record counts {count} files but the stream carried {self._builder.file_count}")
-            self.done = True
-            return
-        number = self._builder.file_count + 1
-        try:
-            path = head[_FILE_HEAD.size : -_FILE_SIZE.size].decode("utf-8")
-        except UnicodeDecodeError:
-            raise SealError(f"file record {number} has a path that is not UTF-8") from None
-        size = _FILE_SIZE.unpack_from(head, len(head) - _FILE_SIZE.size)[0]
-        self._builder.begin_file(path, size)
-        self._sink.begin_file(path, size)
-        self._remaining = size
-        if not size:
-            self._end_file()
-
-    def _end_file(self) -> None:
-        self._builder.end_file()
-        self._sink.end_file()
-
-
 class Unsealer:
     """The enclave side: checks, decrypts, digests and stores one sealed asset as chunks arrive.
 
@@ -634,9 +483,8 @@ class Unsealer:
             self._fail(f"{asset_name}: a data key is {DATA_KEY_LEN} bytes, got {len(data_key)}")
         if expected_kind is not None and parsed.kind != expected_kind:
             self._fail(f"{asset_name}: sealed as a {parsed.kind}, expected a {expected_kind}")
-        fields = parsed.raw[: _FIELDS.size]
-        aead_key, commitment = _derive(bytes(data_key), fields)
-        if not hmac.compare_digest(commitment, parsed.raw[_FIELDS.size :]):
+        aead_key, commitment = derive_keys(bytes(data_key), parsed.raw[:FIELDS_LEN])
+        if not hmac.compare_digest(commitment, parsed.raw[FIELDS_LEN:]):
             self._fail(
                 f"{asset_name}: header does not match the data key (wrong key, or a header altered or taken from another asset)"
             )
@@ -647,7 +495,7 @@ class Unsealer:
         self._aead = AESGCM(aead_key)
         self._buffer = bytearray(self.chunk_size)
         self._builder = ManifestBuilder()
-        self._parser = _RecordParser(self._builder, sink)
+        self._parser = RecordParser(self._builder, sink)
 
     def feed(self, chunk: bytes | memoryview) -> None:
         """Authenticate, decrypt and consume the next ciphertext chunk."""
@@ -667,7 +515,7 @@ class Unsealer:
         candidates = (False, True) if size == self.chunk_size + TAG_LEN else (True,)
         for last in candidates:
             try:
-                self._aead.decrypt_into(_nonce(self._prefix, index, last), chunk, self._header, out)
+                self._aead.decrypt_into(chunk_nonce(self._prefix, index, last), chunk, self._header, out)
             except InvalidTag:
                 continue
             break

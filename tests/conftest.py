@@ -1,17 +1,13 @@
-"""Shared test fixtures: where the real test vectors live."""
+"""Test configuration: the committed vectors (owned by tests/vectors.py) must all be present before anything runs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-VECTORS = REPO.parent / "shared" / "testvectors"
+import vectors
 
 
-@pytest.fixture(scope="session")
-def vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.fail(f"test vectors not found at {VECTORS} (CI has shared/ beside the checkout)")
-    return VECTORS
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        vectors.require_all()
+    except FileNotFoundError as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)

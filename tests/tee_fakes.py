@@ -1,4 +1,4 @@
-"""Fake TEE devices that answer with real evidence bytes from ../shared/testvectors.
+"""Fake TEE devices that answer with real evidence bytes from the committed vectors (tests/vectors.py).
 
 Each fake follows the kernel / library interface it stands for and records what the attester
 sent, so tests check both directions: the request the attester made (report data, nonce, struct
@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 import cbor2
-import pytest
+import vectors
 
 from enclave.tee.configfs_tsm import OsFs
-
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "testvectors"
 
 # GHCB certificate table GUIDs as virtee/sev and go-sev-guest spell them (RFC 4122 byte order).
 VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes
@@ -31,13 +29,6 @@ VLEK_GUID = uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1").bytes
 ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782").bytes
 ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae").bytes
 CRL_GUID = uuid.UUID("92f81bc3-5811-4d3d-97ff-d19f88dc67ea").bytes
-
-
-def vector(rel: str) -> Path:
-    path = VECTORS / rel
-    if not path.is_file():
-        pytest.skip(f"test vector {path} not present (shared/ must sit beside the checkout)")
-    return path
 
 
 def pem_to_der_list(pem: bytes) -> list[bytes]:
@@ -57,9 +48,9 @@ class SnpVector:
 
 
 def snp_vector() -> SnpVector:
-    ask, ark = pem_to_der_list(vector("sev-snp/milan-vcek/ask_ark.pem").read_bytes())
-    return SnpVector(vector("sev-snp/milan-vcek/report.bin").read_bytes(),
-                     vector("sev-snp/milan-vcek/vcek.der").read_bytes(), ask, ark)
+    ask, ark = pem_to_der_list(vectors.read("sev-snp/milan-vcek/ask_ark.pem"))
+    return SnpVector(vectors.read("sev-snp/milan-vcek/report.bin"),
+                     vectors.read("sev-snp/milan-vcek/vcek.der"), ask, ark)
 
 
 def cert_table(entries: list[tuple[bytes, bytes]], pad_to: int = 0) -> bytes:
@@ -212,7 +203,7 @@ class FakeSevGuest:
 # ------------------------------------------------------------------------------------- /dev/nsm
 
 def nitro_document() -> bytes:
-    return base64.b64decode(vector("nitro/eternis-debug/attestation.b64").read_text())
+    return base64.b64decode(vectors.read("nitro/eternis-debug/attestation.b64"))
 
 
 @dataclass
@@ -253,8 +244,8 @@ class FakeNsmIoctl:
 # ------------------------------------------------------------------------------------- NVML
 
 def hopper_vector() -> tuple[bytes, bytes]:
-    report = bytes.fromhex(vector("nvidia/hopper/report.hex").read_text().strip())
-    return report, vector("nvidia/hopper/chain.pem").read_bytes()
+    report = bytes.fromhex(vectors.path("nvidia/hopper/report.hex").read_text().strip())
+    return report, vectors.read("nvidia/hopper/chain.pem")
 
 
 class FakeNvml:

@@ -1,4 +1,4 @@
-"""Hardware attesters against fake devices that answer with real evidence (../shared/testvectors).
+"""Hardware attesters against fake devices that answer with real evidence (tests/vectors.py).
 
 Success and failure paths per platform, the report-data length rule, and the round trip
 attester -> Evidence JSON -> verifier.evidence.verify_evidence (those tests need the platform
@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 import cbor2
 import pytest
+import vectors
 
 from enclave.tee import AttestationError, CompositeAttester
 from enclave.tee import sev_guest as sev_guest_mod
@@ -44,7 +45,6 @@ from tests.tee_fakes import (
     pem_to_der_list,
     snp_cert_table,
     snp_vector,
-    vector,
 )
 from verifier.binding import gpu_nonce
 from verifier.errors import ParseError
@@ -64,7 +64,7 @@ def snp_tsm(tmp_path, **kw) -> FakeTsm:
 
 
 def tdx_tsm(tmp_path, quote: bytes | None = None, **kw) -> FakeTsm:
-    q = quote if quote is not None else vector("tdx/v4-quote/quote.bin").read_bytes()
+    q = quote if quote is not None else vectors.read("tdx/v4-quote/quote.bin")
     return FakeTsm(tmp_path / "tsm" / "report", "tdx_guest", lambda inblob, privlevel: q, **kw)
 
 
@@ -90,7 +90,7 @@ def test_configfs_snp_privlevel_is_written(tmp_path):
 
 
 def test_configfs_tdx_quote(tmp_path):
-    quote = vector("tdx/v4-quote/quote.bin").read_bytes()
+    quote = vectors.read("tdx/v4-quote/quote.bin")
     fake = tdx_tsm(tmp_path)
     ev = ConfigfsTsmAttester("tdx", tsm_root(tmp_path), fs=fake).attest(REPORT_DATA)
     assert ev == Evidence("tdx", quote)
@@ -150,7 +150,7 @@ def test_configfs_short_snp_outblob(tmp_path):
     (lambda q: q[:4] + (0).to_bytes(4, "little") + q[8:], "TEE type 0x0 is not TDX"),
 ])
 def test_configfs_malformed_tdx_quote(tmp_path, mangle, message):
-    quote = vector("tdx/v4-quote/quote.bin").read_bytes()
+    quote = vectors.read("tdx/v4-quote/quote.bin")
     fake = tdx_tsm(tmp_path, mangle(quote))
     with pytest.raises(AttestationError, match=message):
         ConfigfsTsmAttester("tdx", tsm_root(tmp_path), fs=fake).attest(REPORT_DATA)
@@ -195,7 +195,7 @@ def _malformed_tables():
          rf"ASK entry \({len(v.ask) + 2} bytes\) is not exactly one DER X.509 certificate \(DER length says {len(v.ask)}\)"),
         ("bad PEM", cert_table([(VCEK_GUID, b"-----BEGIN CERTIFICATE-----\nMII*\n-----END CERTIFICATE-----\n")]),
          "invalid base64 in its PEM body"),
-        ("two PEM certs", cert_table([(ARK_GUID, vector("sev-snp/milan-vcek/ask_ark.pem").read_bytes())]),
+        ("two PEM certs", cert_table([(ARK_GUID, vectors.read("sev-snp/milan-vcek/ask_ark.pem"))]),
          "holds 2 PEM certificates"),
         ("truncated tail of a good table", good[:header + 100], "outside the certificate area"),
     ]
@@ -439,7 +439,7 @@ def test_roundtrip_snp_reports_the_report_data_mismatch(tmp_path):
 def test_roundtrip_tdx_reports_the_report_data_mismatch(tmp_path):
     ev = ConfigfsTsmAttester("tdx", tsm_root(tmp_path), fs=tdx_tsm(tmp_path)).attest(REPORT_DATA)
     # The collateral comes from whoever can reach Intel PCS (the verifier's --collateral), not the enclave.
-    ev = replace(ev, collateral=vector("tdx/v4-quote/collateral.json").read_bytes())
+    ev = replace(ev, collateral=vectors.read("tdx/v4-quote/collateral.json"))
     verdict, bound = _verify(ev, datetime(2025, 7, 1, tzinfo=timezone.utc), {"tdx": {"allow_debug": True}},
                              expected_report_data=REPORT_DATA)
     _only_report_data_fails(verdict, bound.report_data)

@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 import pytest
+import vectors
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,14 +23,11 @@ from verifier.cli import main
 from verifier.errors import ParseError, PolicyError
 from verifier.platforms import nitro
 
-VECTORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
-ETERNIS = VECTORS / "nitro" / "eternis-debug"
-BLOCKY = Path(__file__).resolve().parent / "vectors" / "nitro" / "blocky-nitrite"
 AT = "2024-09-09T20:00:00Z"
 BLOCKY_AT = "2024-09-07T15:00:00Z"
-DOC = base64.b64decode((ETERNIS / "attestation.b64").read_text())
-PROD = base64.b64decode((BLOCKY / "nitro_attestation.b64").read_text())
-PROD_DEBUG = base64.b64decode((BLOCKY / "nitro_attestation_debug.b64").read_text())
+DOC = base64.b64decode(vectors.read(f"{vectors.ETERNIS}/attestation.b64"))
+PROD = base64.b64decode(vectors.read(f"{vectors.BLOCKY}/nitro_attestation.b64"))
+PROD_DEBUG = base64.b64decode(vectors.read(f"{vectors.BLOCKY}/nitro_attestation_debug.b64"))
 NONCE = "00" * 19 + "01"
 PROD_PCR0 = "e72a46ca80a260fb044a125442f0c7e331813bcbaf9724d9f3857758992766f2d65710a27aa94ae3949dd54e7c9fe86a"
 
@@ -162,7 +160,7 @@ def test_flipped_byte_in_an_intermediate_certificate_fails(capsys: pytest.Captur
 
 
 def test_invalid_document_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    blob = base64.b64decode((ETERNIS / "invalid_attestation.b64").read_text())
+    blob = base64.b64decode(vectors.read(f"{vectors.ETERNIS}/invalid_attestation.b64"))
     for at in (AT, "2024-07-23T21:30:00Z"):  # also within its own certificates' validity
         code, result = run_json(capsys, tmp_path, blob, "--allow-debug", at=at)
         assert code == 1

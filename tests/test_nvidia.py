@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import tomllib
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
+import vectors
 from helpers import flip as _flip
 from helpers import step as _step
 from hypothesis import HealthCheck, given, settings
@@ -17,17 +17,16 @@ from verifier import cli
 from verifier import policy as policy_mod
 from verifier.errors import ParseError, PolicyError
 from verifier.evidence import verify_evidence
-from verifier.inputs import decode_blob, read_certs
 from verifier.models import Evidence, Status, Verdict
 from verifier.platforms import nvidia
 
-ROOT = Path(__file__).resolve().parents[1]
-HOPPER = ROOT / ".." / "shared" / "testvectors" / "nvidia" / "hopper"
-HOPPER_545 = Path(__file__).resolve().parent / "vectors" / "nvidia" / "hopper-545"
 AT = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
-REPORT = decode_blob((HOPPER / "report.hex").read_bytes())
-CHAIN = tuple(read_certs((HOPPER / "chain.pem").read_bytes(), "chain.pem"))
+HOPPER = vectors.GENUINE["nvidia/hopper"].load()
+REPORT = HOPPER.blob
+CHAIN = HOPPER.certs
+HOPPER_545 = vectors.GENUINE["nvidia/hopper-545"].load()
+HOPPER_CHAIN = str(vectors.path(f"{vectors.HOPPER}/chain.pem"))
 NONCE = REPORT[4:36]  # request: version, code, param1, param2, then the 32-byte nonce
 RECORD_LEN_AT = 37 + 5  # response header: version, code, param1, param2, block count, then u24 length
 
@@ -49,7 +48,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-HOPPER_ARGS = ["--evidence", str(HOPPER / "report.hex"), "--certs", str(HOPPER / "chain.pem")]
+HOPPER_ARGS = ["--evidence", str(vectors.path(f"{vectors.HOPPER}/report.hex")), "--certs", HOPPER_CHAIN]
 
 
 # ----------------------------------------------------------------------------------------- parse
@@ -154,8 +153,7 @@ def test_genuine_report_verifies_with_its_nonce():
 
 
 def test_second_hopper_vector_verifies():
-    blob = decode_blob((HOPPER_545 / "report.hex").read_bytes())
-    certs = tuple(read_certs((HOPPER_545 / "chain.pem").read_bytes(), "chain"))
+    blob, certs = HOPPER_545.blob, HOPPER_545.certs
     verdict = _verify(blob, certs, nonce=blob[4:36])
     assert verdict.verified
     assert verdict.claims["driver_version"] == "545.00" and verdict.claims["vbios_version"] == "96.00.5E.00.01"
@@ -199,14 +197,13 @@ def test_missing_intermediate_fails():
 
 
 def test_certificate_off_the_path_fails():
-    other_leaf = read_certs((HOPPER_545 / "chain.pem").read_bytes(), "chain")[0]
+    other_leaf = HOPPER_545.certs[0]
     verdict = _verify(certs=(*CHAIN, other_leaf))
     assert "not on the path" in _step(verdict, "certificate chain").reason
 
 
 def test_other_devices_chain_fails_the_signature():
-    certs = tuple(read_certs((HOPPER_545 / "chain.pem").read_bytes(), "chain"))
-    verdict = _verify(certs=certs)
+    verdict = _verify(certs=HOPPER_545.certs)
     assert _step(verdict, "certificate chain").status is Status.OK
     assert _step(verdict, "report signature").status is Status.FAILED
     assert _step(verdict, "firmware ID").status is Status.FAILED
@@ -265,21 +262,20 @@ def test_cli_wrong_nonce_and_json(capsys):
 def test_cli_truncated_is_unusable(capsys, tmp_path):
     short = tmp_path / "short.hex"
     short.write_text(REPORT[:2000].hex())
-    rc, _, err = _cli(capsys, "--evidence", str(short), "--certs", str(HOPPER / "chain.pem"))
+    rc, _, err = _cli(capsys, "--evidence", str(short), "--certs", HOPPER_CHAIN)
     assert rc == 2 and "truncated" in err
 
 
 def test_cli_trailing_byte_does_not_break_parsing(capsys, tmp_path):
     padded = tmp_path / "padded.hex"
     padded.write_text((REPORT + b"\0").hex())
-    rc, out, _ = _cli(capsys, "--evidence", str(padded), "--certs", str(HOPPER / "chain.pem"), "--json")
+    rc, out, _ = _cli(capsys, "--evidence", str(padded), "--certs", HOPPER_CHAIN, "--json")
     assert rc == 0 and json.loads(out)["claims"]["trailing_zero_bytes"] == 1
 
 
 def test_gpu_evidence_not_bound_to_the_cpu_report_fails_in_a_composite():
-    milan = ROOT / ".." / "shared" / "testvectors" / "sev-snp" / "milan-vcek"
-    certs = (*read_certs((milan / "vcek.der").read_bytes(), "vcek"), *read_certs((milan / "ask_ark.pem").read_bytes(), "ask"))
-    cpu = Evidence("sev-snp", (milan / "report.bin").read_bytes(), certs, gpu=(Evidence("nvidia", REPORT, CHAIN),))
+    milan = vectors.GENUINE["sev-snp/milan-vcek"].load()
+    cpu = Evidence("sev-snp", milan.blob, milan.certs, gpu=(Evidence("nvidia", REPORT, CHAIN),))
     pol = _policy("[sev-snp]\nallow_debug = true\n[nvidia]\nrequired = true\n")
     verdict, _ = verify_evidence(cpu, at=AT, policy=pol)
     assert _step(verdict, "gpu[0] report signature").status is Status.OK

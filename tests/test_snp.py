@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import vectors
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,9 +27,6 @@ from verifier.models import Evidence, Status, Verdict
 from verifier.platforms import snp
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT / ".." / "shared" / "testvectors"
-MILAN = SHARED / "sev-snp" / "milan-vcek"
-LOCAL = Path(__file__).resolve().parent / "vectors" / "sev-snp"
 AT = "2025-01-01T00:00:00Z"
 AT_DT = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -40,24 +38,16 @@ def _certs(*paths: Path) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-MILAN_REPORT = (MILAN / "report.bin").read_bytes()
-MILAN_CERTS = _certs(MILAN / "vcek.der", MILAN / "ask_ark.pem")
-
-# (name, report file, certificate files, verification time) for every genuine vector.
-VECTORS = {
-    "milan-v2": (MILAN / "report.bin", (MILAN / "vcek.der", MILAN / "ask_ark.pem"), AT_DT),
-    "azure-milan-v3": (LOCAL / "azure-milan-v3" / "report.hex", (LOCAL / "azure-milan-v3" / "vcek.pem",),
-                       datetime(2025, 6, 1, tzinfo=timezone.utc)),
-    "yaxi-genoa-v5": (LOCAL / "yaxi-genoa-v5" / "report.b64", (LOCAL / "yaxi-genoa-v5" / "vcek.pem",),
-                      datetime(2025, 11, 14, 17, 32, 12, tzinfo=timezone.utc)),
-    "aws-milan-vlek-v5": (LOCAL / "aws-milan-vlek-v5" / "report.b64", (LOCAL / "aws-milan-vlek-v5" / "vlek.pem",),
-                          datetime(2026, 3, 23, 21, 9, 19, tzinfo=timezone.utc)),
-}
+VECTORS = vectors.of("sev-snp")
+MILAN = vectors.GENUINE["sev-snp/milan-vcek"].load()
+MILAN_REPORT = MILAN.blob
+MILAN_CERTS = MILAN.certs
 
 
 def _vector(name: str) -> tuple[bytes, tuple[bytes, ...], datetime]:
-    report, certs, at = VECTORS[name]
-    return decode_blob(report.read_bytes()), _certs(*certs), at
+    vector = VECTORS[name]
+    ev = vector.load()
+    return ev.blob, ev.certs, vector.when
 
 
 def _verify(blob: bytes, certs: tuple[bytes, ...], at: datetime = AT_DT, *, allow_debug: bool = True,
@@ -73,8 +63,9 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-MILAN_ARGS = ["--evidence", str(MILAN / "report.bin"), "--certs", str(MILAN / "vcek.der"),
-              "--certs", str(MILAN / "ask_ark.pem")]
+MILAN_ARGS = ["--evidence", str(vectors.path(f"{vectors.MILAN}/report.bin")),
+              "--certs", str(vectors.path(f"{vectors.MILAN}/vcek.der")),
+              "--certs", str(vectors.path(f"{vectors.MILAN}/ask_ark.pem"))]
 
 
 # ----------------------------------------------------------------------------------------- parse
@@ -95,12 +86,12 @@ def test_parse_milan_v2_fields():
 
 
 def test_parse_v3_and_v5_fields():
-    v3 = snp.parse(_vector("azure-milan-v3")[0])
+    v3 = snp.parse(_vector("sev-snp/azure-milan-v3")[0])
     assert v3.version == 3 and v3.cpuid == (0x19, 0x01, 0x01) and v3.launch_mit_vector is None
-    v5 = snp.parse(_vector("yaxi-genoa-v5")[0])
+    v5 = snp.parse(_vector("sev-snp/yaxi-genoa-v5")[0])
     assert v5.version == 5 and v5.cpuid == (0x19, 0x11, 0x01)
     assert v5.launch_mit_vector is not None and v5.current_mit_vector is not None
-    vlek = snp.parse(_vector("aws-milan-vlek-v5")[0])
+    vlek = snp.parse(_vector("sev-snp/aws-milan-vlek-v5")[0])
     assert vlek.signer == "VLEK" and vlek.vmpl == 1 and not any(vlek.chip_id)
 
 
@@ -190,7 +181,7 @@ def test_claims_of_the_milan_vector():
 
 
 def test_vlek_vector_claims():
-    blob, certs, at = _vector("aws-milan-vlek-v5")
+    blob, certs, at = _vector("sev-snp/aws-milan-vlek-v5")
     verdict = _verify(blob, certs, at)
     assert verdict.claims["signer"] == "VLEK" and verdict.claims["product"] == "Milan"
     assert verdict.claims["vlek_csp_id"].endswith("amazonaws.com")
@@ -200,7 +191,7 @@ def test_vlek_vector_claims():
 
 
 def test_genoa_vector_claims():
-    blob, certs, at = _vector("yaxi-genoa-v5")
+    blob, certs, at = _vector("sev-snp/yaxi-genoa-v5")
     verdict = _verify(blob, certs, at)
     assert verdict.claims["product"] == "Genoa"
     assert verdict.claims["cpuid"] == {"family": "0x19", "model": "0x11", "stepping": 1}
@@ -246,7 +237,7 @@ def test_reported_tcb_that_differs_from_the_vcek_is_named():
 
 
 def test_cpuid_that_disagrees_with_the_vcek_fails():
-    blob, certs, at = _vector("yaxi-genoa-v5")
+    blob, certs, at = _vector("sev-snp/yaxi-genoa-v5")
     verdict = _verify(_with(blob, 0x189, bytes([0x01])), certs, at)  # model 11h (Genoa) -> 01h (Milan)
     step = _step(verdict, "product")
     assert step.status is Status.FAILED and "is Milan, but the VCEK is issued for Genoa" in step.reason
@@ -279,7 +270,7 @@ def test_missing_vcek_fails_with_a_reason():
 
 
 def test_vlek_report_with_only_a_vcek_fails():
-    blob, _, at = _vector("aws-milan-vlek-v5")
+    blob, _, at = _vector("sev-snp/aws-milan-vlek-v5")
     verdict = _verify(blob, MILAN_CERTS, at)
     assert "no VLEK certificate" in _step(verdict, "VLEK certificate").reason
 
@@ -303,7 +294,7 @@ def test_baseline_forbids_debug():
 
 
 def test_debug_off_vector_passes_baseline():
-    blob, certs, at = _vector("azure-milan-v3")
+    blob, certs, at = _vector("sev-snp/azure-milan-v3")
     assert _verify(blob, certs, at, allow_debug=False).verified
 
 
@@ -332,7 +323,7 @@ def test_min_tcb():
 
 
 def test_vmpl_host_data_and_id_key_allow_lists():
-    blob, certs, at = _vector("aws-milan-vlek-v5")
+    blob, certs, at = _vector("sev-snp/aws-milan-vlek-v5")
     r = snp.parse(blob)
     pol = _policy(f'[sev-snp]\nmax_vmpl = 0\nhost_data = ["{r.host_data.hex()}"]\nid_key_digests = ["{"a" * 96}"]\n')
     verdict = _verify(blob, certs, at, pol=pol)
@@ -385,14 +376,14 @@ def test_cli_json(capsys):
 def test_cli_truncated_input_is_unusable(capsys, tmp_path):
     short = tmp_path / "short.bin"
     short.write_bytes(MILAN_REPORT[:600])
-    rc, _, err = _cli(capsys, "--evidence", str(short), "--certs", str(MILAN / "vcek.der"), "--at", AT)
+    rc, _, err = _cli(capsys, "--evidence", str(short), "--certs", str(vectors.path(f"{vectors.MILAN}/vcek.der")), "--at", AT)
     assert rc == 2 and "600 bytes, expected 1184" in err
 
 
 def test_cli_base64_evidence_and_pem_vlek(capsys):
-    d = LOCAL / "aws-milan-vlek-v5"
-    rc, out, _ = _cli(capsys, "--evidence", str(d / "report.b64"), "--certs", str(d / "vlek.pem"),
-                      "--at", "2026-03-23T21:09:19Z", "--json")
+    d = "sev-snp/aws-milan-vlek-v5"
+    rc, out, _ = _cli(capsys, "--evidence", str(vectors.path(f"{d}/report.b64")),
+                      "--certs", str(vectors.path(f"{d}/vlek.pem")), "--at", "2026-03-23T21:09:19Z", "--json")
     assert rc == 0 and json.loads(out)["claims"]["signer"] == "VLEK"
 
 
@@ -407,5 +398,5 @@ def test_cli_policy_file(capsys, tmp_path):
 
 
 def test_hex_and_base64_forms_decode_to_the_same_report():
-    blob, _, _ = _vector("yaxi-genoa-v5")
+    blob, _, _ = _vector("sev-snp/yaxi-genoa-v5")
     assert decode_blob(base64.b64encode(blob)) == decode_blob(blob.hex().encode()) == blob

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dcap_qvl
 import pytest
+import vectors
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,12 +23,10 @@ from verifier.cli import main
 from verifier.errors import ParseError, PolicyError
 from verifier.platforms import tdx
 
-VECTORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
-V4 = VECTORS / "tdx" / "v4-quote"
-SAMPLE_HEX = Path(__file__).resolve().parent / "vectors" / "tdx" / "dcap-qvl-sample-hex" / "quote.hex"
+SAMPLE_HEX = vectors.path("tdx/dcap-qvl-sample-hex/quote.hex")
 AT = "2025-07-01T00:00:00Z"
-QUOTE = (V4 / "quote.bin").read_bytes()
-COLLATERAL = str(V4 / "collateral.json")
+QUOTE = vectors.read(f"{vectors.TDX_V4}/quote.bin")
+COLLATERAL = str(vectors.path(f"{vectors.TDX_V4}/collateral.json"))
 
 # offsets in a v4 quote
 BODY = tdx.HEADER_LEN

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from verifier.errors import ParseError
+
 TAG_INTEGER = 0x02
 TAG_OCTET_STRING = 0x04
 TAG_OID = 0x06
@@ -15,8 +17,9 @@ TAG_IA5STRING = 0x16
 TAG_SEQUENCE = 0x30
 
 
-class DerError(ValueError):
-    """Bytes are not the DER structure the caller expected."""
+class DerError(ParseError):
+    """Bytes are not the DER structure the caller expected (unusable input unless a caller makes it a
+    failed step, as the certificate-extension checks do)."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from verifier.errors import ParseError
+from verifier.errors import ParseError, VerificationError
 
 ROOTS_DIR = Path(__file__).resolve().parent / "roots"
 
-# SHA-256 fingerprints of the pinned root certificates (see ../shared/testvectors/README.md).
+# SHA-256 fingerprints of the pinned root certificates (sources: roots/PROVENANCE.md).
 PINNED_ROOTS = {
     "ARK-Milan": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
     "ARK-Genoa": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
@@ -33,8 +33,8 @@ PINNED_ROOTS = {
 }
 
 
-class ChainError(Exception):
-    """A chain did not verify; the message says which certificate and why."""
+class ChainError(VerificationError):
+    """A chain did not verify; the message says which certificate and why (a failed check: exit 1)."""
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -26,13 +26,15 @@ from dataclasses import replace
 from typing import Protocol
 
 from verifier.binding import gpu_nonce
+from verifier.errors import AAuditError
 from verifier.models import Evidence
 
 REPORT_DATA_LEN = 64
 
 
-class AttestationError(RuntimeError):
-    """The platform could not produce evidence (device missing, firmware error, busy)."""
+class AttestationError(AAuditError):
+    """The platform could not produce evidence (device missing, firmware error, busy): exit 1, not a
+    problem with anything the user gave."""
 
 
 class Attester(Protocol):

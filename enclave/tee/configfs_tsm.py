@@ -186,8 +186,9 @@ class TsmReportClient:
         return TsmReport(provider, outblob, auxblob)
 
 
-class _Retry(Exception):
-    """A transient condition (concurrent writer, busy firmware): try again with a fresh entry."""
+class _Retry(AttestationError):
+    """A transient condition (concurrent writer, busy firmware): `report` tries again with a fresh
+    entry, and says so in the AttestationError it raises once the attempts run out."""
 
 
 def check_snp_report(outblob: bytes) -> None:
