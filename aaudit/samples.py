@@ -30,21 +30,21 @@ def open_samples(ciphertext: bytes, bundle: dict[str, Any], key: HpkeKeyPair) ->
         raise ParseError("bundle: enclave key or envelope missing") from None
     if not dsse.verify(envelope, signing_pub):
         raise VerificationError("the bundle's statement signature does not verify; run aaudit-verify bundle first")
-    samples = parse_statement(envelope.payload).raw["predicate"].get("samples") or {}
-    delivery = samples.get("delivery")
-    if not isinstance(delivery, dict):
+    samples = parse_statement(envelope.payload).predicate.samples
+    delivery = samples.delivery
+    if delivery is None:
         raise VerificationError("the statement says no per-sample records were delivered (output = aggregate)")
-    if hashlib.sha256(ciphertext).hexdigest() != delivery.get("ciphertextSha256"):
+    if hashlib.sha256(ciphertext).hexdigest() != delivery.ciphertext_sha256:
         raise VerificationError("these encrypted records are not the ones the statement names (sha256 differs)")
-    if base64.b64encode(key.public_bytes()).decode() != delivery.get("recipient"):
+    if base64.b64encode(key.public_bytes()).decode() != delivery.recipient:
         raise VerificationError("the records were encrypted to another samples key than this one")
-    plaintext = key.open(ciphertext, samples_info(samples["merkleRoot"], signing_pub))
+    plaintext = key.open(ciphertext, samples_info(samples.merkle_root, signing_pub))
     try:
         records = [json.loads(line) for line in plaintext.splitlines()]
     except ValueError:
         raise VerificationError("decrypted records are not JSON lines") from None
     root = root_hash([canonical_json(r) for r in records]).hex()
-    if root != samples["merkleRoot"] or len(records) != samples.get("count"):
+    if root != samples.merkle_root or len(records) != samples.count:
         raise VerificationError(f"records hash to {root} ({len(records)} records), the statement says "
-                                f"{samples['merkleRoot']} ({samples.get('count')})")
+                                f"{samples.merkle_root} ({samples.count})")
     return records

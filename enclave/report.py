@@ -19,7 +19,16 @@ from verifier import dsse
 from verifier.binding import key_binding, samples_info, statement_binding
 from verifier.bundle import MEDIA_TYPE
 from verifier.models import b64e, canonical_json
-from verifier.statement import PREDICATE_TYPE, STATEMENT_TYPE
+from verifier.statement import (
+    Approval,
+    AuditPredicate,
+    AuditStatement,
+    PlatformInfo,
+    Runtime,
+    SamplesDelivery,
+    SamplesInfo,
+    Subject,
+)
 
 
 def encrypt_samples(run: Any, recipient_b64: str, keys: BootKeys) -> bytes:
@@ -31,41 +40,38 @@ def encrypt_samples(run: Any, recipient_b64: str, keys: BootKeys) -> bytes:
 
 
 def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool, code_identity: str,
-                    nonce: bytes, samples_ciphertext: bytes | None = None) -> dict[str, Any]:
+                    nonce: bytes, samples_ciphertext: bytes | None = None) -> AuditStatement:
     """`run` is an `enclave.runner.AuditRun`."""
     delivery = None
     if samples_ciphertext is not None:
-        delivery = {"recipient": job.spec.samples_recipient, "suite": DEFAULT_SUITE,
-                    "ciphertextSha256": hashlib.sha256(samples_ciphertext).hexdigest()}
+        delivery = SamplesDelivery(job.spec.samples_recipient, DEFAULT_SUITE,
+                                   hashlib.sha256(samples_ciphertext).hexdigest())
     model_sha = job.manifest.assets["model"].digest.removeprefix("sha256:")
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": "model", "digest": {"sha256": model_sha}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "manifest": job.manifest.to_json(),
-            "manifestDigest": job.manifest_digest,
-            "approvals": job.approvals,
-            "platform": {"name": platform, "simulated": simulated, "codeIdentity": code_identity},
-            "results": run.results,
-            "nSamples": run.n_samples,
-            "configs": run.configs,
-            "seeds": run.seeds,
-            "samples": {"merkleRoot": run.samples_root, "count": len(run.records), "hashing": "RFC9162-SHA256",
-                        "record": "canonical JSON", "delivery": delivery},
-            "runtime": {"versions": run.versions, "device": run.device, "dtype": run.dtype},
-            "startedAt": run.started_at,
-            "finishedAt": run.finished_at,
-            "nonce": nonce.hex(),
-            "partyNonces": job.party_nonces,
-        },
-    }
+    return AuditStatement(
+        subject=(Subject("model", {"sha256": model_sha}),),
+        predicate=AuditPredicate(
+            manifest=job.manifest,
+            manifest_digest=job.manifest_digest,
+            approvals=tuple(Approval(r, job.manifest.parties.key(r), sig) for r, sig in job.approvals.items()),
+            platform=PlatformInfo(platform, simulated, code_identity),
+            results=run.results,
+            n_samples=run.n_samples,
+            configs=run.configs,
+            seeds=run.seeds,
+            samples=SamplesInfo(run.samples_root, len(run.records), "RFC9162-SHA256", "canonical JSON", delivery),
+            runtime=Runtime(run.versions, run.device, run.dtype),
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            nonce=nonce.hex(),
+            party_nonces=job.party_nonces,
+        ),
+    )
 
 
-def build_bundle(statement: dict[str, Any], *, keys: BootKeys, tls_public: bytes, attester: CompositeAttester,
+def build_bundle(statement: AuditStatement, *, keys: BootKeys, tls_public: bytes, attester: CompositeAttester,
                  nonce: bytes) -> bytes:
     """Sign the statement and collect the session and final evidence into a bundle (canonical JSON)."""
-    payload = canonical_json(statement)
+    payload = canonical_json(statement.to_json())
     envelope = dsse.sign(keys.signing, dsse.IN_TOTO_PAYLOAD_TYPE, payload)
     hpke_pub = keys.hpke.public_bytes()
     session = attester.attest(key_binding(keys.signing_public, keys.hpke.suite, hpke_pub, tls_public, nonce))

@@ -41,7 +41,6 @@ from verifier.binding import (
     wrap_info,
 )
 from verifier.errors import AAuditError, UnusableInput
-from verifier.models import b64e
 from verifier.manifest import (
     ASSET_KINDS,
     ROLES,
@@ -210,7 +209,7 @@ class JobInputs:
     datasets: dict[str, bytes]
     manifest: RunManifest
     manifest_digest: str
-    approvals: list[dict[str, str]]
+    approvals: dict[str, bytes]   # role -> Ed25519 signature over the manifest digest
     party_nonces: dict[str, str]
     deadline_s: int
     cancel: threading.Event
@@ -537,8 +536,7 @@ class Sessions:
                 datasets=session.assets["dataset"].files or {},
                 manifest=manifest,
                 manifest_digest=manifest.digest(),
-                approvals=[{"role": r, "publicKey": b64e(session.parties.key(r)),
-                            "signature": b64e(session.approvals[r])} for r in ROLES],
+                approvals={r: session.approvals[r] for r in ROLES},
                 party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in session.assets.items()},
                 deadline_s=manifest.limits.deadline_seconds,
                 cancel=session.cancel,

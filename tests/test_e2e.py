@@ -32,6 +32,7 @@ from aaudit.client import AttestationRefused, EnclaveError, ExpectedRun
 from enclave.measure import code_identity
 from verifier import policy
 from verifier.bundle import verify_bundle
+from verifier.models import canonical_json
 from verifier.statement import parse_statement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +87,9 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
         assert required in names, required
     st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
     assert set(st.results) == {"aa_demo_mc", "aa_demo_gen"}
-    assert st.raw["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
-    assert len(st.raw["predicate"]["samples"]["merkleRoot"]) == 64
+    assert st.to_json()["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
+    assert len(st.predicate.samples.merkle_root) == 64
+    assert canonical_json(st.to_json()) == base64.b64decode(bundle["envelope"]["payload"]), "one model builds and parses"
 
 
 def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes], parties) -> None:
@@ -100,7 +102,7 @@ def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes],
     key = load_samples_key(parties.samples_key)
     records = open_samples(ciphertext, bundle, key)
     st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
-    assert len(records) == st.raw["predicate"]["samples"]["count"] == 49 + 18
+    assert len(records) == st.predicate.samples.count == 49 + 18
     assert {r["task"] for r in records} == {"aa_demo_mc", "aa_demo_gen"}
     assert any(parties.marker.decode() in json.dumps(r) for r in records) is False, "records carry hashes, not documents"
     flipped = bytearray(ciphertext)

@@ -1,4 +1,4 @@
-"""The audit statement (in-toto Statement v1). The run manifest inside it is `verifier.manifest`'s.
+"""The audit statement (in-toto Statement v1): one typed model; its run manifest is `verifier.manifest`'s.
 
 The enclave builds these records and the verifier parses them with this one module, so the two
 can never disagree on a field.
@@ -7,16 +7,22 @@ can never disagree on a field.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from verifier import wire
 from verifier.errors import ParseError
 from verifier.manifest import RunManifest
-from verifier.models import b64d
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://attestable-audits.github.io/predicate/audit/v1"
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    digest: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -27,17 +33,102 @@ class Approval:
 
 
 @dataclass(frozen=True)
-class AuditStatement:
-    raw: dict[str, Any]
-    subject_digest: str          # "sha256:<hex>" of the model
+class PlatformInfo:
+    name: str
+    simulated: bool
+    code_identity: str
+
+
+@dataclass(frozen=True)
+class SamplesDelivery:
+    """Where the per-sample records went: HPKE-encrypted to the auditor's samples key."""
+
+    recipient: str
+    suite: str
+    ciphertext_sha256: str
+
+
+@dataclass(frozen=True)
+class SamplesInfo:
+    merkle_root: str      # hex RFC 9162 root over the records' canonical JSON
+    count: int
+    hashing: str
+    record: str
+    delivery: SamplesDelivery | None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    versions: dict[str, str]
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class AuditPredicate:
     manifest: RunManifest
     manifest_digest: str
     approvals: tuple[Approval, ...]
-    results: dict[str, dict[str, Any]]
-    nonce: str
-    finished_at: datetime
-    platform: str
-    code_identity: str
+    platform: PlatformInfo
+    results: dict[str, dict[str, Any]]   # lm-eval's aggregates per task
+    n_samples: dict[str, dict[str, int]]
+    configs: dict[str, Any]
+    seeds: dict[str, int]
+    samples: SamplesInfo
+    runtime: Runtime
+    started_at: str
+    finished_at: str
+    nonce: str                           # the run's client nonce, hex
+    party_nonces: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AuditStatement:
+    """The in-toto Statement v1 the enclave signs. Built by `enclave/report.py`, parsed here."""
+
+    subject: tuple[Subject, ...]
+    predicate: AuditPredicate
+    type: str = field(default=STATEMENT_TYPE, metadata={"json": "_type"})
+    predicate_type: str = PREDICATE_TYPE
+
+    def to_json(self) -> dict[str, Any]:
+        return wire.to_json(self)
+
+    @property
+    def manifest(self) -> RunManifest:
+        return self.predicate.manifest
+
+    @property
+    def manifest_digest(self) -> str:
+        return self.predicate.manifest_digest
+
+    @property
+    def approvals(self) -> tuple[Approval, ...]:
+        return self.predicate.approvals
+
+    @property
+    def results(self) -> dict[str, dict[str, Any]]:
+        return self.predicate.results
+
+    @property
+    def nonce(self) -> str:
+        return self.predicate.nonce
+
+    @property
+    def platform(self) -> str:
+        return self.predicate.platform.name
+
+    @property
+    def code_identity(self) -> str:
+        return self.predicate.platform.code_identity
+
+    @property
+    def subject_digest(self) -> str:
+        return "sha256:" + self.subject[0].digest["sha256"]
+
+    @property
+    def finished_at(self) -> datetime:
+        return _time(self.predicate.finished_at, "finishedAt")
 
     def digest_of(self, kind: str) -> str | None:
         return self.manifest.digest_of(kind)
@@ -46,59 +137,30 @@ class AuditStatement:
         return self.manifest.parties.key(role)
 
 
-def _get(obj: Any, key: str, kind: type, where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise ParseError(f"statement: {where}{key} is missing")
-    value = obj[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ParseError(f"statement: {where}{key} must be {kind.__name__}")
-    return value
+def _time(text: str, what: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ParseError(f"statement: predicate.{what} {text[:64]!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise ParseError(f"statement: predicate.{what} has no time zone")
+    return when
 
 
 def parse_statement(payload: bytes) -> AuditStatement:
     try:
-        st = json.loads(payload)
+        obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"statement: payload is not JSON ({type(exc).__name__})") from None
-    if _get(st, "_type", str, "") != STATEMENT_TYPE:
+    st = wire.from_json(AuditStatement, obj, "statement")
+    if st.type != STATEMENT_TYPE:
         raise ParseError(f"statement: _type is not {STATEMENT_TYPE}")
-    if _get(st, "predicateType", str, "") != PREDICATE_TYPE:
+    if st.predicate_type != PREDICATE_TYPE:
         raise ParseError(f"statement: predicateType is not {PREDICATE_TYPE}")
-    subjects = _get(st, "subject", list, "")
-    if len(subjects) != 1:
-        raise ParseError("statement: expected exactly one subject (the model)")
-    sha = _get(_get(subjects[0], "digest", dict, "subject[0]."), "sha256", str, "subject[0].digest.")
-    pred = _get(st, "predicate", dict, "")
-    manifest = RunManifest.from_json(_get(pred, "manifest", dict, "predicate."), "statement: predicate.manifest")
-    approvals = []
-    for i, a in enumerate(_get(pred, "approvals", list, "predicate.")):
-        where = f"predicate.approvals[{i}]."
-        approvals.append(Approval(_get(a, "role", str, where), b64d(_get(a, "publicKey", str, where), where + "publicKey"),
-                                  b64d(_get(a, "signature", str, where), where + "signature")))
-    results = _get(pred, "results", dict, "predicate.")
-    if not all(isinstance(v, dict) for v in results.values()):
-        raise ParseError("statement: predicate.results must map each task to an object")
-    finished_text = _get(pred, "finishedAt", str, "predicate.")
-    try:
-        finished = datetime.fromisoformat(finished_text)
-    except ValueError:
-        raise ParseError(f"statement: predicate.finishedAt {finished_text!r} is not an ISO 8601 time") from None
-    if finished.tzinfo is None:
-        raise ParseError("statement: predicate.finishedAt has no time zone")
-    platform = _get(pred, "platform", dict, "predicate.")
-    code_identity = _get(platform, "codeIdentity", str, "predicate.platform.")
-    if code_identity != manifest.enclave.code_identity:
-        raise ParseError(f"statement: platform code identity {code_identity} differs from the manifest's "
-                         f"{manifest.enclave.code_identity}")
-    return AuditStatement(
-        raw=st,
-        subject_digest="sha256:" + sha,
-        manifest=manifest,
-        manifest_digest=_get(pred, "manifestDigest", str, "predicate."),
-        approvals=tuple(approvals),
-        results=results,
-        nonce=_get(pred, "nonce", str, "predicate."),
-        finished_at=finished,
-        platform=_get(platform, "name", str, "predicate.platform."),
-        code_identity=code_identity,
-    )
+    if len(st.subject) != 1 or not isinstance(st.subject[0].digest.get("sha256"), str):
+        raise ParseError("statement: expected exactly one subject (the model) with a sha256 digest")
+    st.finished_at  # noqa: B018 - parses the time or raises ParseError
+    if st.predicate.platform.code_identity != st.manifest.enclave.code_identity:
+        raise ParseError(f"statement: platform code identity {st.predicate.platform.code_identity} differs from the "
+                         f"manifest's {st.manifest.enclave.code_identity}")
+    return st
