@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sealing.digest import asset_files, manifest_and_digest
+from sealing.digest import asset_files, listing_and_digest
 from sealing.identity import ROLES, generate_identity, generate_samples_key
 from sealing.stream import (
     DEFAULT_CHUNK_SIZE,
@@ -45,11 +45,11 @@ def register(subparsers: Any) -> None:
     d = subparsers.add_parser(
         "digest", help="print the canonical digest of a plaintext folder or file",
         description="Print the canonical digest (sha256:<hex>) of a folder or file: SHA-256 of the canonical "
-        "JSON manifest listing each regular file's relative path, size and SHA-256, sorted by path. The same "
+        "JSON file listing of each regular file's relative path, size and SHA-256, sorted by path. The same "
         "digest is what `aaudit seal` prints and what the enclave attests. " + _ASSET_HELP,
     )
     d.add_argument("path", type=Path, metavar="PATH")
-    d.add_argument("--json", action="store_true", help="print {digest, files, size, manifest} as JSON")
+    d.add_argument("--json", action="store_true", help="print {digest, files, size, listing} as JSON")
     d.set_defaults(func=_digest)
 
     k = subparsers.add_parser(
@@ -94,10 +94,10 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None] | None]:
 
 
 def _digest(args: argparse.Namespace) -> int:
-    entries, digest = manifest_and_digest(args.path)
+    entries, digest = listing_and_digest(args.path)
     if args.json:
         print(json.dumps({"digest": digest, "files": len(entries), "size": sum(e["size"] for e in entries),
-                          "manifest": entries}, indent=2, ensure_ascii=False))
+                          "listing": entries}, indent=2, ensure_ascii=False))
     else:
         print(digest)
     return 0

@@ -82,10 +82,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
     root = (args.root or measure.ROOT).resolve()
     if not root.is_dir():
         raise UnusableInput(f"--root {root}: not a directory")
-    files = measure.manifest(root)
+    files = measure.code_listing(root)
     if not files:
         raise UnusableInput(f"--root {root}: no project files found (expected {', '.join(measure.PACKAGES)})")
-    identity = measure.manifest_digest(files)
+    identity = measure.listing_digest(files)
     if args.json:
         locks = [f["path"] for f in files if f["path"] in measure.LOCK_FILES]
         print(json.dumps({"code_identity": identity, "root": str(root), "files": len(files), "lock_files": locks},

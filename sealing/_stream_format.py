@@ -41,7 +41,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealing.digest import MAX_PATH_BYTES, ManifestBuilder, path_problem
+from sealing.digest import MAX_PATH_BYTES, ListingBuilder, path_problem
 from sealing.errors import SealError
 
 KINDS: dict[str, int] = {"model": 1, "dataset": 2, "spec": 3}
@@ -141,7 +141,7 @@ class FileSink(Protocol):
 class RecordParser:
     """Splits the decrypted byte stream into file records, feeding the manifest and the sink."""
 
-    def __init__(self, builder: ManifestBuilder, sink: FileSink) -> None:
+    def __init__(self, builder: ListingBuilder, sink: FileSink) -> None:
         self._builder = builder
         self._sink = sink
         self._pending = bytearray()  # an incomplete record head: at most 3 + MAX_PATH_BYTES + 8 bytes

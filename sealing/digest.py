@@ -1,11 +1,11 @@
 """Canonical digests of assets (model folders, datasets, specs): one definition for every party.
 
-    manifest = [{"path": relative POSIX path, "sha256": hex of the file's bytes, "size": bytes}, ...]
+    listing  = [{"path": relative POSIX path, "sha256": hex of the file's bytes, "size": bytes}, ...]
                one entry per regular file, sorted by path (Unicode code point order = UTF-8 byte order)
-    digest   = "sha256:" + hex(SHA-256(canonical_json(manifest)))
+    digest   = "sha256:" + hex(SHA-256(canonical_json(listing)))
 
 The provider computes it with `aaudit digest` on plaintext; the enclave computes it with
-`ManifestBuilder` on the bytes it decrypts, in the same pass; the two must match bit for bit.
+`ListingBuilder` on the bytes it decrypts, in the same pass; the two must match bit for bit.
 
 What counts as a file: every regular file under the folder, hidden files included (`.gitattributes`
 or a stray `.DS_Store` change the digest: what is sealed is exactly what was digested). Empty
@@ -60,14 +60,14 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-def digest_of_manifest(entries: list[dict[str, Any]]) -> str:
-    """The digest string of a manifest (entries are sorted here, so callers cannot get it wrong)."""
+def digest_of_listing(entries: list[dict[str, Any]]) -> str:
+    """The digest string of a listing (entries are sorted here, so callers cannot get it wrong)."""
     ordered = sorted(entries, key=lambda e: e["path"])
     return DIGEST_PREFIX + hashlib.sha256(canonical_json(ordered)).hexdigest()
 
 
-class ManifestBuilder:
-    """Builds the manifest file by file from a stream of bytes, without holding any file.
+class ListingBuilder:
+    """Builds the listing file by file from a stream of bytes, without holding any file.
 
     `begin_file(path, size)`, `update(bytes)` any number of times, `end_file()`; then `finish()`
     returns the digest. Each file must carry exactly its declared size, and paths must be safe and
@@ -88,7 +88,7 @@ class ManifestBuilder:
 
     @property
     def entries(self) -> list[dict[str, Any]]:
-        """The manifest so far, sorted by path."""
+        """The listing so far, sorted by path."""
         return sorted(self._entries, key=lambda e: e["path"])
 
     def begin_file(self, path: str, size: int) -> None:
@@ -129,12 +129,12 @@ class ManifestBuilder:
             raise SealError(f"file {len(self._entries) + 1} never ended")
         if not self._entries:
             raise SealError("the asset holds no files")
-        return digest_of_manifest(self._entries)
+        return digest_of_listing(self._entries)
 
 
 @dataclass(frozen=True)
 class AssetFile:
-    """One regular file of an asset: its manifest path, where to read it, and its size when listed."""
+    """One regular file of an asset: its listing path, where to read it, and its size when listed."""
 
     relpath: str
     source: Path
@@ -142,7 +142,7 @@ class AssetFile:
 
 
 def asset_files(path: Path) -> list[AssetFile]:
-    """The regular files of a folder (or the one file), sorted by manifest path; refuses what the
+    """The regular files of a folder (or the one file), sorted by listing path; refuses what the
     module docstring says is refused, naming the offending path."""
     path = Path(path)
     try:
@@ -213,7 +213,7 @@ def read_blocks(file: AssetFile, block: int = READ_BLOCK) -> Iterator[memoryview
     """Yield the file's bytes in blocks (views of one reused buffer: consume before the next one).
 
     Raises if the file's length differs from when it was listed, so a file that changes while it
-    is digested or sealed never yields a manifest that does not match its bytes.
+    is digested or sealed never yields a listing that does not match its bytes.
     """
     buffer = bytearray(block)
     view = memoryview(buffer)
@@ -233,8 +233,8 @@ def read_blocks(file: AssetFile, block: int = READ_BLOCK) -> Iterator[memoryview
         raise UnusableInput(f"{file.source} changed size while it was being read; try again when it is complete")
 
 
-def manifest_and_digest(path: Path) -> tuple[list[dict[str, Any]], str]:
-    builder = ManifestBuilder()
+def listing_and_digest(path: Path) -> tuple[list[dict[str, Any]], str]:
+    builder = ListingBuilder()
     for file in asset_files(path):
         builder.begin_file(file.relpath, file.size)
         for block in read_blocks(file):
@@ -243,11 +243,11 @@ def manifest_and_digest(path: Path) -> tuple[list[dict[str, Any]], str]:
     return builder.entries, builder.finish()
 
 
-def manifest(path: Path) -> list[dict[str, Any]]:
-    """The canonical manifest of a plaintext folder or file."""
-    return manifest_and_digest(path)[0]
+def file_listing(path: Path) -> list[dict[str, Any]]:
+    """The canonical listing of a plaintext folder or file."""
+    return listing_and_digest(path)[0]
 
 
 def folder_digest(path: Path) -> str:
     """The canonical digest ("sha256:<hex>") of a plaintext folder or file."""
-    return manifest_and_digest(path)[1]
+    return listing_and_digest(path)[1]

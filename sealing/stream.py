@@ -57,7 +57,7 @@ from sealing._stream_format import (
     kind_code,
     parse_header,
 )
-from sealing.digest import ManifestBuilder, asset_files, path_problem, read_blocks
+from sealing.digest import ListingBuilder, asset_files, path_problem, read_blocks
 from sealing.errors import SealError
 from sealing.secretfile import read_secret_file, write_secret_file
 from verifier.errors import ParseError
@@ -231,7 +231,7 @@ def seal(
         with open(partial, "xb") as out:
             created.append(partial)
             writer = StreamWriter(data_key, kind, out, chunk_size)
-            builder = ManifestBuilder()
+            builder = ListingBuilder()
             for file in files:
                 builder.begin_file(file.relpath, file.size)
                 writer.write(file_record(file.relpath, file.size))
@@ -494,7 +494,7 @@ class Unsealer:
         self._prefix = parsed.nonce_prefix
         self._aead = AESGCM(aead_key)
         self._buffer = bytearray(self.chunk_size)
-        self._builder = ManifestBuilder()
+        self._builder = ListingBuilder()
         self._parser = RecordParser(self._builder, sink)
 
     def feed(self, chunk: bytes | memoryview) -> None:

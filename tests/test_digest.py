@@ -12,9 +12,9 @@ import pytest
 
 from sealing.digest import (
     AssetFile,
-    ManifestBuilder,
+    ListingBuilder,
     folder_digest,
-    manifest,
+    file_listing,
     path_problem,
     read_blocks,
 )
@@ -53,8 +53,8 @@ def test_digest_matches_documented_scheme(tmp_path: Path) -> None:
     root = _make(tmp_path / "m", FILES)
     (root / "empty-folder").mkdir()
     assert folder_digest(root) == _independent_digest(FILES)
-    assert [e["path"] for e in manifest(root)] == sorted(FILES)
-    assert [e["path"] for e in manifest(root)][:4] == [".gitattributes", "a-b", "a.txt", "a/b"]
+    assert [e["path"] for e in file_listing(root)] == sorted(FILES)
+    assert [e["path"] for e in file_listing(root)][:4] == [".gitattributes", "a-b", "a.txt", "a/b"]
 
 
 def test_hidden_files_count(tmp_path: Path) -> None:
@@ -135,8 +135,8 @@ def test_safe_paths(path: str) -> None:
 
 def test_builder_equals_folder_digest_and_checks_sizes(tmp_path: Path) -> None:
     root = _make(tmp_path / "m", FILES)
-    builder = ManifestBuilder()
-    for rel in reversed(sorted(FILES)):  # order of arrival does not matter; the manifest is sorted
+    builder = ListingBuilder()
+    for rel in reversed(sorted(FILES)):  # order of arrival does not matter; the listing is sorted
         builder.begin_file(rel, len(FILES[rel]))
         data = FILES[rel]
         builder.update(data[:2])
@@ -144,21 +144,21 @@ def test_builder_equals_folder_digest_and_checks_sizes(tmp_path: Path) -> None:
         builder.end_file()
     assert builder.finish() == folder_digest(root)
 
-    short = ManifestBuilder()
+    short = ListingBuilder()
     short.begin_file("a", 3)
     short.update(b"ab")
     with pytest.raises(SealError, match="declared 3 bytes but carried 2"):
         short.end_file()
-    over = ManifestBuilder()
+    over = ListingBuilder()
     over.begin_file("a", 1)
     with pytest.raises(SealError, match="more than its declared 1 bytes"):
         over.update(b"ab")
-    dup = ManifestBuilder()
+    dup = ListingBuilder()
     dup.begin_file("a", 0)
     dup.end_file()
     with pytest.raises(SealError, match="repeats"):
         dup.begin_file("a", 0)
     with pytest.raises(SealError, match="unsafe path"):
-        ManifestBuilder().begin_file("../a", 0)
+        ListingBuilder().begin_file("../a", 0)
     with pytest.raises(SealError, match="no files"):
-        ManifestBuilder().finish()
+        ListingBuilder().finish()

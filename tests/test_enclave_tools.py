@@ -51,12 +51,12 @@ def test_measure_json_and_root(tmp_path, capsys):
     (tmp_path / "enclave" / "x.py").write_bytes(b"print(1)\n")
     (tmp_path / "enclave" / "notes.txt").write_bytes(b"not code")
     (tmp_path / "requirements.lock").write_bytes(b"torch==2.13.0 --hash=sha256:00\n")
-    manifest = [
+    listing = [
         {"path": "enclave/x.py", "sha256": hashlib.sha256(b"print(1)\n").hexdigest(), "size": 9},
         {"path": "requirements.lock", "sha256": hashlib.sha256(b"torch==2.13.0 --hash=sha256:00\n").hexdigest(),
          "size": 31},
     ]
-    expected = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    expected = hashlib.sha256(json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert run(["measure", "--root", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"code_identity": expected, "root": str(tmp_path), "files": 2, "lock_files": ["requirements.lock"]}

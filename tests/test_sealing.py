@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from aaudit.cli import main as aaudit_main
 from sealing import stream as stream_mod
-from sealing.digest import digest_of_manifest, folder_digest, path_problem
+from sealing.digest import digest_of_listing, folder_digest, path_problem
 from sealing.errors import SealError
 from sealing.stream import (
     HEADER_LEN,
@@ -340,7 +340,7 @@ def test_records_split_anywhere_round_trip(files: dict[str, bytes], chunk_size: 
     unsealer = Unsealer(out.getvalue()[:HEADER_LEN], key, "dataset", sink)
     for i in range(0, len(body), chunk_size + TAG_LEN):
         unsealer.feed(body[i : i + chunk_size + TAG_LEN])
-    expected = digest_of_manifest(
+    expected = digest_of_listing(
         [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files.items()])
     assert unsealer.finish() == expected
     assert sink.files == files
