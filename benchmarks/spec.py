@@ -6,6 +6,12 @@ lm-eval task settings by value only: Jinja prompt templates (checked here and re
 by the runner), metrics from lm-eval's registry that compute locally, lm-eval's built-in filters,
 and bounded generation settings. Everything else is refused with the task and key named.
 
+The spec also bounds the run: `deadline` (how long the job may take, capped by the operator) and
+`min_documents` (with `output = "aggregate"`, no task may be so small that an aggregate is one
+document's score; `benchmarks.summary.check_aggregate` enforces it against the bundle). A crafted
+spec (deep nesting, huge numbers, long dotted keys, bytes that are not UTF-8) is a `SpecError`,
+never a traceback or a parser running out of memory.
+
 `spec_to_lm_eval_yaml` writes the same tasks as stock lm-eval YAML so anyone holding the plaintext
 model and data can reproduce the numbers with the `lm_eval` command line.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import math
+import functools
 import posixpath
 import re
 import tomllib
@@ -33,6 +39,15 @@ MAX_FEWSHOT = 32
 MAX_REPEATS = 32
 MAX_GEN_TOKS = 8192
 MAX_UNTIL = 16
+MAX_TASK_VERSION = 1_000_000
+MAX_SPEC_BYTES = 1 << 20
+MAX_NESTING = 16  # brackets and braces; a valid spec needs 5 (filter_list)
+MAX_KEY_PARTS = 8  # parts of one dotted key (a valid spec needs 4); tomllib's cost grows with the square
+DEFAULT_MIN_DOCUMENTS = 20
+MAX_MIN_DOCUMENTS = 1_000_000
+DEFAULT_DEADLINE_S = 3600  # deadline = "1h"
+MAX_DEADLINE_S = 7 * 86400
+DEADLINE_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True)
@@ -126,12 +141,26 @@ FORBIDDEN_KEYS: dict[str, str] = {
     "tag": "tags are not supported; list each task",
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
-TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description", "task"})
+TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description",
+                      "min_documents", "deadline", "task"})
 TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_split", "config"})
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 _SPLIT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 _FILE_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,254}")
+_DEADLINE_RE = re.compile(r"([0-9]{1,9})([smh])")
+# What `_check_toml_shape` sees of a TOML text: strings and comments (skipped whole), then the
+# characters that nest or split keys. Multi-line strings may end with up to two extra quotes. Each
+# string alternative matches wherever it starts (running to the end of the line or text if need
+# be), so the scan never backtracks across a line.
+_TOML_TOKEN = re.compile(r"""
+      \"\"\"(?:[^"\\]|\\.?|"{1,2}(?!"))*(?:"{3,5}|\Z)
+    | '\'\'(?:[^']|'{1,2}(?!'))*(?:'{3,5}|\Z)
+    | "(?:[^"\\\n]|\\[^\n]?)*(?:"|$)
+    | '[^'\n]*(?:'|$)
+    | \#[^\n]*
+    | [\[\]{}.=,\n]
+""", re.VERBOSE | re.DOTALL | re.MULTILINE)
 
 
 class SpecError(UnusableInput):
@@ -162,7 +191,10 @@ class TaskSpec:
 @dataclass(frozen=True)
 class AuditSpec:
     """A checked spec. `seed` seeds Python, numpy, torch and the few-shot sampler alike;
-    `batch_size` is part of the spec because batching (padding) can change the numbers."""
+    `batch_size` is part of the spec because batching (padding) can change the numbers.
+    `min_documents` is the fewest documents a task may have under `output = "aggregate"` (the
+    operator may raise it); `deadline_s` is how long the job may run, in seconds (the operator
+    may lower it)."""
 
     name: str
     version: int
@@ -172,6 +204,8 @@ class AuditSpec:
     batch_size: int = 1
     description: str = ""
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
+    min_documents: int = DEFAULT_MIN_DOCUMENTS
+    deadline_s: int = DEFAULT_DEADLINE_S
 
     @property
     def task_names(self) -> list[str]:
@@ -185,12 +219,21 @@ class AuditSpec:
 
 def parse_spec(data: bytes) -> AuditSpec:
     """Parse and check an audit spec (TOML bytes). Raises `SpecError` naming the task and key."""
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec: {len(data)} bytes; at most {MAX_SPEC_BYTES} are allowed")
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"spec: not UTF-8 text (byte {exc.start})") from None
+    _check_toml_shape(text)
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise SpecError("spec: malformed TOML: nested too deeply") from None
+    except ValueError:  # tomllib passes int()'s limit on decimal digits through
+        raise SpecError("spec: malformed TOML: an integer has too many digits") from None
     _no_unknown(doc, TOP_KEYS, "spec")
     name = _str(doc, "name", "spec", required=True)
     if not _NAME_RE.fullmatch(name):
@@ -203,6 +246,8 @@ def parse_spec(data: bytes) -> AuditSpec:
     recipient = _samples_recipient(doc, output)
     batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
     description = _str(doc, "description", "spec", default="")
+    min_documents = _int(doc, "min_documents", "spec", lo=1, hi=MAX_MIN_DOCUMENTS, default=DEFAULT_MIN_DOCUMENTS)
+    deadline_s = _deadline(doc["deadline"]) if "deadline" in doc else DEFAULT_DEADLINE_S
     raw_tasks = doc.get("task")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise SpecError("spec: at least one [[task]] table is required")
@@ -219,7 +264,8 @@ def parse_spec(data: bytes) -> AuditSpec:
             raise SpecError(f"task {t.name!r}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
-                     batch_size=batch_size, description=description, samples_recipient=recipient)
+                     batch_size=batch_size, description=description, samples_recipient=recipient,
+                     min_documents=min_documents, deadline_s=deadline_s)
 
 
 def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
@@ -240,6 +286,40 @@ def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
     if len(raw) != 32:
         raise SpecError("spec: samples_recipient must be a base64 X25519 public key (32 bytes)")
     return value
+
+
+def _deadline(value: Any) -> int:
+    """`deadline = "90s" | "30m" | "2h"`: seconds, from 1 s to 7 days."""
+    m = _DEADLINE_RE.fullmatch(value) if isinstance(value, str) else None
+    seconds = int(m.group(1)) * DEADLINE_UNITS[m.group(2)] if m else 0
+    if not 1 <= seconds <= MAX_DEADLINE_S:
+        raise SpecError(f'spec: deadline must be a string like "90s", "30m" or "2h", from 1 second to '
+                        f"{MAX_DEADLINE_S // 3600} hours (7 days)")
+    return seconds
+
+
+def _check_toml_shape(text: str) -> None:
+    """Refuse nesting and dotted keys that would exhaust tomllib (recursion, memory) before it runs.
+
+    Outside strings and comments, brackets and braces nest at most MAX_NESTING deep, and a run of
+    '.' between two of `=,[]{}` or line ends (a dotted key; a number has one) is shorter than
+    MAX_KEY_PARTS. An unterminated string runs to the end of its line (or of the text): tomllib
+    refuses it anyway, and the scan stays linear.
+    """
+    depth = dots = 0
+    for token in _TOML_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SpecError(f"spec: arrays and tables nested more than {MAX_NESTING} deep")
+        elif token in ("]", "}"):
+            depth -= 1
+        if token == ".":
+            dots += 1
+            if dots >= MAX_KEY_PARTS:
+                raise SpecError(f"spec: a dotted key has more than {MAX_KEY_PARTS} parts")
+        elif token in ("=", ",", "[", "]", "{", "}", "\n"):
+            dots = 0
 
 
 def lm_eval_task_config(task: TaskSpec) -> dict[str, Any]:
@@ -385,8 +465,8 @@ def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             raise SpecError(f"{where}: metadata may only hold `version`")
         if "version" in meta:
             v = meta["version"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise SpecError(f"{where}: metadata.version must be a number")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_TASK_VERSION:
+                raise SpecError(f"{where}: metadata.version must be a number from 0 to {MAX_TASK_VERSION}")
         out["metadata"] = dict(meta)
 
     out["metric_list"] = _check_metrics(cfg.get("metric_list"), output_type, where)
@@ -531,13 +611,24 @@ def _check_filters(value: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _check_template(text: str, where: str, key: str) -> None:
-    """Refuse Jinja that reaches for Python internals; the runner also renders in a sandbox."""
-    from jinja2 import Environment, TemplateSyntaxError, nodes
+    """Refuse Jinja that reaches for Python internals, and Jinja that cannot be compiled (nesting
+    beyond what Jinja's parser or Python's compiler take), so that the runner, which renders in a
+    sandbox, never meets a template it cannot build."""
+    from jinja2 import TemplateSyntaxError
 
     try:
-        tree = Environment().parse(text)
+        tree = _template_env().parse(text)
+        _check_template_tree(tree, where, key)
+        _template_env().compile(tree)
     except TemplateSyntaxError as exc:
         raise SpecError(f"{where}: {key} is not a valid Jinja template: {exc.message} (line {exc.lineno})") from None
+    except (RecursionError, SyntaxError):  # SyntaxError: Python's compiler refusing the generated code
+        raise SpecError(f"{where}: {key} is nested too deeply") from None
+
+
+def _check_template_tree(tree: Any, where: str, key: str) -> None:
+    from jinja2 import nodes
+
     for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
         raise SpecError(f"{where}: {key} may not load other templates ({type(node).__name__.lower()})")
     for node in tree.find_all(nodes.Getattr):
@@ -554,6 +645,18 @@ def _check_template(text: str, where: str, key: str) -> None:
             raise SpecError(f"{where}: {key} may not name {node.value!r}")
 
 
+@functools.cache
+def _template_env() -> Any:
+    """The runner's kind of environment (sandboxed, lm-eval's settings), for parsing and compiling
+    only. Templates are never rendered here, so lm-eval's `regex_replace` filter is present by
+    name only (its function lives in lm-eval, which the spec check does not import)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+    env.filters["regex_replace"] = str
+    return env
+
+
 def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
     """Catch lm-eval's `!function module.name` YAML tag pasted into TOML as a string."""
     if isinstance(value, str):
@@ -568,9 +671,10 @@ def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
 
 
 def _no_unknown(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    extra = set(table) - allowed
+    extra = sorted(set(table) - allowed)
     if extra:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(allowed))})")
+        shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        raise SpecError(f"{where}: unknown key(s) {shown} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _str(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:
@@ -610,6 +714,8 @@ def _regex(value: Any, where: str) -> str:
         re.compile(value)
     except re.error as exc:
         raise SpecError(f"{where}: invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError):  # groups nested too deep, a repeat count too large
+        raise SpecError(f"{where}: regular expression too complex (nesting or repeat count)") from None
     return value
 
 
