@@ -237,12 +237,12 @@ def parse_spec(data: bytes) -> AuditSpec:
     _no_unknown(doc, TOP_KEYS, "spec")
     name = _str(doc, "name", "spec", required=True)
     if not _NAME_RE.fullmatch(name):
-        raise SpecError(f"spec: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+        raise SpecError(f"spec: name {_q(name)} must be 1-64 letters, digits, '_' or '-', starting with a letter")
     version = _int(doc, "version", "spec", lo=1, hi=2**31 - 1, required=True)
     seed = _int(doc, "seed", "spec", lo=0, hi=2**32 - 1, required=True)
     output = _str(doc, "output", "spec", required=True)
     if output not in OUTPUT_POLICIES:
-        raise SpecError(f"spec: output {output!r} must be one of {', '.join(OUTPUT_POLICIES)}")
+        raise SpecError(f"spec: output {_q(output)} must be one of {', '.join(OUTPUT_POLICIES)}")
     recipient = _samples_recipient(doc, output)
     batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
     description = _str(doc, "description", "spec", default="")
@@ -261,7 +261,7 @@ def parse_spec(data: bytes) -> AuditSpec:
     seen: set[str] = set()
     for t in tasks:
         if t.name in seen:
-            raise SpecError(f"task {t.name!r}: the name is used twice")
+            raise SpecError(f"task {_q(t.name)}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
                      batch_size=batch_size, description=description, samples_recipient=recipient,
@@ -369,8 +369,8 @@ def _parse_task(raw: dict[str, Any], index: int) -> TaskSpec:
     where = f"task #{index + 1}"
     name = _str(raw, "name", where, required=True)
     if not _NAME_RE.fullmatch(name):
-        raise SpecError(f"{where}: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
-    where = f"task {name!r}"
+        raise SpecError(f"{where}: name {_q(name)} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+    where = f"task {_q(name)}"
     _no_unknown(raw, TASK_KEYS, where)
     dataset = _bundle_file(raw, "dataset", where, required=True)
     split = _split(raw, "split", where, default="test")
@@ -379,7 +379,7 @@ def _parse_task(raw: dict[str, Any], index: int) -> TaskSpec:
     if fewshot_dataset is not None:
         fewshot_split = _split(raw, "fewshot_split", where, default="fewshot")
         if fewshot_split == split:
-            raise SpecError(f"{where}: fewshot_split {fewshot_split!r} must differ from split {split!r}")
+            raise SpecError(f"{where}: fewshot_split {_q(fewshot_split)} must differ from split {_q(split)}")
     elif "fewshot_split" in raw:
         raise SpecError(f"{where}: fewshot_split needs fewshot_dataset")
     config = raw.get("config")
@@ -395,7 +395,7 @@ def _bundle_file(raw: dict[str, Any], key: str, where: str, *, required: bool = 
     name = _str(raw, key, where, required=required)
     if not _FILE_RE.fullmatch(name) or any(p in ("", ".", "..") for p in name.split("/")) \
             or not name.endswith(".jsonl"):
-        raise SpecError(f"{where}: {key} {name!r} must be a relative path of a .jsonl file in the "
+        raise SpecError(f"{where}: {key} {_q(name)} must be a relative path of a .jsonl file in the "
                         "dataset bundle (no '..', no leading '/')")
     return name
 
@@ -403,21 +403,21 @@ def _bundle_file(raw: dict[str, Any], key: str, where: str, *, required: bool = 
 def _split(raw: dict[str, Any], key: str, where: str, *, default: str) -> str:
     split = _str(raw, key, where, default=default)
     if not _SPLIT_RE.fullmatch(split):
-        raise SpecError(f"{where}: {key} {split!r} must be letters, digits or '_'")
+        raise SpecError(f"{where}: {key} {_q(split)} must be letters, digits or '_'")
     return split
 
 
 def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     for key in cfg:
         if key in FORBIDDEN_KEYS:
-            raise SpecError(f"{where}: config key {key!r} is not allowed: {FORBIDDEN_KEYS[key]}")
+            raise SpecError(f"{where}: config key {_q(key)} is not allowed: {FORBIDDEN_KEYS[key]}")
         if key not in CONFIG_KEYS:
-            raise SpecError(f"{where}: config key {key!r} is not allowed (allowed: {', '.join(sorted(CONFIG_KEYS))})")
+            raise SpecError(f"{where}: config key {_q(key)} is not allowed (allowed: {', '.join(sorted(CONFIG_KEYS))})")
     _no_function_tags(cfg, where)
     out: dict[str, Any] = {}
     output_type = _str(cfg, "output_type", where, required=True)
     if output_type not in OUTPUT_TYPES:
-        raise SpecError(f"{where}: output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+        raise SpecError(f"{where}: output_type {_q(output_type)} must be one of {', '.join(OUTPUT_TYPES)}")
     out["output_type"] = output_type
 
     for key in ("doc_to_text", "doc_to_target"):
@@ -493,27 +493,27 @@ def _check_metrics(value: Any, output_type: str, where: str) -> list[dict[str, A
             raise SpecError(f"{at}: `metric` must be a metric name")
         rule = METRICS.get(metric)
         if rule is None:
-            raise SpecError(f"{at}: metric {metric!r} is not allowed; metrics must be registered in lm-eval and "
+            raise SpecError(f"{at}: metric {_q(metric)} is not allowed; metrics must be registered in lm-eval and "
                             f"compute locally: {', '.join(sorted(METRICS))}")
         if output_type not in rule.output_types:
-            raise SpecError(f"{at}: metric {metric!r} does not apply to output_type {output_type} "
+            raise SpecError(f"{at}: metric {_q(metric)} does not apply to output_type {output_type} "
                             f"(it applies to {', '.join(sorted(rule.output_types))})")
         if metric in seen:
-            raise SpecError(f"{at}: metric {metric!r} is listed twice")
+            raise SpecError(f"{at}: metric {_q(metric)} is listed twice")
         seen.add(metric)
         extra = set(entry) - {"metric", "aggregation", "higher_is_better"} - rule.kwargs
         if "hf_evaluate" in extra:
             raise SpecError(f"{at}: hf_evaluate is not allowed: it loads metric code from the network")
         if extra:
-            raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed for metric {metric!r}"
+            raise SpecError(f"{at}: key(s) {', '.join(map(_cut, sorted(extra)))} not allowed for metric {_q(metric)}"
                             + (f" (allowed: {', '.join(sorted(rule.kwargs))})" if rule.kwargs else ""))
         agg = entry.get("aggregation", rule.aggregation)
         if agg != rule.aggregation:
-            raise SpecError(f"{at}: aggregation {agg!r} for {metric!r}; lm-eval aggregates it with "
-                            f"{rule.aggregation!r}")
+            raise SpecError(f"{at}: aggregation {_q(agg)} for {_q(metric)}; lm-eval aggregates it with "
+                            f"{_q(rule.aggregation)}")
         hib = entry.get("higher_is_better", rule.higher_is_better)
         if hib is not rule.higher_is_better:
-            raise SpecError(f"{at}: higher_is_better for {metric!r} is {str(rule.higher_is_better).lower()}")
+            raise SpecError(f"{at}: higher_is_better for {_q(metric)} is {str(rule.higher_is_better).lower()}")
         checked: dict[str, Any] = {"metric": metric, "aggregation": agg, "higher_is_better": hib}
         for key in sorted(set(entry) & rule.kwargs):
             val = entry[key]
@@ -533,7 +533,7 @@ def _check_generation(value: Any, where: str) -> dict[str, Any]:
         raise SpecError(f"{at} must be a table")
     extra = set(value) - GENERATION_KEYS
     if extra:
-        raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed "
+        raise SpecError(f"{at}: key(s) {', '.join(map(_cut, sorted(extra)))} not allowed "
                         f"(allowed: {', '.join(sorted(GENERATION_KEYS))})")
     out: dict[str, Any] = {}
     if "until" in value:
@@ -584,10 +584,11 @@ def _check_filters(value: Any, where: str) -> list[dict[str, Any]]:
                 raise SpecError(f"{sat} must be a table with a `function` name")
             fn = step["function"]
             if fn not in FILTERS:
-                raise SpecError(f"{sat}: filter function {fn!r} is not allowed (allowed: {', '.join(sorted(FILTERS))})")
+                raise SpecError(f"{sat}: filter function {_q(fn)} is not allowed "
+                                f"(allowed: {', '.join(sorted(FILTERS))})")
             extra = set(step) - {"function"} - FILTERS[fn]
             if extra:
-                raise SpecError(f"{sat}: argument(s) {', '.join(sorted(extra))} not allowed for {fn!r}")
+                raise SpecError(f"{sat}: argument(s) {', '.join(map(_cut, sorted(extra)))} not allowed for {_q(fn)}")
             checked = {"function": fn}
             for key in sorted(set(step) - {"function"}):
                 val = step[key]
@@ -633,16 +634,16 @@ def _check_template_tree(tree: Any, where: str, key: str) -> None:
         raise SpecError(f"{where}: {key} may not load other templates ({type(node).__name__.lower()})")
     for node in tree.find_all(nodes.Getattr):
         if node.attr.startswith("_"):
-            raise SpecError(f"{where}: {key} may not access the attribute {node.attr!r}")
+            raise SpecError(f"{where}: {key} may not access the attribute {_q(node.attr)}")
     for node in tree.find_all(nodes.Getitem):
         if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
-            raise SpecError(f"{where}: {key} may not access the item {node.arg.value!r}")
+            raise SpecError(f"{where}: {key} may not access the item {_q(node.arg.value)}")
     for node in tree.find_all(nodes.Filter):
         if node.name not in TEMPLATE_FILTERS:
-            raise SpecError(f"{where}: {key} uses the Jinja filter {node.name!r}, which is not allowed")
+            raise SpecError(f"{where}: {key} uses the Jinja filter {_q(node.name)}, which is not allowed")
     for node in tree.find_all(nodes.Const):
         if isinstance(node.value, str) and node.value.startswith("__"):
-            raise SpecError(f"{where}: {key} may not name {node.value!r}")
+            raise SpecError(f"{where}: {key} may not name {_q(node.value)}")
 
 
 @functools.cache
@@ -673,8 +674,17 @@ def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
 def _no_unknown(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
-        shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        shown = ", ".join(map(_cut, extra[:10])) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
         raise SpecError(f"{where}: unknown key(s) {shown} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _q(value: Any) -> str:
+    """`value` quoted for a message, cut short: spec values are the auditor's and may be huge."""
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _str(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:

@@ -7,9 +7,10 @@ many documents lm-eval will score and which result keys it will report, for the 
 before approving, and `check_aggregate` refuses tasks below the spec's `min_documents` or the
 operator's floor, whichever is higher.
 
-A count bounds what one result reveals, not what results compared with each other reveal: two
-tasks whose documents differ in one place give that document's score by difference. The provider
-sees each task's dataset file and count in the manifest and can refuse such a spec.
+A count bounds what one result reveals, not what several reveal together or what documents of
+known score hide: two tasks that differ in one document give its score by difference, and padding
+with documents whose score the auditor can predict leaves one real document in the aggregate.
+docs/SPEC.md says so; the provider weighs it when approving.
 """
 
 from __future__ import annotations

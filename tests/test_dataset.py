@@ -16,7 +16,8 @@ def test_rows_in_file_order_blank_lines_skipped_u2028_kept():
 
 
 def test_missing_file_names_the_bundle_files():
-    with pytest.raises(DatasetError, match=r"reads 'x.jsonl', which is not in the dataset bundle \(bundle files: a.jsonl\)"):
+    with pytest.raises(DatasetError, match=r"reads 'x.jsonl', which is not in the dataset bundle "
+                                           r"\(bundle files: a.jsonl\)"):
         parse_jsonl("x.jsonl", {"a.jsonl": b"{}\n"})
     with pytest.raises(DatasetError, match=r"bundle files: none"):
         parse_jsonl("x.jsonl", {})
