@@ -6,6 +6,12 @@ lm-eval task settings by value only: Jinja prompt templates (checked here and re
 by the runner), metrics from lm-eval's registry that compute locally, lm-eval's built-in filters,
 and bounded generation settings. Everything else is refused with the task and key named.
 
+The spec also bounds the run: `deadline` (how long the job may take, capped by the operator) and
+`min_documents` (with `output = "aggregate"`, no task may be so small that an aggregate is one
+document's score; `benchmarks.summary.check_aggregate` enforces it against the bundle). A crafted
+spec (deep nesting, huge numbers, long dotted keys, bytes that are not UTF-8) is a `SpecError`,
+never a traceback or a parser running out of memory.
+
 `spec_to_lm_eval_yaml` writes the same tasks as stock lm-eval YAML so anyone holding the plaintext
 model and data can reproduce the numbers with the `lm_eval` command line.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import math
+import functools
 import posixpath
 import re
 import tomllib
@@ -33,6 +39,15 @@ MAX_FEWSHOT = 32
 MAX_REPEATS = 32
 MAX_GEN_TOKS = 8192
 MAX_UNTIL = 16
+MAX_TASK_VERSION = 1_000_000
+MAX_SPEC_BYTES = 1 << 20
+MAX_NESTING = 16  # brackets and braces; a valid spec needs 5 (filter_list)
+MAX_KEY_PARTS = 8  # parts of one dotted key (a valid spec needs 4); tomllib's cost grows with the square
+DEFAULT_MIN_DOCUMENTS = 20
+MAX_MIN_DOCUMENTS = 1_000_000
+DEFAULT_DEADLINE_S = 3600  # deadline = "1h"
+MAX_DEADLINE_S = 7 * 86400
+DEADLINE_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True)
@@ -126,12 +141,26 @@ FORBIDDEN_KEYS: dict[str, str] = {
     "tag": "tags are not supported; list each task",
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
-TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description", "task"})
+TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description",
+                      "min_documents", "deadline", "task"})
 TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_split", "config"})
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 _SPLIT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 _FILE_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,254}")
+_DEADLINE_RE = re.compile(r"([0-9]{1,9})([smh])")
+# What `_check_toml_shape` sees of a TOML text: strings and comments (skipped whole), then the
+# characters that nest or split keys. Multi-line strings may end with up to two extra quotes. Each
+# string alternative matches wherever it starts (running to the end of the line or text if need
+# be), so the scan never backtracks across a line.
+_TOML_TOKEN = re.compile(r"""
+      \"\"\"(?:[^"\\]|\\.?|"{1,2}(?!"))*(?:"{3,5}|\Z)
+    | '\'\'(?:[^']|'{1,2}(?!'))*(?:'{3,5}|\Z)
+    | "(?:[^"\\\n]|\\[^\n]?)*(?:"|$)
+    | '[^'\n]*(?:'|$)
+    | \#[^\n]*
+    | [\[\]{}.=,\n]
+""", re.VERBOSE | re.DOTALL | re.MULTILINE)
 
 
 class SpecError(UnusableInput):
@@ -162,7 +191,10 @@ class TaskSpec:
 @dataclass(frozen=True)
 class AuditSpec:
     """A checked spec. `seed` seeds Python, numpy, torch and the few-shot sampler alike;
-    `batch_size` is part of the spec because batching (padding) can change the numbers."""
+    `batch_size` is part of the spec because batching (padding) can change the numbers.
+    `min_documents` is the fewest documents a task may have under `output = "aggregate"` (the
+    operator may raise it); `deadline_s` is how long the job may run, in seconds (the operator
+    may lower it)."""
 
     name: str
     version: int
@@ -172,8 +204,8 @@ class AuditSpec:
     batch_size: int = 1
     description: str = ""
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
-    deadline_s: int = 3600  # PROVISIONAL (replaced by the aggregate branch)
-    min_documents: int = 20  # PROVISIONAL
+    min_documents: int = DEFAULT_MIN_DOCUMENTS
+    deadline_s: int = DEFAULT_DEADLINE_S
 
     @property
     def task_names(self) -> list[str]:
@@ -187,24 +219,35 @@ class AuditSpec:
 
 def parse_spec(data: bytes) -> AuditSpec:
     """Parse and check an audit spec (TOML bytes). Raises `SpecError` naming the task and key."""
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec: {len(data)} bytes; at most {MAX_SPEC_BYTES} are allowed")
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"spec: not UTF-8 text (byte {exc.start})") from None
+    _check_toml_shape(text)
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise SpecError("spec: malformed TOML: nested too deeply") from None
+    except ValueError:  # tomllib passes int()'s limit on decimal digits through
+        raise SpecError("spec: malformed TOML: an integer has too many digits") from None
     _no_unknown(doc, TOP_KEYS, "spec")
     name = _str(doc, "name", "spec", required=True)
     if not _NAME_RE.fullmatch(name):
-        raise SpecError(f"spec: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+        raise SpecError(f"spec: name {_q(name)} must be 1-64 letters, digits, '_' or '-', starting with a letter")
     version = _int(doc, "version", "spec", lo=1, hi=2**31 - 1, required=True)
     seed = _int(doc, "seed", "spec", lo=0, hi=2**32 - 1, required=True)
     output = _str(doc, "output", "spec", required=True)
     if output not in OUTPUT_POLICIES:
-        raise SpecError(f"spec: output {output!r} must be one of {', '.join(OUTPUT_POLICIES)}")
+        raise SpecError(f"spec: output {_q(output)} must be one of {', '.join(OUTPUT_POLICIES)}")
     recipient = _samples_recipient(doc, output)
     batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
     description = _str(doc, "description", "spec", default="")
+    min_documents = _int(doc, "min_documents", "spec", lo=1, hi=MAX_MIN_DOCUMENTS, default=DEFAULT_MIN_DOCUMENTS)
+    deadline_s = _deadline(doc["deadline"]) if "deadline" in doc else DEFAULT_DEADLINE_S
     raw_tasks = doc.get("task")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise SpecError("spec: at least one [[task]] table is required")
@@ -218,10 +261,11 @@ def parse_spec(data: bytes) -> AuditSpec:
     seen: set[str] = set()
     for t in tasks:
         if t.name in seen:
-            raise SpecError(f"task {t.name!r}: the name is used twice")
+            raise SpecError(f"task {_q(t.name)}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
-                     batch_size=batch_size, description=description, samples_recipient=recipient)
+                     batch_size=batch_size, description=description, samples_recipient=recipient,
+                     min_documents=min_documents, deadline_s=deadline_s)
 
 
 def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
@@ -242,6 +286,40 @@ def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
     if len(raw) != 32:
         raise SpecError("spec: samples_recipient must be a base64 X25519 public key (32 bytes)")
     return value
+
+
+def _deadline(value: Any) -> int:
+    """`deadline = "90s" | "30m" | "2h"`: seconds, from 1 s to 7 days."""
+    m = _DEADLINE_RE.fullmatch(value) if isinstance(value, str) else None
+    seconds = int(m.group(1)) * DEADLINE_UNITS[m.group(2)] if m else 0
+    if not 1 <= seconds <= MAX_DEADLINE_S:
+        raise SpecError(f'spec: deadline must be a string like "90s", "30m" or "2h", from 1 second to '
+                        f"{MAX_DEADLINE_S // 3600} hours (7 days)")
+    return seconds
+
+
+def _check_toml_shape(text: str) -> None:
+    """Refuse nesting and dotted keys that would exhaust tomllib (recursion, memory) before it runs.
+
+    Outside strings and comments, brackets and braces nest at most MAX_NESTING deep, and a run of
+    '.' between two of `=,[]{}` or line ends (a dotted key; a number has one) is shorter than
+    MAX_KEY_PARTS. An unterminated string runs to the end of its line (or of the text): tomllib
+    refuses it anyway, and the scan stays linear.
+    """
+    depth = dots = 0
+    for token in _TOML_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SpecError(f"spec: arrays and tables nested more than {MAX_NESTING} deep")
+        elif token in ("]", "}"):
+            depth -= 1
+        if token == ".":
+            dots += 1
+            if dots >= MAX_KEY_PARTS:
+                raise SpecError(f"spec: a dotted key has more than {MAX_KEY_PARTS} parts")
+        elif token in ("=", ",", "[", "]", "{", "}", "\n"):
+            dots = 0
 
 
 def lm_eval_task_config(task: TaskSpec) -> dict[str, Any]:
@@ -291,8 +369,8 @@ def _parse_task(raw: dict[str, Any], index: int) -> TaskSpec:
     where = f"task #{index + 1}"
     name = _str(raw, "name", where, required=True)
     if not _NAME_RE.fullmatch(name):
-        raise SpecError(f"{where}: name {name!r} must be 1-64 letters, digits, '_' or '-', starting with a letter")
-    where = f"task {name!r}"
+        raise SpecError(f"{where}: name {_q(name)} must be 1-64 letters, digits, '_' or '-', starting with a letter")
+    where = f"task {_q(name)}"
     _no_unknown(raw, TASK_KEYS, where)
     dataset = _bundle_file(raw, "dataset", where, required=True)
     split = _split(raw, "split", where, default="test")
@@ -301,7 +379,7 @@ def _parse_task(raw: dict[str, Any], index: int) -> TaskSpec:
     if fewshot_dataset is not None:
         fewshot_split = _split(raw, "fewshot_split", where, default="fewshot")
         if fewshot_split == split:
-            raise SpecError(f"{where}: fewshot_split {fewshot_split!r} must differ from split {split!r}")
+            raise SpecError(f"{where}: fewshot_split {_q(fewshot_split)} must differ from split {_q(split)}")
     elif "fewshot_split" in raw:
         raise SpecError(f"{where}: fewshot_split needs fewshot_dataset")
     config = raw.get("config")
@@ -317,7 +395,7 @@ def _bundle_file(raw: dict[str, Any], key: str, where: str, *, required: bool = 
     name = _str(raw, key, where, required=required)
     if not _FILE_RE.fullmatch(name) or any(p in ("", ".", "..") for p in name.split("/")) \
             or not name.endswith(".jsonl"):
-        raise SpecError(f"{where}: {key} {name!r} must be a relative path of a .jsonl file in the "
+        raise SpecError(f"{where}: {key} {_q(name)} must be a relative path of a .jsonl file in the "
                         "dataset bundle (no '..', no leading '/')")
     return name
 
@@ -325,21 +403,21 @@ def _bundle_file(raw: dict[str, Any], key: str, where: str, *, required: bool = 
 def _split(raw: dict[str, Any], key: str, where: str, *, default: str) -> str:
     split = _str(raw, key, where, default=default)
     if not _SPLIT_RE.fullmatch(split):
-        raise SpecError(f"{where}: {key} {split!r} must be letters, digits or '_'")
+        raise SpecError(f"{where}: {key} {_q(split)} must be letters, digits or '_'")
     return split
 
 
 def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     for key in cfg:
         if key in FORBIDDEN_KEYS:
-            raise SpecError(f"{where}: config key {key!r} is not allowed: {FORBIDDEN_KEYS[key]}")
+            raise SpecError(f"{where}: config key {_q(key)} is not allowed: {FORBIDDEN_KEYS[key]}")
         if key not in CONFIG_KEYS:
-            raise SpecError(f"{where}: config key {key!r} is not allowed (allowed: {', '.join(sorted(CONFIG_KEYS))})")
+            raise SpecError(f"{where}: config key {_q(key)} is not allowed (allowed: {', '.join(sorted(CONFIG_KEYS))})")
     _no_function_tags(cfg, where)
     out: dict[str, Any] = {}
     output_type = _str(cfg, "output_type", where, required=True)
     if output_type not in OUTPUT_TYPES:
-        raise SpecError(f"{where}: output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+        raise SpecError(f"{where}: output_type {_q(output_type)} must be one of {', '.join(OUTPUT_TYPES)}")
     out["output_type"] = output_type
 
     for key in ("doc_to_text", "doc_to_target"):
@@ -387,8 +465,8 @@ def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
             raise SpecError(f"{where}: metadata may only hold `version`")
         if "version" in meta:
             v = meta["version"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise SpecError(f"{where}: metadata.version must be a number")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_TASK_VERSION:
+                raise SpecError(f"{where}: metadata.version must be a number from 0 to {MAX_TASK_VERSION}")
         out["metadata"] = dict(meta)
 
     out["metric_list"] = _check_metrics(cfg.get("metric_list"), output_type, where)
@@ -415,27 +493,27 @@ def _check_metrics(value: Any, output_type: str, where: str) -> list[dict[str, A
             raise SpecError(f"{at}: `metric` must be a metric name")
         rule = METRICS.get(metric)
         if rule is None:
-            raise SpecError(f"{at}: metric {metric!r} is not allowed; metrics must be registered in lm-eval and "
+            raise SpecError(f"{at}: metric {_q(metric)} is not allowed; metrics must be registered in lm-eval and "
                             f"compute locally: {', '.join(sorted(METRICS))}")
         if output_type not in rule.output_types:
-            raise SpecError(f"{at}: metric {metric!r} does not apply to output_type {output_type} "
+            raise SpecError(f"{at}: metric {_q(metric)} does not apply to output_type {output_type} "
                             f"(it applies to {', '.join(sorted(rule.output_types))})")
         if metric in seen:
-            raise SpecError(f"{at}: metric {metric!r} is listed twice")
+            raise SpecError(f"{at}: metric {_q(metric)} is listed twice")
         seen.add(metric)
         extra = set(entry) - {"metric", "aggregation", "higher_is_better"} - rule.kwargs
         if "hf_evaluate" in extra:
             raise SpecError(f"{at}: hf_evaluate is not allowed: it loads metric code from the network")
         if extra:
-            raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed for metric {metric!r}"
+            raise SpecError(f"{at}: key(s) {', '.join(map(_cut, sorted(extra)))} not allowed for metric {_q(metric)}"
                             + (f" (allowed: {', '.join(sorted(rule.kwargs))})" if rule.kwargs else ""))
         agg = entry.get("aggregation", rule.aggregation)
         if agg != rule.aggregation:
-            raise SpecError(f"{at}: aggregation {agg!r} for {metric!r}; lm-eval aggregates it with "
-                            f"{rule.aggregation!r}")
+            raise SpecError(f"{at}: aggregation {_q(agg)} for {_q(metric)}; lm-eval aggregates it with "
+                            f"{_q(rule.aggregation)}")
         hib = entry.get("higher_is_better", rule.higher_is_better)
         if hib is not rule.higher_is_better:
-            raise SpecError(f"{at}: higher_is_better for {metric!r} is {str(rule.higher_is_better).lower()}")
+            raise SpecError(f"{at}: higher_is_better for {_q(metric)} is {str(rule.higher_is_better).lower()}")
         checked: dict[str, Any] = {"metric": metric, "aggregation": agg, "higher_is_better": hib}
         for key in sorted(set(entry) & rule.kwargs):
             val = entry[key]
@@ -455,7 +533,7 @@ def _check_generation(value: Any, where: str) -> dict[str, Any]:
         raise SpecError(f"{at} must be a table")
     extra = set(value) - GENERATION_KEYS
     if extra:
-        raise SpecError(f"{at}: key(s) {', '.join(sorted(extra))} not allowed "
+        raise SpecError(f"{at}: key(s) {', '.join(map(_cut, sorted(extra)))} not allowed "
                         f"(allowed: {', '.join(sorted(GENERATION_KEYS))})")
     out: dict[str, Any] = {}
     if "until" in value:
@@ -506,10 +584,11 @@ def _check_filters(value: Any, where: str) -> list[dict[str, Any]]:
                 raise SpecError(f"{sat} must be a table with a `function` name")
             fn = step["function"]
             if fn not in FILTERS:
-                raise SpecError(f"{sat}: filter function {fn!r} is not allowed (allowed: {', '.join(sorted(FILTERS))})")
+                raise SpecError(f"{sat}: filter function {_q(fn)} is not allowed "
+                                f"(allowed: {', '.join(sorted(FILTERS))})")
             extra = set(step) - {"function"} - FILTERS[fn]
             if extra:
-                raise SpecError(f"{sat}: argument(s) {', '.join(sorted(extra))} not allowed for {fn!r}")
+                raise SpecError(f"{sat}: argument(s) {', '.join(map(_cut, sorted(extra)))} not allowed for {_q(fn)}")
             checked = {"function": fn}
             for key in sorted(set(step) - {"function"}):
                 val = step[key]
@@ -533,27 +612,50 @@ def _check_filters(value: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _check_template(text: str, where: str, key: str) -> None:
-    """Refuse Jinja that reaches for Python internals; the runner also renders in a sandbox."""
-    from jinja2 import Environment, TemplateSyntaxError, nodes
+    """Refuse Jinja that reaches for Python internals, and Jinja that cannot be compiled (nesting
+    beyond what Jinja's parser or Python's compiler take), so that the runner, which renders in a
+    sandbox, never meets a template it cannot build."""
+    from jinja2 import TemplateSyntaxError
 
     try:
-        tree = Environment().parse(text)
+        tree = _template_env().parse(text)
+        _check_template_tree(tree, where, key)
+        _template_env().compile(tree)
     except TemplateSyntaxError as exc:
         raise SpecError(f"{where}: {key} is not a valid Jinja template: {exc.message} (line {exc.lineno})") from None
+    except (RecursionError, SyntaxError):  # SyntaxError: Python's compiler refusing the generated code
+        raise SpecError(f"{where}: {key} is nested too deeply") from None
+
+
+def _check_template_tree(tree: Any, where: str, key: str) -> None:
+    from jinja2 import nodes
+
     for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
         raise SpecError(f"{where}: {key} may not load other templates ({type(node).__name__.lower()})")
     for node in tree.find_all(nodes.Getattr):
         if node.attr.startswith("_"):
-            raise SpecError(f"{where}: {key} may not access the attribute {node.attr!r}")
+            raise SpecError(f"{where}: {key} may not access the attribute {_q(node.attr)}")
     for node in tree.find_all(nodes.Getitem):
         if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
-            raise SpecError(f"{where}: {key} may not access the item {node.arg.value!r}")
+            raise SpecError(f"{where}: {key} may not access the item {_q(node.arg.value)}")
     for node in tree.find_all(nodes.Filter):
         if node.name not in TEMPLATE_FILTERS:
-            raise SpecError(f"{where}: {key} uses the Jinja filter {node.name!r}, which is not allowed")
+            raise SpecError(f"{where}: {key} uses the Jinja filter {_q(node.name)}, which is not allowed")
     for node in tree.find_all(nodes.Const):
         if isinstance(node.value, str) and node.value.startswith("__"):
-            raise SpecError(f"{where}: {key} may not name {node.value!r}")
+            raise SpecError(f"{where}: {key} may not name {_q(node.value)}")
+
+
+@functools.cache
+def _template_env() -> Any:
+    """The runner's kind of environment (sandboxed, lm-eval's settings), for parsing and compiling
+    only. Templates are never rendered here, so lm-eval's `regex_replace` filter is present by
+    name only (its function lives in lm-eval, which the spec check does not import)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+    env.filters["regex_replace"] = str
+    return env
 
 
 def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
@@ -570,9 +672,19 @@ def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
 
 
 def _no_unknown(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    extra = set(table) - allowed
+    extra = sorted(set(table) - allowed)
     if extra:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} (allowed: {', '.join(sorted(allowed))})")
+        shown = ", ".join(map(_cut, extra[:10])) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        raise SpecError(f"{where}: unknown key(s) {shown} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _q(value: Any) -> str:
+    """`value` quoted for a message, cut short: spec values are the auditor's and may be huge."""
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _str(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:
@@ -612,6 +724,8 @@ def _regex(value: Any, where: str) -> str:
         re.compile(value)
     except re.error as exc:
         raise SpecError(f"{where}: invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError):  # groups nested too deep, a repeat count too large
+        raise SpecError(f"{where}: regular expression too complex (nesting or repeat count)") from None
     return value
 
 

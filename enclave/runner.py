@@ -20,7 +20,6 @@ os.environ.update(OFFLINE_ENV)
 
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -31,8 +30,8 @@ from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Iterator  # noqa: E402
 
+from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: E402,F401 (run_audit raises DatasetError)
 from benchmarks.spec import AuditSpec, lm_eval_task_config  # noqa: E402
-from verifier.errors import UnusableInput  # noqa: E402
 from verifier.merkle import root_hash  # noqa: E402
 from verifier.models import canonical_json  # noqa: E402
 
@@ -42,10 +41,6 @@ ProgressFn = Callable[[str, float], None]
 _REQUEST_TYPE = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
                  "loglikelihood_rolling": "loglikelihood_rolling", "generate_until": "generate_until"}
 VERSIONED_PACKAGES = ("lm_eval", "transformers", "torch", "datasets", "tokenizers")
-
-
-class DatasetError(UnusableInput):
-    """A dataset file of the auditor's bundle is missing or is not JSONL of objects."""
 
 
 @dataclass
@@ -75,7 +70,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     fraction of model requests answered."""
     report = progress or (lambda stage, fraction: None)
     started = _now()
-    rows = {name: _parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model
+    rows = {name: parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model
     _enforce_offline()
 
     import torch
@@ -143,31 +138,6 @@ class InMemoryDataset:
     def __repr__(self) -> str:
         files = ", ".join(f"{split}: {name!r}" for split, (name, _) in self._splits.items())
         return f"in-memory dataset ({files})"
-
-
-def _parse_jsonl(name: str, datasets: dict[str, bytes]) -> list[dict[str, Any]]:
-    """Rows of one bundle file. Errors give line numbers, never content (it is the auditor's secret)."""
-    if name not in datasets:
-        raise DatasetError(f"the spec reads {name!r}, which is not in the dataset bundle "
-                           f"(bundle files: {', '.join(sorted(datasets)) or 'none'})")
-    try:
-        text = datasets[name].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name}: not UTF-8 (byte {exc.start})") from None
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{name}: line {lineno}: not JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{name}: line {lineno}: each line must be a JSON object")
-        rows.append(row)
-    if not rows:
-        raise DatasetError(f"{name}: no records")
-    return rows
 
 
 def _enforce_offline() -> None:

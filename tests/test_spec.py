@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 import tomllib
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks.demo_assets import demo_spec_toml
 from benchmarks.spec import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MIN_DOCUMENTS,
     FILTERS,
+    MAX_KEY_PARTS,
+    MAX_NESTING,
+    MAX_SPEC_BYTES,
     METRICS,
     SpecError,
     parse_spec,
@@ -249,3 +257,225 @@ def test_fewshot_file_and_sampler():
     refused(with_config('fewshot_config = { sampler = "custom" }'), "fewshot_config may only set sampler")
     refused(with_config('fewshot_config = { sampler = "first_n", samples = [] }'), "fewshot_config")
     refused(with_config("num_fewshot = 100"), "num_fewshot")
+
+
+# --- run bounds: min_documents and deadline ----------------------------------------------------
+
+
+def top(line: str) -> bytes:
+    """BASE with a top-level line added."""
+    return BASE.replace('output = "aggregate"', f'{line}\noutput = "aggregate"').encode()
+
+
+def test_min_documents_and_deadline_defaults_and_values():
+    spec = parse_spec(BASE.encode())
+    assert (spec.min_documents, spec.deadline_s) == (DEFAULT_MIN_DOCUMENTS, DEFAULT_DEADLINE_S) == (20, 3600)
+    assert parse_spec(top("min_documents = 1")).min_documents == 1
+    assert parse_spec(top("min_documents = 500")).min_documents == 500
+    for text, seconds in (("90s", 90), ("30m", 1800), ("2h", 7200), ("168h", 604800), ("10080m", 604800)):
+        assert parse_spec(top(f'deadline = "{text}"')).deadline_s == seconds
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("min_documents = 0", "`min_documents` must be an integer from 1 to 1000000"),
+    ("min_documents = 1000001", "`min_documents` must be an integer"),
+    ("min_documents = " + "9" * 400, "`min_documents` must be an integer"),
+    ("min_documents = 0x" + "f" * 5000, "`min_documents` must be an integer"),
+    ("min_documents = 20.0", "`min_documents` must be an integer"),
+    ("min_documents = true", "`min_documents` must be an integer"),
+    ('min_documents = "20"', "`min_documents` must be an integer"),
+    ('deadline = "0s"', 'deadline must be a string like "90s"'),
+    ('deadline = "0h"', "from 1 second to 168 hours"),
+    ('deadline = "169h"', "168 hours (7 days)"),
+    ('deadline = "604801s"', "deadline must be"),
+    ('deadline = "' + "9" * 5000 + 'h"', "deadline must be"),
+    ('deadline = "2d"', "deadline must be"),
+    ('deadline = "1.5h"', "deadline must be"),
+    ('deadline = " 2h"', "deadline must be"),
+    ('deadline = "-1s"', "deadline must be"),
+    ("deadline = 7200", "deadline must be a string"),
+    ("deadline = 1979-05-27", "deadline must be a string"),
+])
+def test_min_documents_and_deadline_refused(line, fragment):
+    refused(top(line), "spec: ", fragment)
+
+
+def test_yaml_export_ignores_run_bounds():
+    """min_documents and deadline bound the enclave's run; a stock lm-eval reproduction is unchanged."""
+    plain = parse_spec(demo_spec_toml().encode())
+    bounded = parse_spec(demo_spec_toml().replace('output = "aggregate"',
+                                                  'min_documents = 5\ndeadline = "2h"\noutput = "aggregate"').encode())
+    assert spec_to_lm_eval_yaml(bounded, "data") == spec_to_lm_eval_yaml(plain, "data")
+
+
+# --- crafted specs: a SpecError with a message, never a traceback ------------------------------
+
+TEMPLATE = 'doc_to_text = "{{question}}\\nAnswer:"'
+
+
+def with_template(template: str) -> bytes:
+    return BASE.replace(TEMPLATE, f'doc_to_text = "{template}"').encode()
+
+
+def with_regex(pattern: str) -> bytes:
+    step = f'{{ function = "regex", regex_pattern = "{pattern}" }}'
+    return with_config(f'filter_list = [{{ name = "f", filter = [{step}] }}]')
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"a = " + b"[" * 100_000 + b"]" * 100_000, f"nested more than {MAX_NESTING} deep"),
+    (b"a = " + b"{b = " * 100_000 + b"1" + b"}" * 100_000, f"nested more than {MAX_NESTING} deep"),
+    (b"a = " + b"[" * (MAX_NESTING + 1) + b"]" * (MAX_NESTING + 1), f"nested more than {MAX_NESTING} deep"),
+    (b"a" + b".a" * 100_000 + b" = 1", f"more than {MAX_KEY_PARTS} parts"),
+    (b"[" + b"a." * 100_000 + b"a]", f"more than {MAX_KEY_PARTS} parts"),
+    (b"[[" + b'"a" . ' * MAX_KEY_PARTS + b"a]]", f"more than {MAX_KEY_PARTS} parts"),
+    (b"a = " + b"9" * 5000, "an integer has too many digits"),
+    (BASE.replace("version = 1", "version = 1" + "0" * 400).encode(), "`version` must be an integer"),
+    (b"a = 1\n" + b"#" * MAX_SPEC_BYTES, f"at most {MAX_SPEC_BYTES} are allowed"),
+    (b'name = "\xc3\x28"', "not UTF-8 text (byte 8)"),
+    (b"\x00\x01\x02", "malformed TOML"),
+    (BASE.replace("[[task]]", "".join(f"[k{i}]\n" for i in range(1000)) + "[[task]]").encode(),
+     "unknown key(s) k0, k1, k10, k100, k101, k102, k103, k104, k105, k106 and 990 more (allowed:"),
+    (with_config("metadata = { version = 1" + "0" * 400 + " }"), "metadata.version must be a number from 0"),
+    (with_config("metadata = { version = inf }"), "metadata.version must be a number from 0"),
+    (with_config("metadata = { version = nan }"), "metadata.version must be a number from 0"),
+    (with_config("repeats = 0x" + "f" * 5000), "`repeats` must be an integer"),
+    (with_template("{{" + "(" * 100_000 + "1" + ")" * 100_000 + "}}"), "doc_to_text is nested too deeply"),
+    (with_template("{% if 1 %}" * 120 + "{% endif %}" * 120), "doc_to_text is nested too deeply"),
+    (with_template("{% for x in y %}" * 60 + "{% endfor %}" * 60), "doc_to_text is nested too deeply"),
+    (with_template("{{ x" + ".a" * 250 + "}}"), "doc_to_text is nested too deeply"),
+    (with_regex("(" * 1000 + ")" * 1000), "regular expression too complex"),
+    (with_regex("a{99999999999}"), "regular expression too complex"),
+])
+def test_crafted_specs_are_spec_errors(data: bytes, fragment: str):
+    refused(data, fragment)
+
+
+def test_brackets_dots_quotes_and_hashes_inside_strings_are_not_nesting():
+    deep = "[" * 40 + "{" * 40 + "." * 40 + "#"
+    # a multi-line string may end with one or two quotes of its own before the closing three
+    lines = [f"# {deep}", f'description = """\n{deep}\\""""""', f"'a.b.c.d.e.f.g.h.i.j' = '''{deep}'''''"]
+    toml = BASE.replace('output = "aggregate"', 'output = "aggregate"\n' + "\n".join(lines))
+    doc = tomllib.loads(toml)
+    assert doc["description"] == deep + '"""' and doc["a.b.c.d.e.f.g.h.i.j"] == deep + "''"
+    refused(toml.encode(), "unknown key(s) a.b.c.d.e.f.g.h.i.j (allowed")  # parsed, then refused by name
+    spec = parse_spec(BASE.replace('output = "aggregate"', f"output = 'aggregate'\ndescription = '{deep}'").encode())
+    assert spec.description == deep
+    plain = "[" * 40 + "{ " * 40 + "." * 40 + "#"  # no "{{": that would be Jinja
+    assert parse_spec(with_template(f'{{{{question}}}}{plain}\\"[\\\\')).tasks[0].config["doc_to_text"] == \
+        "{{question}}" + plain + '"[\\'
+
+
+def _escaped(c: str) -> str:
+    return "\\" + c if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c
+
+
+def _multiline_basic(text: str) -> str:
+    """Newlines as they are, and quotes raw in runs of up to two (the rest escaped)."""
+    out, run = [], 0
+    for c in text:
+        run = run + 1 if c == '"' else 0
+        out.append(c if c == "\n" or (c == '"' and run <= 2) else _escaped(c))
+        run = 0 if run > 2 else run
+    return '"""\n' + "".join(out) + '"""'
+
+
+def _plain(text: str) -> bool:
+    return not any((ord(c) < 0x20 and c not in "\t\n") or c == "\x7f" for c in text)
+
+
+def toml_string(text: str, style: int) -> str:
+    """`text` as one of TOML's four kinds of string, where that kind can hold it."""
+    if style == 1 and _plain(text) and "'" not in text and "\n" not in text:
+        return f"'{text}'"
+    if style == 2 and _plain(text) and "'''" not in text and not text.startswith("\n"):
+        return f"'''{text}'''"
+    if style == 3:
+        return _multiline_basic(text)
+    return '"' + "".join(map(_escaped, text)) + '"'
+
+
+def toml_value(value: Any, style: int) -> str:
+    if isinstance(value, str):
+        return toml_string(value, style)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[\n" + ",\n".join(toml_value(v, (style + i) % 4) for i, v in enumerate(value)) + "]"
+    return "{ " + ", ".join(f"{toml_string(k, style % 2)} = {toml_value(v, (style + 1) % 4)}"
+                            for k, v in value.items()) + " }"
+
+
+def nesting(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(nesting, value.values()), default=0)
+    return 0
+
+
+TRICKY = st.text(alphabet=st.sampled_from("ab.#[]{}=,\"'\\\n\t\x00\x7f é"), max_size=12)
+VALUES = st.recursive(
+    TRICKY | st.integers() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY, inner, max_size=3),
+    max_leaves=40,
+)
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(VALUES, st.integers(0, 3), st.lists(st.booleans(), max_size=2 * MAX_NESTING))
+def test_valid_toml_of_any_shape_parses_or_is_refused_by_name(value: Any, style: int, wraps: list[bool]):
+    """Strings full of brackets, quotes, dots and '#' never confuse the nesting scan: a value nested
+    within the limit reaches the key check; one nested deeper is refused as too deep."""
+    for in_list in wraps:  # reach past the limit sometimes
+        value = [value] if in_list else {"k.[{": value}
+    text = BASE.replace('output = "aggregate"', 'output = "aggregate"\nx = ' + toml_value(value, style))
+    assert tomllib.loads(text)["x"] == value
+    refused(text.encode(), "unknown key(s) x" if nesting(value) <= MAX_NESTING else "nested more than")
+
+
+TOML_PIECES = st.sampled_from([
+    "[", "]", "{", "}", "[[", "]]", "=", ",", ".", "\n", " ", "#", '"', "'", '"""', "'''", "\\", "a", "task",
+    "config", "1", "1e999", "0x" + "f" * 40, "9" * 5000, "true", "1979-05-27", "inf", "nan", "\x00", "é",
+    "{{", "}}", "{%", "%}", "(", ")",
+])
+SPEC_KEYS = ["name", "version", "seed", "output", "batch_size", "min_documents", "deadline", "task", "config",
+             "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "metric",
+             "filter_list", "filter", "function", "regex_pattern", "generation_kwargs", "until", "metadata"]
+
+
+@st.composite
+def crafted_specs(draw: st.DrawFn) -> bytes:
+    """Random bytes, random TOML-ish text, or the demo spec with pieces spliced in or a key's value
+    replaced by something deep, huge or odd."""
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.binary(max_size=200))
+    if kind == 1:
+        return "".join(draw(st.lists(TOML_PIECES, max_size=60))).encode()
+    spec = demo_spec_toml()
+    if kind == 2:
+        at = draw(st.integers(0, len(spec)))
+        return (spec[:at] + "".join(draw(st.lists(TOML_PIECES, max_size=20))) + spec[at:]).encode()
+    n = draw(st.integers(0, 100_000))
+    value = draw(st.sampled_from([
+        "[" * n + "]" * n, "{a = " * n + "1" + "}" * n, "1" + "0" * n, '"' + "{{(" * n + '"',
+        "'" + "{%if 1%}" * (n % 300) + "'", toml_value(draw(VALUES), draw(st.integers(0, 3))),
+    ]))
+    key = draw(st.sampled_from(SPEC_KEYS))
+    if draw(st.booleans()):
+        return (f"{key} = {value}\n" + spec).encode()
+    return spec.replace(f"\n{key} = ", f"\n{key} = {value}\n_ = ", 1).encode()
+
+
+@FUZZ
+@given(crafted_specs())
+def test_parse_spec_raises_only_spec_errors(data: bytes):
+    try:
+        parse_spec(data)
+    except UnusableInput as exc:
+        assert isinstance(exc, SpecError) and str(exc)
