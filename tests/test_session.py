@@ -317,3 +317,30 @@ def test_an_approval_must_name_every_asset_digest() -> None:
 
     with pytest.raises(UnusableInput, match="missing spec"):
         ExpectedRun({"model": "sha256:" + "0" * 64, "dataset": "sha256:" + "1" * 64}, {})
+
+
+def test_aggregate_output_refuses_tasks_of_too_few_documents(tmp_path: Path, sealed: dict) -> None:
+    """Review finding "aggregate is not aggregate": a one-document task's public byte_perplexity is
+    that document's exact log-likelihood. The manifest shows each task's document count, and an
+    aggregate-only run of a task below the minimum cannot be approved."""
+    (tmp_path / "agg.toml").write_text(demo_spec_toml())  # output = "aggregate"; aa_demo_gen has 18 documents
+    w = World(tmp_path, {**sealed, "spec": seal(tmp_path / "agg.toml", tmp_path / "sealed-agg", "spec")})
+    sid = w.open()
+    w.provision(sid)
+    manifest, _, problems, _ = w.sessions.manifest(sid)
+    assert {t.name: t.documents for t in manifest.tasks}["aa_demo_gen"] == 18
+    assert manifest.limits is not None and manifest.limits.min_documents == 20
+    assert any("aa_demo_gen" in p and "18" in p for p in problems), problems
+    digest = manifest.digest()
+    with pytest.raises(SessionError, match="cannot be approved yet"):
+        w.sessions.approve(sid, "provider", digest, w.provider.sign(approval_message(digest)))
+    (tmp_path / "low.toml").write_text("min_documents = 5\n" + demo_spec_toml())
+    low = seal(tmp_path / "low.toml", tmp_path / "sealed-low", "spec")
+    for floor, refused in ((10, False), (40, True)):  # the auditor may lower the minimum, never below the floor
+        (tmp_path / str(floor)).mkdir()
+        w = World(tmp_path / str(floor), {**sealed, "spec": low}, Limits(min_documents_floor=floor))
+        sid = w.open()
+        w.provision(sid)
+        manifest, _, problems, _ = w.sessions.manifest(sid)
+        assert manifest.limits is not None and manifest.limits.min_documents == max(5, floor)
+        assert bool(problems) is refused, problems
