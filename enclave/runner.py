@@ -290,11 +290,9 @@ def _sandboxed_templates(spec: AuditSpec) -> Iterator[None]:
 
         def render(self, *args: Any, **kwargs: Any) -> str:
             try:
-                out = super().render(*args, **kwargs)
+                return _check_size(super().render(*args, **kwargs), "a rendered prompt")
             except TemplateLimit as exc:
                 raise TemplateLimit(f"{self.owner}: {exc}") from None
-            _check_size(out, "a rendered prompt")
-            return out
 
     class LimitedEnvironment(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "**", "+"})
