@@ -6,14 +6,18 @@ process all of that ends with the job: the server enforces a deadline and a canc
 child (SIGTERM, then SIGKILL after `GRACE_S`), and a crash costs one job, not the enclave.
 
 Start method: "forkserver", with torch, transformers, datasets and lm-eval preloaded in the fork
-server. A plain fork of the threaded gRPC server could copy a lock held by another thread (and
-copies the enclave's keys); "spawn" starts a fresh interpreter and imports torch and lm-eval for
-every job. Measured on the 2-core build machine (tests/test_jobs.py::test_start_overhead prints
-it): a job that returns at once takes about 0.1-0.3 s from a warm fork server against 7-10 s with
-spawn; the fork server itself takes the import time once, at `prewarm()` or the first job. The
-fork server is started from the server with exec, never holds the keys, and each child only
-receives what `run_job` sends over its pipe: the model folder's path, the spec, the dataset bytes
-and the device.
+server (PRELOAD). A plain fork of the threaded gRPC server could copy a lock held by another thread
+and would copy the enclave's keys; "spawn" starts a fresh interpreter and imports torch and lm-eval
+for every job. Measured on the 2-core build machine under load: a job that fails on its first step
+takes 0.04 s from a warm fork server (tests/test_jobs.py::test_start_overhead prints it), while a
+fresh interpreter needs 10 s to import the same modules; the fork server pays that once, at
+`prewarm()` or the first job. The fork server is started from the server by exec, never holds the
+keys, and forks only from its single Python thread (torch and pyarrow leave idle native threads
+that are fork-safe before CUDA is initialised, as in PyTorch's own DataLoader workers). Each child
+receives only what `run_job` sends over its pipe: the model folder's path, the spec, the dataset
+bytes and the device. As with any spawn or forkserver child, multiprocessing re-imports the
+server's main module as `__mp_main__`, so entry points keep their work (and key creation) under
+`if __name__ == "__main__"` or in functions, as `aaudit` does.
 
 Wire protocol on the job's duplex pipe (pickle frames of multiprocessing.Connection):
 parent -> child: `(model_dir: str, spec, device, names)` then one `send_bytes` per dataset in
@@ -59,7 +63,8 @@ class JobCancelled(JobFailed):
 
 
 def prewarm() -> None:
-    """Start the fork server and its imports now (at boot) instead of at the first job."""
+    """Start the fork server now (at boot); its imports then run in the background instead of
+    delaying the first job."""
     from multiprocessing import forkserver
 
     _context()
