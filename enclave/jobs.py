@@ -22,14 +22,17 @@ server's main module as `__mp_main__`, so entry points keep their work (and key 
 Wire protocol on the job's duplex pipe (pickle frames of multiprocessing.Connection):
 parent -> child: `(model_dir: str, spec, device, names)` then one `send_bytes` per dataset in
 `names` order (bytes never pass through a file or a second pickle copy);
-child -> parent: any number of `("progress", stage, fraction)`, then `("done", AuditRun)` or
-`("failed", message)`.
+child -> parent: JSON arrays, never pickles (the child runs a party's templates and model, so the
+server does not unpickle what it sends): any number of `["progress", stage, fraction]`, then
+`["done", {AuditRun's fields}]` or `["failed", message]`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import json
 import multiprocessing
 import signal
 import threading
@@ -104,16 +107,16 @@ def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, dev
                 raise JobDeadline(f"the audit job ran past its deadline of {deadline_s:g} s and was stopped")
             if not ours.poll(POLL_S):
                 continue
-            message = ours.recv()
-            if message[0] == "progress":
-                progress(message[1], message[2])
-            elif message[0] == "done":
+            kind, *fields = _parse(ours.recv_bytes())
+            if kind == "done":
                 child.join(GRACE_S)  # let it exit on its own; _stop below ends it otherwise
-                return message[1]
-            else:
-                raise JobFailed(message[1])
+                return fields[0]
+            if kind == "failed":
+                raise JobFailed(fields[0])
+            progress(*fields)
     except (EOFError, OSError):  # the child closed its end without a verdict: it died
-        child.join(GRACE_S)
+        if child.pid is not None:
+            child.join(GRACE_S)
         raise JobFailed(f"the audit job's process ended unexpectedly ({_exit_reason(child.exitcode)})") from None
     finally:
         _stop(child)
@@ -132,6 +135,27 @@ def _stop(child: multiprocessing.process.BaseProcess) -> None:
         child.join()
 
 
+def _parse(data: bytes) -> list:
+    """One message from the child, checked: `["progress", str, number]`, `["failed", str]` or
+    `["done", {AuditRun fields}]` (then with the AuditRun in place of the fields)."""
+    try:
+        kind, *fields = json.loads(data)
+        if kind == "progress" and len(fields) == 2 and isinstance(fields[0], str) \
+                and isinstance(fields[1], (int, float)):
+            return [kind, *fields]
+        if kind == "failed" and len(fields) == 1 and isinstance(fields[0], str):
+            return [kind, *fields]
+        if kind == "done" and len(fields) == 1 and isinstance(fields[0], dict):
+            return [kind, AuditRun(**fields[0])]
+    except (ValueError, TypeError):
+        pass
+    raise JobFailed("the audit job's process sent a malformed message and was stopped")
+
+
+def _send(conn: Connection, *message: object) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
 def _exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
@@ -148,13 +172,13 @@ def _child_main(conn: Connection) -> None:
         from enclave.runner import run_audit
 
         run = run_audit(Path(model_dir), spec, datasets, device=device,
-                        progress=lambda stage, fraction: conn.send(("progress", stage, float(fraction))))
+                        progress=lambda stage, fraction: _send(conn, "progress", stage, float(fraction)))
     except AAuditError as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        _send(conn, "failed", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # any other message may quote data; only the type is safe to show
-        conn.send(("failed", type(exc).__name__))
+        _send(conn, "failed", type(exc).__name__)
     else:
-        conn.send(("done", run))
+        _send(conn, "done", dataclasses.asdict(run))
     conn.close()
 
 

@@ -259,3 +259,21 @@ def test_no_plaintext_on_disk_and_sigterm_stops_the_job(demo: Path, tmp_path: Pa
     written = [p for d in homes.values() for p in d.rglob("*") if p.is_file()]
     assert not [p for p in written if MARKER in p.read_bytes()], written
     assert not [p for p in written if "datasets" in p.parts], written
+
+
+def test_the_server_never_unpickles_what_a_job_sends():
+    """A job process runs a party's templates and model; if it were subverted, a pickle from it
+    could run code in the server, which holds the keys. Only checked JSON messages are accepted."""
+    import pickle
+
+    from enclave.jobs import _parse
+
+    class Boom:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("echo pwned",))
+
+    for bad in (pickle.dumps(("done", Boom())), b'["done", {"results": {}}]', b'["progress", 1, 2]',
+                b'["failed", {"x": 1}]', b'["other"]', b"[]", b"\xff"):
+        with pytest.raises(JobFailed, match="sent a malformed message"):
+            _parse(bad)
+    assert _parse(b'["progress", "loading model", 0.0]') == ["progress", "loading model", 0.0]
