@@ -43,9 +43,10 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_O
                "TRANSFORMERS_OFFLINE": "1"}
 RUN_ENV = {**OFFLINE_ENV, "DISABLE_MULTIPROC": "1"}
 
-# Template limits: a rendered prompt, any string or list a template builds, and any size a template
-# passes to a filter or method stay under MAX_RENDERED; `range` stays under MAX_RANGE items; `**`
-# on integers stays under MAX_INT_BITS. Time is bounded by the job's deadline (enclave.jobs).
+# Template limits: a rendered prompt, any string or list a template's operators, calls and filters
+# build, and any width it passes (center, indent, ljust...) stay under MAX_RENDERED; `range` stays
+# under MAX_RANGE items; `*` and `**` on integers under MAX_INT_BITS. Time is bounded by the job's
+# deadline (enclave.jobs).
 MAX_RENDERED = 1 << 20
 MAX_RANGE = 10_000
 MAX_INT_BITS = 1 << 16
@@ -60,10 +61,6 @@ VERSIONED_PACKAGES = ("lm_eval", "transformers", "torch", "datasets", "tokenizer
 
 class DatasetError(UnusableInput):
     """A dataset file of the auditor's bundle is missing or is not JSONL of objects."""
-
-
-class TemplateLimit(UnusableInput):
-    """A spec's template tried to build something larger than the template limits allow."""
 
 
 @dataclass
@@ -264,6 +261,10 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int, phases: list[str],
     lm = ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     lm.set_cache_hook(Counter())
     return lm
+
+
+class TemplateLimit(UnusableInput):
+    """A spec's template tried to build something larger than the template limits allow."""
 
 
 @contextlib.contextmanager
