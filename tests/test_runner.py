@@ -296,6 +296,8 @@ def test_templates_within_the_limits_render_as_before():
     doc = {"question": "Why?", "choices": ["a", "b"], "n": 10**12}
     template = "{{ question * 3 }} {{ choices + ['c'] }} {{ 2 ** 10 }} {{ n }} {{ '%d'|format(n) }}{% for i in range(3) %}{{ i }}{% endfor %}"
     assert render_all(template, doc) == "Why?Why?Why? ['a', 'b', 'c'] 1024 1000000000000 1000000000000012"
+    filters = "{{ choices|join(', ') }} {{ choices|map('upper')|list }} {{ question|center(8) }}|{{ question|regex_replace('W', 'w') }}"
+    assert render_all(filters, doc) == "a, b ['A', 'B']   Why?  |why?"
 
 
 def test_bleu_bootstraps_without_a_process_pool_and_records_hash_references(demo: Path,
