@@ -89,6 +89,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise
     service = EnclaveService(attester, code_identity(), workdir, device=args.device, limits=limits,
                              tls=not args.insecure_plaintext_loopback)
+    from enclave.jobs import prewarm
+
+    prewarm()  # the job fork server imports torch and lm-eval in the background, before the first job
     try:
         server = serve(service, args.listen)
     except BaseException:

@@ -6,34 +6,50 @@ from `lm_eval --include_path` with `spec_to_lm_eval_yaml`: each task gets a `cus
 builds a `datasets.Dataset` in memory from the auditor's JSONL bytes, because `dataset_path: json`
 would leave an Arrow copy of the plaintext in the datasets cache.
 
-Hugging Face libraries read their offline switches once, at import, so this module sets them
-before anything imports them and imports torch, transformers, datasets and lm-eval lazily.
+Settings that change the whole process (offline switches, lm-eval's template environment and log
+level, no process pool for bootstrapped stderr) are made by `run_audit` itself, not at import, and
+belong to the process that runs it: in the enclave that is one child process per job
+(`enclave.jobs`), never the threaded server. Torch, transformers, datasets and lm-eval are imported
+lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import logging
+import math
 import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: F401 (run_audit raises DatasetError)
+from benchmarks.spec import AuditSpec, lm_eval_task_config
+from verifier.errors import UnusableInput
+from verifier.merkle import root_hash
+from verifier.models import canonical_json
+
+# Environment of a run. Hugging Face libraries read their offline switches when imported (and
+# `_enforce_offline` covers those imported earlier); lm-eval reads DISABLE_MULTIPROC when it
+# bootstraps a stderr (bleu, chrf, ter, f1, mcc, perplexity...): set, it draws the same seeded
+# resamples in a loop instead of forking a multiprocessing pool.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
-os.environ.update(OFFLINE_ENV)
+RUN_ENV = {**OFFLINE_ENV, "DISABLE_MULTIPROC": "1"}
 
-import contextlib  # noqa: E402
-import hashlib  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from importlib.metadata import version  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterator  # noqa: E402
-
-from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: E402,F401 (run_audit raises DatasetError)
-from benchmarks.spec import AuditSpec, lm_eval_task_config  # noqa: E402
-from verifier.merkle import root_hash  # noqa: E402
-from verifier.models import canonical_json  # noqa: E402
+# Template limits: a rendered prompt, any string or list a template's operators, calls and filters
+# build, and any width it passes (center, indent, ljust...) stay under MAX_RENDERED; `range` stays
+# under MAX_RANGE items; `*` and `**` on integers under MAX_INT_BITS. Time is bounded by the job's
+# deadline (enclave.jobs).
+MAX_RENDERED = 1 << 20
+MAX_RANGE = 10_000
+MAX_INT_BITS = 1 << 16
 
 ProgressFn = Callable[[str, float], None]
 
@@ -65,7 +81,8 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
               progress: ProgressFn | None = None, device: str | None = None) -> AuditRun:
     """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes.
 
-    One run per process at a time: a run swaps lm-eval's template environment and log level.
+    One run per process at a time: a run sets RUN_ENV and swaps lm-eval's template environment and
+    log level, so the enclave calls it in a child process per job (`enclave.jobs.run_job`).
     `progress(stage, fraction)` gets the phase (e.g. "loglikelihood 120/576") and the overall
     fraction of model requests answered."""
     report = progress or (lambda stage, fraction: None)
@@ -91,7 +108,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         cfg["custom_dataset"] = InMemoryDataset({split: (name, rows[name]) for split, name in task.files.items()})
         task_dicts.append(cfg)
     report("evaluating", 0.0)
-    with _quiet_lm_eval(), _sandboxed_templates():
+    with _quiet_lm_eval(), _sandboxed_templates(spec):
         out = lm_eval.simple_evaluate(
             model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
             batch_size=spec.batch_size, log_samples=True,
@@ -141,12 +158,13 @@ class InMemoryDataset:
 
 
 def _enforce_offline() -> None:
-    """Make sure no Hugging Face library can reach the network during the run.
+    """Make sure no Hugging Face library can reach the network during the run, and that lm-eval
+    bootstraps in this process.
 
-    The environment is set when this module is imported; a library imported earlier by someone
-    else has already read it, so its module-level switch is set directly as well.
+    A library imported before the run (e.g. preloaded by the job server) has already read the
+    environment, so its module-level switch is set directly as well.
     """
-    os.environ.update(OFFLINE_ENV)
+    os.environ.update(RUN_ENV)
     for module, attrs in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
                           ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
                           ("evaluate.config", ("HF_EVALUATE_OFFLINE",))):
@@ -216,25 +234,132 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int, phases: list[str],
     return lm
 
 
+class TemplateLimit(UnusableInput):
+    """A spec's template tried to build something larger than the template limits allow."""
+
+
 @contextlib.contextmanager
-def _sandboxed_templates() -> Iterator[None]:
-    """Render the spec's Jinja templates in Jinja's sandbox instead of lm-eval's plain environment.
+def _sandboxed_templates(spec: AuditSpec) -> Iterator[None]:
+    """Render the spec's Jinja templates in Jinja's sandbox, with size limits, instead of lm-eval's
+    plain environment.
 
     The spec check refuses templates that reach for Python internals; the sandbox also stops
     attempts that go through data, e.g. `{{ doc[key] }}` with key = "__class__" in the dataset.
+    The limits stop templates that would build huge values (`'x' * 10**10`, `range(10**9)`,
+    `'x'.ljust(10**10)`) with a `TemplateLimit` naming the task, before memory runs out.
     """
     import lm_eval.utils as lm_utils
+    from jinja2 import Template
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    owners: dict[str, list[str]] = {}  # template source -> tasks whose config holds it
+    for task in spec.tasks:
+        for source in _strings(lm_eval_task_config(task)):
+            owners.setdefault(source, []).append(task.name)
+
+    class LimitedTemplate(Template):
+        owner = "a template of the spec"
+
+        def render(self, *args: Any, **kwargs: Any) -> str:
+            try:
+                return _check_size(super().render(*args, **kwargs), "a rendered prompt")
+            except TemplateLimit as exc:
+                raise TemplateLimit(f"{self.owner}: {exc}") from None
+
+    class LimitedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+"})
+        template_class = LimitedTemplate
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _check_binop(operator, left, right)
+            return _check_size(super().call_binop(context, operator, left, right), f"the result of {operator!r}")
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            if isinstance(getattr(__obj, "__self__", None), str) and __obj.__name__ in _WIDTH_METHODS:
+                _check_sizes(args, kwargs)
+            return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+        def from_string(self, source: Any, *args: Any, **kwargs: Any) -> Any:
+            template = super().from_string(source, *args, **kwargs)
+            if isinstance(source, str) and source in owners:
+                template.owner = "task " + ", ".join(repr(t) for t in owners[source])
+            return template
+
     plain = lm_utils.env
-    sandboxed = ImmutableSandboxedEnvironment(loader=plain.loader, undefined=plain.undefined,
-                                              keep_trailing_newline=plain.keep_trailing_newline)
-    sandboxed.filters.update(plain.filters)
+    sandboxed = LimitedEnvironment(loader=plain.loader, undefined=plain.undefined,
+                                   keep_trailing_newline=plain.keep_trailing_newline)
+    sandboxed.filters.update({name: _limited_filter(name, fn) for name, fn in plain.filters.items()})
+    sandboxed.globals["range"] = _limited_range
     lm_utils.env = sandboxed
     try:
         yield
     finally:
         lm_utils.env = plain
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a task config (its templates among them)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse `*` and `**` whose result would be too large, before computing it."""
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED:
+                raise TemplateLimit(f"{type(seq).__name__} * {n} would exceed {MAX_RENDERED} items")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise TemplateLimit(f"a product of integers would exceed {MAX_INT_BITS} bits")
+    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+            and right * max(abs(left).bit_length() - 1, 0) > MAX_INT_BITS:
+        raise TemplateLimit(f"an integer power would exceed {MAX_INT_BITS} bits")
+
+
+# Methods and filters whose integer arguments are output widths: checked before they allocate. Other
+# calls only have their results checked, since their integer arguments may be data (`format`).
+_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_WIDTH_FILTERS = frozenset({"center", "indent", "wordwrap"})
+
+
+def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a width argument above MAX_RENDERED."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_RENDERED:
+            raise TemplateLimit(f"a width argument exceeds {MAX_RENDERED}")
+
+
+def _check_size(value: Any, what: str) -> Any:
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_RENDERED:
+        raise TemplateLimit(f"{what} has more than {MAX_RENDERED} items")
+    return value
+
+
+def _limited_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A Jinja filter under the size limits (functools.wraps keeps Jinja's pass_* marker, which
+    puts the environment or context before the filtered value)."""
+    first = 2 if getattr(fn, "jinja_pass_arg", None) is not None else 1
+
+    @functools.wraps(fn)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        if name in _WIDTH_FILTERS:
+            _check_sizes(args[first:], kwargs)
+        return _check_size(fn(*args, **kwargs), f"the {name} filter's result")
+
+    return limited
+
+
+def _limited_range(*args: int) -> range:
+    out = range(*args)
+    if len(out) > MAX_RANGE:
+        raise TemplateLimit(f"range of {len(out)} items exceeds {MAX_RANGE}")
+    return out
 
 
 @contextlib.contextmanager
@@ -250,7 +375,19 @@ def _quiet_lm_eval() -> Iterator[None]:
 
 
 def _records(task: str, samples: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Per-sample records in lm-eval's order (per filter, documents in dataset order)."""
+    """Per-sample records in lm-eval's order (per filter, documents in dataset order).
+
+    Each record is `{"task", "doc_id", "filter", "doc_hash", "prompt_hash", "response", "metrics"}`:
+    `doc_hash` and `prompt_hash` are SHA-256 hex of the canonical JSON of the document and of the
+    request arguments; `response` is the model's (filtered) output; `metrics` holds lm-eval's
+    per-sample value for each metric. Most are numbers; lm-eval 0.4 keeps items for corpus metrics:
+    `bleu`, `chrf`, `chrf++` and `ter` keep `[reference, prediction]` with the reference text of
+    the dataset; `f1` and `mcc` keep `[gold index, predicted index]`, `brier_score`
+    `[gold index, probabilities]`, `likelihood` `[gold index, log-likelihoods]`, the perplexities
+    `[log-likelihood, words or bytes]`. A reference that holds text (a string, or a list of
+    strings with multiple targets) is replaced by the SHA-256 hex of its canonical JSON, so the
+    records carry no dataset text beyond the model's own output.
+    """
     for s in samples:
         resps = _json_safe(s["filtered_resps"])
         yield {
@@ -260,8 +397,19 @@ def _records(task: str, samples: list[dict[str, Any]]) -> Iterator[dict[str, Any
             "doc_hash": _sha256(canonical_json(_json_safe(s["doc"]))),
             "prompt_hash": _sha256(canonical_json(_json_safe(s["arguments"]))),
             "response": resps[0] if len(resps) == 1 else resps,
-            "metrics": {m: _json_safe(s[m]) for m in s["metrics"]},
+            "metrics": {m: _hide_reference(_json_safe(s[m])) for m in s["metrics"]},
         }
+
+
+def _hide_reference(value: Any) -> Any:
+    """`[reference, prediction]` with a text reference -> `[sha256 hex of canonical JSON, prediction]`."""
+    if isinstance(value, list) and len(value) == 2 and _holds_text(value[0]):
+        return [_sha256(canonical_json(value[0])), value[1]]
+    return value
+
+
+def _holds_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value))
 
 
 def _json_safe(value: Any) -> Any:

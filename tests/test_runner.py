@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from benchmarks.demo_assets import (
     build_tiny_model,
     demo_spec_toml,
+    gen_records,
     mc_records,
     write_demo_data,
 )
@@ -116,6 +118,7 @@ def test_progress_moves_to_the_end(first: dict[str, Any]):
 
 SUBPROCESS_RUN = """
 import sys
+import time
 from pathlib import Path
 from benchmarks.spec import parse_spec
 from enclave.runner import run_audit
@@ -243,15 +246,82 @@ def test_dataset_errors_name_file_and_line_not_content(demo: Path):
         run_audit(demo / "model", SPEC, {"mc.jsonl": b"[1, 2]\n", "gen.jsonl": b'{"a": 1}\n'})
 
 
-def test_import_sets_offline_and_pulls_no_torch():
-    code = ("import os, sys, enclave.runner\n"
+def test_import_changes_no_environment_and_pulls_no_torch():
+    """Importing the runner (as the job server's fork server does) leaves the process as it was:
+    the run's settings belong to the process that runs it."""
+    code = ("import os, sys\n"
+            "before = dict(os.environ)\n"
+            "import enclave.runner\n"
             "heavy = [m for m in ('torch', 'transformers', 'lm_eval', 'datasets', 'huggingface_hub') if m in sys.modules]\n"
             "assert not heavy, heavy\n"
-            "assert all(os.environ[k] == '1' for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'HF_EVALUATE_OFFLINE'))\n")
+            "assert dict(os.environ) == before\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def render_all(template: str, doc: dict[str, Any]) -> str:
+    """Render one template as lm-eval does during a run of a spec whose first task uses it."""
+    import lm_eval.utils
+
+    from enclave.runner import _sandboxed_templates
+
+    toml = demo_spec_toml().replace('doc_to_text = "Question: {{question}}\\nAnswer:"',
+                                    "doc_to_text = " + json.dumps(template), 1)
+    with _sandboxed_templates(parse_spec(toml.encode())):
+        return lm_eval.utils.apply_template(template, doc)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ 'x' * 10**10 }}", r"str \* 10000000000 would exceed 1048576 items"),
+    ("{{ [1] * 10**7 }}", r"list \* 10000000 would exceed"),
+    ("{{ 10 ** 1000000 }}", "an integer power would exceed 65536 bits"),  # Jinja: 2 ** 10 ** 9 is (2 ** 10) ** 9
+    ("{% for i in range(10**9) %}{% endfor %}", "range of 1000000000 items exceeds 10000"),
+    ("{{ question.ljust(10**10) }}", "a width argument exceeds 1048576"),
+    ("{{ question|center(10**10) }}", "a width argument exceeds 1048576"),
+    ("{% set s = question * 1000 %}{{ s + s }}", "the result of '\\+' has more than 1048576 items"),
+    ("{% for i in range(10000) %}{{ question }}{% endfor %}", "a rendered prompt has more than 1048576 items"),
+])
+def test_template_limits_name_the_task(template: str, message: str):
+    from enclave.runner import TemplateLimit
+
+    started = time.monotonic()
+    with pytest.raises(TemplateLimit, match="^task 'aa_demo_mc': " + message):
+        render_all(template, {"question": "y" * 1000})
+    assert time.monotonic() - started < 5
+
+
+def test_templates_within_the_limits_render_as_before():
+    doc = {"question": "Why?", "choices": ["a", "b"], "n": 10**12}
+    template = "{{ question * 3 }} {{ choices + ['c'] }} {{ 2 ** 10 }} {{ n }} {{ '%d'|format(n) }}{% for i in range(3) %}{{ i }}{% endfor %}"
+    assert render_all(template, doc) == "Why?Why?Why? ['a', 'b', 'c'] 1024 1000000000000 1000000000000012"
+    filters = "{{ choices|join(', ') }} {{ choices|map('upper')|list }} {{ question|center(8) }}|{{ question|regex_replace('W', 'w') }}"
+    assert render_all(filters, doc) == "a, b ['A', 'B']   Why?  |why?"
+
+
+def test_bleu_bootstraps_without_a_process_pool_and_records_hash_references(demo: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    """lm-eval forks a multiprocessing pool to bootstrap a corpus metric's stderr unless told not
+    to; the run must not (a fork inside the threaded server once deadlocked). Per-sample bleu items
+    keep the model's prediction and only the hash of the dataset's reference."""
+    import multiprocessing
+
+    def no_pool(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("lm-eval started a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    gen_only = parse_spec(("[[task]]".join(demo_spec_toml().split("[[task]]")[::2])).replace(
+        '  { metric = "exact_match",', '  { metric = "bleu" },\n  { metric = "ter" },\n  { metric = "exact_match",').encode())
+    assert gen_only.task_names == ["aa_demo_gen"]
+    run = run_audit(demo / "model", gen_only, bundle(demo), device="cpu")
+    assert isinstance(run.results["aa_demo_gen"]["bleu_stderr,strip"], float)
+    assert isinstance(run.results["aa_demo_gen"]["ter_stderr,strip"], float)
+    answers = [row["answer"] for row in gen_records()]
+    for rec in run.records:
+        for metric in ("bleu", "ter"):
+            assert rec["metrics"][metric] == [hashlib.sha256(canonical_json(answers[rec["doc_id"]])).hexdigest(),
+                                              rec["response"]]
 
 
 def test_documents_stay_out_of_logs(demo: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture):
