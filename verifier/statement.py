@@ -7,7 +7,6 @@ can never disagree on a field.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from verifier.errors import ParseError
+from verifier.inputs import load_json
 from verifier.models import b64d, canonical_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -102,10 +102,7 @@ def _manifest_fields(manifest: dict[str, Any]) -> tuple[dict[str, str], dict[str
 
 
 def parse_statement(payload: bytes) -> AuditStatement:
-    try:
-        st = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ParseError(f"statement: payload is not JSON ({type(exc).__name__})") from None
+    st = load_json(payload, "statement: payload")
     if _get(st, "_type", str, "") != STATEMENT_TYPE:
         raise ParseError(f"statement: _type is not {STATEMENT_TYPE}")
     if _get(st, "predicateType", str, "") != PREDICATE_TYPE:

@@ -21,18 +21,17 @@ misread.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from cryptography import x509
 
 from verifier import der
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
+from verifier.platforms import Bound, allowlist
 from verifier.x509chain import (
     PINNED_ROOTS,
     ChainError,
@@ -70,7 +69,6 @@ OPAQUE_TYPES = {
 }
 _TEXT_FIELDS = {"driver_version", "chip_sku", "chip_sku_mod", "project", "project_sku"}
 _U32_FIELDS = {"board_id"}
-_VERSION = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -122,8 +120,8 @@ class SpdmReport:
 
 @dataclass(frozen=True)
 class NvidiaPolicy:
-    driver_versions: tuple[str, ...] | None = None  # None: not pinned
-    vbios_versions: tuple[str, ...] | None = None
+    driver_versions: allowlist.AllowList | None = None  # None: not pinned
+    vbios_versions: allowlist.AllowList | None = None
 
 
 # ---------------------------------------------------------------------------------------- parse
@@ -242,25 +240,27 @@ def parse(blob: bytes) -> SpdmReport:
 # --------------------------------------------------------------------------------------- policy
 
 
-def _versions(table: dict[str, Any], key: str) -> tuple[str, ...] | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and _VERSION.match(v) for v in value):
-        raise PolicyError(f"{key} must be a non-empty list of version strings (e.g. \"550.90.07\")")
-    return tuple(value)
-
-
 def parse_policy(table: dict[str, Any]) -> NvidiaPolicy:
     unknown = set(table) - {"driver_versions", "vbios_versions"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    return NvidiaPolicy(_versions(table, "driver_versions"), _versions(table, "vbios_versions"))
+    return NvidiaPolicy(allowlist.parse(table, "driver_versions", allowlist.VERSION),
+                        allowlist.parse(table, "vbios_versions", allowlist.VERSION))
 
 
 def baseline_policy(allow_debug: bool) -> NvidiaPolicy:
     """GPU evidence has no debug bit of its own; the baseline is: authentic, versions not pinned."""
     return NvidiaPolicy()
+
+
+def is_pinned(policy: NvidiaPolicy) -> bool:
+    """False: a GPU runs no enclave code of its own; the CPU evidence it is bound to pins the code."""
+    return False
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """Empty: GPU evidence never identifies an enclave image (it is never accepted alone)."""
+    return {}
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -352,17 +352,6 @@ def _check_fwid(report: SpdmReport, leaf: x509.Certificate, verdict: Verdict) ->
                   f"the report's FWID {fwid.hex()} differs from the leaf certificate's {cert_fwid.hex()}")
 
 
-def _allow(verdict: Verdict, step: str, value: str | None, allowed: tuple[str, ...] | None, fold: bool) -> None:
-    if allowed is None:
-        verdict.skip(step, f"{value or 'absent'}; not pinned by policy")
-    elif value is None:
-        verdict.fail(step, "the report carries no such field, and the policy pins it")
-    else:
-        norm = (lambda s: s.upper()) if fold else (lambda s: s)
-        verdict.check(step, norm(value) in {norm(a) for a in allowed}, f"{value} is in the policy's allow-list",
-                      f"{value} is not in the policy's allow-list ({', '.join(allowed)})")
-
-
 def verify(evidence: Evidence, *, at: datetime, policy: NvidiaPolicy, verdict: Verdict) -> Bound:
     report = parse(evidence.blob)
     certs = [load_der(c, f"nvidia certificate {i + 1}") for i, c in enumerate(evidence.certs)]
@@ -385,6 +374,10 @@ def verify(evidence: Evidence, *, at: datetime, policy: NvidiaPolicy, verdict: V
         _check_signature(report, leaf, verdict)
         _check_fwid(report, leaf, verdict)
         verdict.skip("revocation", "NVIDIA OCSP is not consulted (offline verification)")
-    _allow(verdict, "driver version", report.driver_version, policy.driver_versions, fold=False)
-    _allow(verdict, "VBIOS version", report.vbios_version, policy.vbios_versions, fold=True)
+    validate(report, policy, verdict)
     return Bound(nonce=report.request_nonce)
+
+
+def validate(report: SpdmReport, policy: NvidiaPolicy, verdict: Verdict) -> None:
+    allowlist.check(verdict, "driver version", report.driver_version, policy.driver_versions)
+    allowlist.check(verdict, "VBIOS version", report.vbios_version, policy.vbios_versions)

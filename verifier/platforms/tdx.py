@@ -19,12 +19,11 @@ root is named clearly) and applies the policy (measurements, debug, TCB status).
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import dcap_qvl
 from cryptography import x509
@@ -33,8 +32,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from verifier import x509chain
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
-from verifier.platforms.allowlist import hex_allow_list
+from verifier.inputs import load_json
+from verifier.platforms import Bound, allowlist
 
 NAME = "tdx"
 ROOT_NAME = "Intel SGX Root CA"
@@ -52,6 +51,10 @@ TCB_STATUSES = (
     "OutOfDate", "OutOfDateConfigurationNeeded", "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded",
 )
 MEASUREMENT_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner")
+# A TD's launch: the TDVF firmware (MRTD), its configuration (RTMR0), the kernel (RTMR1), its
+# command line and initrd (RTMR2). Only all four together pin the code the TD boots.
+CODE_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2")
+_IDENTITY = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrconfigid", "mrowner", "mrseam")
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class Quote:
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    measurements: dict[str, tuple[str, ...]]  # key in MEASUREMENT_KEYS -> lowercase hex allow-list
+    measurements: dict[str, allowlist.AllowList]  # key in MEASUREMENT_KEYS -> allow-list
     allow_debug: bool
     accepted_tcb_statuses: tuple[str, ...]
 
@@ -212,11 +215,8 @@ def parse_policy(table: dict[str, Any]) -> TdxPolicy:
     unknown = set(table) - {*MEASUREMENT_KEYS, "allow_debug", "accepted_tcb_statuses"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    measurements: dict[str, tuple[str, ...]] = {}
-    for key in MEASUREMENT_KEYS:
-        allowed = hex_allow_list(table, key, 48)
-        if allowed is not None:
-            measurements[key] = allowed
+    lists = {key: allowlist.parse(table, key, allowlist.hex_bytes(48)) for key in MEASUREMENT_KEYS}
+    measurements = {key: allowed for key, allowed in lists.items() if allowed is not None}
     allow_debug = table.get("allow_debug", False)
     if not isinstance(allow_debug, bool):
         raise PolicyError("allow_debug must be true or false")
@@ -229,6 +229,14 @@ def parse_policy(table: dict[str, Any]) -> TdxPolicy:
 
 def baseline_policy(allow_debug: bool) -> TdxPolicy:
     return TdxPolicy({}, allow_debug, ("UpToDate",))
+
+
+def is_pinned(policy: TdxPolicy) -> bool:
+    return all(key in policy.measurements for key in CODE_KEYS)
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in _IDENTITY}
 
 
 @lru_cache(maxsize=1)
@@ -275,15 +283,14 @@ def _check_pck_chain(quote: Quote, at: datetime, verdict: Verdict) -> None:
         verdict.fail("PCK chain", str(exc))
 
 
-def _collateral_windows(text: str) -> dict[str, str]:
+def _collateral_windows(outer: Any) -> dict[str, str]:
     """Issue date .. next update of the TCB info and QE identity, to make expiry failures actionable."""
     out = {}
     try:
-        outer = json.loads(text)
         for key, claim in (("tcb_info", "tcb_info_valid"), ("qe_identity", "qe_identity_valid")):
-            inner = json.loads(outer[key])
+            inner = load_json(outer[key], f"tdx collateral {key}")
             out[claim] = f"{inner['issueDate']} .. {inner['nextUpdate']}"
-    except (ValueError, KeyError, TypeError):
+    except (ParseError, KeyError, TypeError):
         pass  # dcap-qvl reports malformed collateral itself
     return out
 
@@ -298,12 +305,12 @@ def _check_collateral(quote: Quote, collateral: bytes | None, at: datetime,
         verdict.fail(step, "TDX verification needs Intel collateral (TCB info, QE identity, CRLs); this verifier "
                      "is offline: pass --collateral with dcap-qvl's collateral JSON")
         return None
+    outer = load_json(collateral, "tdx collateral")  # strict first: dcap-qvl would take the last duplicate key
     try:
-        text = collateral.decode("utf-8")
-        col = dcap_qvl.QuoteCollateralV3.from_json(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+        col = dcap_qvl.QuoteCollateralV3.from_json(collateral.decode("utf-8"))
+    except ValueError as exc:
         raise ParseError(f"tdx collateral: not dcap-qvl collateral JSON ({' '.join(str(exc).split())})") from None
-    windows = _collateral_windows(text)
+    windows = _collateral_windows(outer)
     verdict.claims.update(windows)
     now_secs = int(at.timestamp())
     if now_secs < 0:  # dcap-qvl takes unsigned seconds since 1970; nothing Intel issues is valid earlier
@@ -346,6 +353,13 @@ def verify(evidence: Evidence, *, at: datetime, policy: TdxPolicy, verdict: Verd
         verdict.check("TCB status", status in policy.accepted_tcb_statuses,
                       f"{status} is accepted{extra}",
                       f"{status} is not accepted (policy accepts {', '.join(policy.accepted_tcb_statuses)}){extra}")
+    validate(quote, policy, verdict)
+    return Bound(report_data=quote.report.report_data)
+
+
+def validate(quote: Quote, policy: TdxPolicy, verdict: Verdict) -> None:
+    """Debug and the measurement allow-lists; the TCB status is checked in `verify`, where
+    dcap-qvl's collateral check yields it."""
     rep = quote.report
     attrs = rep.td_attributes.hex()
     verdict.check("debug", policy.allow_debug or not rep.debug,
@@ -355,11 +369,4 @@ def verify(evidence: Evidence, *, at: datetime, policy: TdxPolicy, verdict: Verd
     values = {"mrtd": rep.mrtd, "mrconfigid": rep.mrconfigid, "mrowner": rep.mrowner,
               **{f"rtmr{i}": m for i, m in enumerate(rep.rtmrs)}}
     for key in MEASUREMENT_KEYS:
-        value = values[key].hex()
-        allowed = policy.measurements.get(key)
-        if allowed is None:
-            verdict.skip(key, f"{value} not pinned by policy")
-        else:
-            verdict.check(key, value in allowed, f"{value} is in the policy's allow-list",
-                          f"{value} is not in the policy's allow-list")
-    return Bound(report_data=rep.report_data)
+        allowlist.check(verdict, key, values[key].hex(), policy.measurements.get(key))
