@@ -258,11 +258,11 @@ def verify(evidence: Evidence, *, at: datetime, policy: NitroPolicy, verdict: Ve
     return Bound(report_data=report_data, nonce=doc.nonce)
 
 
-def validate(doc: NitroDocument, policy: NitroPolicy, verdict: Verdict) -> None:
-    verdict.check("debug", policy.allow_debug or not doc.debug,
-                  "PCR0 is all zeros: a debug-mode enclave, allowed by policy" if doc.debug
+def validate(report: NitroDocument, policy: NitroPolicy, verdict: Verdict) -> None:
+    verdict.check("debug", policy.allow_debug or not report.debug,
+                  "PCR0 is all zeros: a debug-mode enclave, allowed by policy" if report.debug
                   else "PCR0 is set: not a debug-mode enclave",
                   "PCR0 is all zeros: the enclave runs in debug mode and the policy forbids debug")
     for index in POLICY_PCRS:
-        value = doc.pcrs.get(index)
+        value = report.pcrs.get(index)
         allowlist.check(verdict, f"pcr{index}", None if value is None else value.hex(), policy.pcrs.get(index))

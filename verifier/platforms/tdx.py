@@ -357,16 +357,16 @@ def verify(evidence: Evidence, *, at: datetime, policy: TdxPolicy, verdict: Verd
     return Bound(report_data=quote.report.report_data)
 
 
-def validate(quote: Quote, policy: TdxPolicy, verdict: Verdict) -> None:
+def validate(report: Quote, policy: TdxPolicy, verdict: Verdict) -> None:
     """Debug and the measurement allow-lists; the TCB status is checked in `verify`, where
     dcap-qvl's collateral check yields it."""
-    rep = quote.report
-    attrs = rep.td_attributes.hex()
-    verdict.check("debug", policy.allow_debug or not rep.debug,
-                  f"TD attributes {attrs}: DEBUG set, allowed by policy" if rep.debug
+    td = report.report  # the quote's TD report body
+    attrs = td.td_attributes.hex()
+    verdict.check("debug", policy.allow_debug or not td.debug,
+                  f"TD attributes {attrs}: DEBUG set, allowed by policy" if td.debug
                   else f"TD attributes {attrs}: DEBUG not set",
                   f"TD attributes {attrs} have DEBUG set and the policy forbids debug")
-    values = {"mrtd": rep.mrtd, "mrconfigid": rep.mrconfigid, "mrowner": rep.mrowner,
-              **{f"rtmr{i}": m for i, m in enumerate(rep.rtmrs)}}
+    values = {"mrtd": td.mrtd, "mrconfigid": td.mrconfigid, "mrowner": td.mrowner,
+              **{f"rtmr{i}": m for i, m in enumerate(td.rtmrs)}}
     for key in MEASUREMENT_KEYS:
         allowlist.check(verdict, key, values[key].hex(), policy.measurements.get(key))
