@@ -32,6 +32,7 @@ from verifier import der
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.platforms import Bound, allowlist
+from verifier.platforms.reader import Reader
 from verifier.x509chain import (
     PINNED_ROOTS,
     ChainError,
@@ -127,27 +128,6 @@ class NvidiaPolicy:
 # ---------------------------------------------------------------------------------------- parse
 
 
-class _Reader:
-    """Bounds-checked cursor: every read names the field, so truncation errors say where."""
-
-    def __init__(self, data: bytes, offset: int = 0) -> None:
-        self.data, self.pos = data, offset
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ParseError(f"NVIDIA SPDM report truncated in {what}: needs {n} byte(s) at offset {self.pos}, "
-                             f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "little")
-
-
 def _text(raw: bytes) -> str:
     return raw.split(b"\x00", 1)[0].decode("ascii", "replace")
 
@@ -161,7 +141,7 @@ def format_vbios_version(raw: bytes) -> str:
 
 
 def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
-    r = _Reader(record)
+    r = Reader(record, "NVIDIA SPDM report")
     out: list[Measurement] = []
     seen: set[int] = set()
     for n in range(count):
@@ -171,7 +151,7 @@ def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
             raise ParseError(f"NVIDIA SPDM report: measurement block {index} uses specification 0x{spec:02x}, "
                              "not DMTF (0x01)")
         size = r.uint(2, f"measurement block {index} size")
-        block = _Reader(r.take(size, f"measurement block {index} ({size} bytes)"))
+        block = Reader(r.take(size, f"measurement block {index} ({size} bytes)"), "NVIDIA SPDM report")
         value_type = block.u8(f"measurement block {index} value type")
         value_size = block.uint(2, f"measurement block {index} value size")
         value = block.take(value_size, f"measurement block {index} value")
@@ -189,7 +169,7 @@ def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
 
 
 def _parse_opaque(data: bytes) -> tuple[OpaqueField, ...]:
-    r = _Reader(data)
+    r = Reader(data, "NVIDIA SPDM report")
     out = []
     while r.pos < len(data):
         ftype = r.uint(2, "opaque data field type")
@@ -200,7 +180,7 @@ def _parse_opaque(data: bytes) -> tuple[OpaqueField, ...]:
 
 def parse(blob: bytes) -> SpdmReport:
     """Parse request || response strictly by their length fields; ParseError on anything malformed."""
-    r = _Reader(blob)
+    r = Reader(blob, "NVIDIA SPDM report")
     version = r.u8("request SPDM version")
     if version not in SPDM_VERSIONS:
         raise ParseError(f"NVIDIA SPDM report: SPDM version {version >> 4}.{version & 0xF} is not supported "

@@ -34,6 +34,7 @@ from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
 from verifier.inputs import load_json
 from verifier.platforms import Bound, allowlist
+from verifier.platforms.reader import Reader
 
 NAME = "tdx"
 ROOT_NAME = "Intel SGX Root CA"
@@ -106,29 +107,8 @@ class TdxPolicy:
     accepted_tcb_statuses: tuple[str, ...]
 
 
-class _Reader:
-    """Bounds-checked little-endian reads; every shortfall names the field and offset."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.off, self.what = data, 0, what
-
-    def take(self, n: int, field: str) -> bytes:
-        if n < 0 or self.off + n > len(self.data):
-            raise ParseError(f"{self.what}: truncated at {field}: needs {n} bytes at offset {self.off}, "
-                             f"{len(self.data) - self.off} left")
-        out = self.data[self.off:self.off + n]
-        self.off += n
-        return out
-
-    def u16(self, field: str) -> int:
-        return int(struct.unpack("<H", self.take(2, field))[0])
-
-    def u32(self, field: str) -> int:
-        return int(struct.unpack("<I", self.take(4, field))[0])
-
-
 def _td_report(body: bytes, version: str) -> TdReport:
-    r = _Reader(body, f"TD report {version}")
+    r = Reader(body, f"TD report {version}")
     fields = dict(
         tee_tcb_svn=r.take(16, "TEE_TCB_SVN"), mrseam=r.take(48, "MRSEAM"), mrsignerseam=r.take(48, "MRSIGNERSEAM"),
         seam_attributes=r.take(8, "SEAMATTRIBUTES"), td_attributes=r.take(8, "TDATTRIBUTES"), xfam=r.take(8, "XFAM"),
@@ -154,9 +134,22 @@ def _pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     return certs
 
 
+def _certification_data(s: Reader, kind: int, name: str, meaning: str) -> int:
+    """A certification data header (type u16, size u32) of type `kind` whose data fills the rest of
+    the signature data; returns that size."""
+    got = s.u16(f"{name} type")
+    if got != kind:
+        raise ParseError(f"tdx quote: {name} type {got} is not supported (expected {kind}, {meaning})")
+    size = s.u32(f"{name} size")
+    left = len(s.data) - s.pos
+    if size != left:
+        raise ParseError(f"tdx quote: {name} declares {size} bytes, {left} remain in the signature data")
+    return size
+
+
 def parse(blob: bytes) -> Quote:
     """Parse a TDX quote v4 or v5; `ParseError` on anything malformed or unsupported."""
-    r = _Reader(blob, "tdx quote")
+    r = Reader(blob, "tdx quote")
     header = r.take(HEADER_LEN, "header")
     version, key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", header)
     if version not in (4, 5):
@@ -179,29 +172,15 @@ def parse(blob: bytes) -> Quote:
     report = _td_report(r.take(size, f"TD report {tdx_module}"), tdx_module)
 
     sig_len = r.u32("signature data length")
-    sig_start = r.off
-    s = _Reader(r.take(sig_len, "signature data"), "tdx quote signature data")
+    sig_start = r.pos
+    s = Reader(r.take(sig_len, "signature data"), "tdx quote signature data")
     signature = s.take(64, "quote signature")
     attestation_key = s.take(64, "attestation key")
-    cert_type = s.u16("certification data type")
-    if cert_type != CERT_QE_REPORT:
-        raise ParseError(f"tdx quote: certification data type {cert_type} is not supported (expected 6, "
-                         "QE report certification data)")
-    cert_size = s.u32("certification data size")
-    if cert_size != sig_len - s.off:
-        raise ParseError(f"tdx quote: certification data declares {cert_size} bytes, signature data holds "
-                         f"{sig_len - s.off}")
+    _certification_data(s, CERT_QE_REPORT, "certification data", "QE report certification data")
     qe_report = s.take(QE_REPORT_LEN, "QE report")
     qe_report_signature = s.take(64, "QE report signature")
     qe_auth_data = s.take(s.u16("QE auth data size"), "QE auth data")
-    inner_type = s.u16("PCK certification data type")
-    if inner_type != CERT_PCK_CHAIN:
-        raise ParseError(f"tdx quote: inner certification data type {inner_type} is not supported "
-                         "(expected 5, PCK certificate chain)")
-    inner_size = s.u32("PCK certification data size")
-    if inner_size != sig_len - s.off:
-        raise ParseError(f"tdx quote: PCK certification data declares {inner_size} bytes, "
-                         f"{sig_len - s.off} remain in the signature data")
+    inner_size = _certification_data(s, CERT_PCK_CHAIN, "PCK certification data", "PCK certificate chain")
     pck_chain = _pck_chain(s.take(inner_size, "PCK certificate chain"))
 
     end = sig_start + sig_len
