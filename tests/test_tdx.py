@@ -291,7 +291,7 @@ def test_truncated_quote_is_unusable(capsys: pytest.CaptureFixture[str], tmp_pat
     (QUOTE[:4936] + b"\x01", "not zero padding"),
     (struct.pack("<H", 3) + QUOTE[2:], "version 3"),
     (QUOTE[:2] + struct.pack("<H", 3) + QUOTE[4:], "attestation key type 3"),
-    (QUOTE[:SIG_DATA - 4] + struct.pack("<I", 10_000) + QUOTE[SIG_DATA:], "truncated at signature data"),
+    (QUOTE[:SIG_DATA - 4] + struct.pack("<I", 10_000) + QUOTE[SIG_DATA:], "truncated in signature data"),
     (QUOTE[:SIG_DATA + 128] + struct.pack("<H", 5) + QUOTE[SIG_DATA + 130:], "certification data type 5"),
     (QUOTE[:SIG_DATA + 130] + struct.pack("<I", 4000) + QUOTE[SIG_DATA + 134:], "declares 4000 bytes"),
 ])

@@ -2,21 +2,25 @@
 
 Order: read -> session evidence binds the enclave keys and the run nonce -> DSSE signature by the
 enclave key -> statement well-formed -> final evidence binds this exact statement -> nonce, manifest
-and approvals -> expected digests -> thresholds -> report age -> transparency log.
+and approvals (and the party keys the policy pins) -> expected digests -> thresholds -> report age
+-> transparency log. The verdict also names what the policy leaves unpinned (`Verdict.unpinned`).
+Platform knowledge stays in the platform modules (`verifier.platforms.Platform`).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from verifier import dsse
+from verifier import dsse, platforms
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
-from verifier.models import CPU_PLATFORMS, Evidence, Status, Verdict, b64d
+from verifier.inputs import load_json
+from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64d, b64e
+from verifier.platforms import allowlist
 from verifier.policy import Policy
 from verifier.manifest import ROLES, verify_approval
 from verifier.statement import AuditStatement, parse_statement
@@ -29,11 +33,7 @@ def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witnes
         data = Path(path).read_bytes()
     except OSError as exc:
         raise UnusableInput(f"cannot read bundle {path}: {exc.strerror}") from None
-    try:
-        bundle = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise UnusableInput(f"bundle {path} is not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
-    return verify_bundle(bundle, policy, at=at, witness_state=witness_state)
+    return verify_bundle(load_json(data, f"bundle {path}"), policy, at=at, witness_state=witness_state)
 
 
 def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
@@ -68,7 +68,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     final = Evidence.from_json(_field(bundle, "finalEvidence", dict), "finalEvidence")
     envelope = dsse.Envelope.from_json(_field(bundle, "envelope", dict))
 
-    verdict = Verdict(subject="audit bundle")
+    verdict = Verdict(subject="audit bundle", unpinned=policy.unpinned(evidence.platform))
     # 1. The session evidence: a CPU TEE vouching for the enclave's keys and this run's nonce.
     if evidence.platform not in CPU_PLATFORMS:
         verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
@@ -83,7 +83,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         verdict.fail("final evidence platform", f"final evidence is {final.platform}, session evidence {evidence.platform}")
     verify_evidence(final, at=at, policy=policy, verdict=verdict, prefix="final evidence: ",
                     expected_report_data=statement_binding(signing_pub, envelope.payload))
-    _same_enclave(evidence.platform, verdict)
+    _same_enclave(platforms.get(evidence.platform), verdict)
 
     try:
         statement = parse_statement(envelope.payload)
@@ -96,8 +96,8 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     verdict.check("statement platform", statement.platform == evidence.platform,
                   f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
     _manifest_and_approvals(statement, signing_pub, verdict)
-    _code_identity(statement, policy, verdict)
-    _warn_if_code_unpinned(policy, verdict)
+    _party_keys(statement, policy, verdict)
+    allowlist.check(verdict, "code identity", statement.code_identity, policy.code_identities)
     _expected_digests(statement, policy, verdict)
     _thresholds(statement, policy, verdict)
     _age(statement, policy, at, verdict)
@@ -118,33 +118,16 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     return verdict
 
 
-# The claims that identify one enclave boot's image; session and final evidence must agree on them.
-IDENTITY_CLAIMS = {
-    "sim": ("measurement",),
-    "sev-snp": ("measurement", "host_data", "chip_id"),
-    "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrconfigid", "mrowner", "mrseam"),
-    "nitro": ("pcrs",),
-}
-# Policy steps that pin the code an enclave runs (a launch measurement or equivalent).
-_PIN_STEPS = {"measurement", "mrtd", "rtmr0", "rtmr1", "rtmr2", "pcr0", "pcr1", "pcr2"}
-
-
-def _same_enclave(platform: str, verdict: Verdict) -> None:
-    first, final = verdict.claims.get("evidence", {}), verdict.claims.get("final evidence", {})
-    keys = IDENTITY_CLAIMS.get(platform, ())
-    differ = [k for k in keys if first.get(k) != final.get(k)]
-    if not keys or any(first.get(k) is None for k in keys):
-        verdict.fail("same enclave", f"{platform} evidence lacks the claims that identify an enclave image")
-    else:
-        verdict.check("same enclave", not differ, f"session and final evidence agree on {', '.join(keys)}",
-                      f"session and final evidence differ in {', '.join(differ)}")
-
-
-def _warn_if_code_unpinned(policy: Policy, verdict: Verdict) -> None:
-    pinned = any(s.status is Status.OK and s.name.split(": ")[-1] in _PIN_STEPS for s in verdict.steps)
-    if policy.code_identities is None and not pinned:
-        verdict.warn("the policy pins neither a platform measurement nor the enclave code identity: any code "
-                     "running in a genuine TEE would pass")
+def _same_enclave(platform: platforms.Platform, verdict: Verdict) -> None:
+    """Session and final evidence come from one boot of one image: they agree on its identity claims."""
+    first = platform.identity_claims(verdict.claims.get("evidence", {}))
+    final = platform.identity_claims(verdict.claims.get("final evidence", {}))
+    if not first or None in first.values():
+        verdict.fail("same enclave", f"{platform.NAME} evidence lacks the claims that identify an enclave image")
+        return
+    differ = [k for k in first if first[k] != final.get(k)]
+    verdict.check("same enclave", not differ, f"session and final evidence agree on {', '.join(first)}",
+                  f"session and final evidence differ in {', '.join(differ)}")
 
 
 def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Verdict) -> None:
@@ -167,13 +150,20 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
                       f"{role} approval signature does not verify with the manifest's {role} key")
 
 
-def _code_identity(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
-    got = st.code_identity  # parse_statement checked the manifest and platform agree
-    if policy.code_identities is None:
-        verdict.skip("code identity", f"{got} (not pinned by policy)")
-    else:
-        verdict.check("code identity", got in policy.code_identities, f"{got} is in the policy's allow-list",
-                      f"{got} is not in the policy's allow-list")
+def _party_keys(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
+    """The manifest names the pinned key of each role, and every approval of that role is by it."""
+    for role in ROLES:
+        want = policy.party_keys.get(role)
+        if want is None:
+            continue
+        others = sorted({b64e(a.public_key) for a in st.approvals if a.role == role and a.public_key != want})
+        named = st.party_key(role)
+        if named != want:
+            verdict.fail(f"{role} key", f"the manifest names {role} key {b64e(named) if named else 'none'}, "
+                         f"the policy pins {b64e(want)}")
+        else:
+            verdict.check(f"{role} key", not others, f"the manifest and every {role} approval use the pinned key",
+                          f"{role} approval(s) by key(s) {', '.join(others)}, not the policy's {role} key")
 
 
 def _expected_digests(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
@@ -203,7 +193,13 @@ def metric_value(results: dict[str, Any], task: str, metric: str) -> tuple[float
     value = task_results[key]
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None, f"{task}/{key} is not a number"
-    return float(value), key
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        return None, f"{task}/{key} is not a finite number"
+    return number, key
 
 
 def _thresholds(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:

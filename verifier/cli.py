@@ -12,7 +12,7 @@ from verifier.errors import AAuditError, UnusableInput
 from verifier.evidence import verify_evidence
 from verifier.inputs import decode_blob, parse_hex, parse_time, read_certs, read_file
 from verifier.models import PLATFORMS, Evidence, Verdict
-from verifier.render import as_json, table
+from verifier.render import as_json, table, verdict_line
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -39,18 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="verify an audit bundle (evidence, keys, signed report, log entry)",
                        description="Verify an audit bundle against a policy: platform evidence, key binding, "
-                       "DSSE signature, the final evidence bound to the statement, expected digests, "
-                       "compliance thresholds and (if present or required) the transparency-log entry.")
+                       "DSSE signature, the final evidence bound to the statement, party keys, expected digests, "
+                       "compliance thresholds and (if present or required) the transparency-log entry. A policy "
+                       "that leaves a digest, the code identity or the log unpinned fails unless --allow-unpinned.")
     b.add_argument("bundle", metavar="BUNDLE.json")
     b.add_argument("--policy", required=True, metavar="POLICY.toml")
     b.add_argument("--witness-state", metavar="FILE", help="remember the newest log checkpoint seen here and "
                    "demand consistency with it")
+    b.add_argument("--allow-unpinned", action="store_true", help="exit 0 even when the policy leaves the model, "
+                   "dataset or spec digest, the code identity or the log unpinned (the verdict then says "
+                   "VERIFIED (UNPINNED: ...))")
     _common(b)
 
     e = sub.add_parser("evidence", help="verify one piece of platform attestation evidence",
                        description="Verify raw TEE evidence. Evidence may be raw bytes, hex or base64 text; "
                        "certificates PEM or DER, in any order. Without --policy a baseline applies: authentic "
-                       "and not debug (TDX: TCB status UpToDate); measurements are then not pinned.")
+                       "and not debug (TDX: TCB status UpToDate); measurements are then not pinned. Simulated "
+                       "(sim) evidence needs a --policy with allow_simulated = true.")
     e.add_argument("--platform", required=True, choices=PLATFORMS)
     e.add_argument("--evidence", required=True, metavar="FILE")
     e.add_argument("--certs", action="append", default=[], metavar="FILE", help="certificate file(s), repeatable")
@@ -106,16 +111,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AAuditError as exc:
         _report_error(args, str(exc), unusable=False)
         return EXIT_FAILED
+    allow_unpinned = getattr(args, "allow_unpinned", False)
+    accepted = verdict.accepted(allow_unpinned)
     try:
         if args.json:
             platform = verdict.claims.get("platform", verdict.subject)
-            as_json(verdict, sys.stdout, platform=platform, simulated=platform == "sim")
+            as_json(verdict, sys.stdout, platform=platform, simulated=platform == "sim", verified=accepted,
+                    checks_passed=verdict.verified, summary=verdict_line(verdict, allow_unpinned=allow_unpinned))
         else:
-            table(verdict, sys.stdout)
+            table(verdict, sys.stdout, allow_unpinned=allow_unpinned)
         sys.stdout.flush()
     except BrokenPipeError:  # `aaudit-verify ... | head`: the reader left; the verdict still decides the exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_OK if verdict.verified else EXIT_FAILED
+    return EXIT_OK if accepted else EXIT_FAILED
 
 
 def _report_error(args: argparse.Namespace, message: str, unusable: bool = True) -> None:

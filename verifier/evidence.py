@@ -13,7 +13,7 @@ from verifier import platforms
 from verifier.binding import gpu_nonce
 from verifier.models import GPU_PLATFORMS, Evidence, Verdict
 from verifier.platforms import Bound
-from verifier.policy import Policy
+from verifier.policy import Policy, how_to_accept
 
 
 def pad_report_data(value: bytes) -> bytes:
@@ -41,7 +41,8 @@ def verify_evidence(
     sub = Verdict(subject=evidence.platform)
     name = evidence.platform
     if not policy.accepts(name):
-        sub.fail("platform accepted", f"policy {policy.source} does not accept platform {name!r}")
+        sub.fail("platform accepted", f"policy {policy.source} does not accept platform {name!r}; "
+                 f"to accept it a policy file needs {how_to_accept(name)}")
         verdict.extend(sub, prefix)
         verdict.claims.setdefault("platform", name)
         return verdict, Bound()

@@ -1,14 +1,18 @@
-"""Reading evidence and certificates the way people have them: raw, hex or base64; PEM or DER."""
+"""Reading inputs the way people have them: evidence raw, hex or base64; certificates PEM or DER;
+and JSON, strictly, for every JSON input the verifier reads."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NoReturn
 
-from verifier.errors import UnusableInput
+from verifier.errors import ParseError, UnusableInput
 
 _HEX = re.compile(rb"^[0-9a-fA-F\s]+$")
 _B64 = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
@@ -81,3 +85,72 @@ def parse_hex(value: str | None, what: str, max_len: int) -> bytes | None:
     if len(out) > max_len:
         raise UnusableInput(f"{what} is {len(out)} bytes, at most {max_len}")
     return out
+
+
+MAX_JSON_DEPTH = 64  # far deeper than any format of this project; bounds every later recursive walk
+_MAX_INT_DIGITS = 309  # 10**308 is about the largest float; a longer integer cannot be a metric
+
+
+def _refuse(message: str) -> NoReturn:
+    raise ValueError(message)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            _refuse(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        _refuse(f"integer of {len(text)} digits is beyond the range of a float")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        _refuse(f"integer of {len(text)} digits is beyond the range of a float")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        _refuse(f"number {text[:40]} is beyond the range of a float")
+    return value
+
+
+def _constant(name: str) -> NoReturn:
+    _refuse(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a loaded JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """JSON as RFC 8259 means it, and no more: duplicate keys, NaN and Infinity, numbers beyond the
+    range of a float, and nesting deeper than MAX_JSON_DEPTH are refused (`ParseError`), so no two
+    readers can see different values and no later step meets a value it cannot compare or walk."""
+    try:
+        value = json.loads(data, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
+                           parse_constant=_constant)
+    except RecursionError:
+        raise ParseError(f"{what}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ParseError(f"{what}: not strict JSON ({' '.join(str(exc).split())[:200]})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ParseError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value

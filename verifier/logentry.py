@@ -37,6 +37,7 @@ from verifier.errors import (
     UnusableInput,
     VerificationError,
 )
+from verifier.inputs import load_json
 from verifier.merkle import HASH_SIZE, leaf_hash, verify_consistency, verify_inclusion
 from verifier.models import LOG_ENTRY_KEY, Verdict, b64d, b64e, log_entry_bytes
 
@@ -189,7 +190,7 @@ def load_witness_state(path: str | os.PathLike[str],
 
 def _parse_state(p: Path, raw: bytes) -> WitnessState:
     try:
-        obj = json.loads(raw)
+        obj = load_json(raw, "witness state")
         if not isinstance(obj, dict) or set(obj) != {"origin", "size", "root", "note"}:
             raise ParseError("expected an object with origin, size, root and note")
         if not isinstance(obj["origin"], str) or not isinstance(obj["note"], str):

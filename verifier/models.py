@@ -134,13 +134,16 @@ class Verdict:
     """The outcome of a verification: steps in order, and the claims read from the evidence.
 
     `verified` holds only when no step failed and at least one step succeeded, so an empty or
-    all-skipped verdict can never pass.
+    all-skipped verdict can never pass. `unpinned` names what the policy left open (a bundle's
+    "model digest", "dataset digest", "spec digest", "code identity", "log"): the checks passed,
+    but for any value there; `accepted` is what a caller that demands pinning should use.
     """
 
     subject: str
     steps: list[Step] = field(default_factory=list)
     claims: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # shown beside the verdict line, e.g. SIMULATED
+    unpinned: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -170,6 +173,10 @@ class Verdict:
             s.status is Status.OK for s in self.steps
         )
 
+    def accepted(self, allow_unpinned: bool = False) -> bool:
+        """Verified, and either nothing is unpinned or the caller accepts that."""
+        return self.verified and (allow_unpinned or not self.unpinned)
+
     @property
     def failures(self) -> list[Step]:
         return [s for s in self.steps if s.status is Status.FAILED]
@@ -179,6 +186,7 @@ class Verdict:
             "verified": self.verified,
             "subject": self.subject,
             "warnings": self.warnings,
+            "unpinned": self.unpinned,
             "steps": [s.to_json() for s in self.steps],
             "claims": self.claims,
         }

@@ -13,11 +13,19 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     [nvidia]
     required = true                # CPU evidence must carry NVIDIA GPU evidence
 
-    [expect]                       # digests the statement must carry
+    [expect]                       # what the statement must carry
     model_digest = "sha256:<hex>"
     dataset_digest = "sha256:<hex>"
     spec_digest = "sha256:<hex>"
     code_identity = ["<hex>"]      # enclave code identities allowed (`aaudit enclave measure`)
+    # The party keys: each the text of the party's `aaudit keygen` .pub file. The manifest must
+    # name that key, and every approval of that role must be signed by it.
+    provider_key = '''
+    -----BEGIN PUBLIC KEY-----
+    MCowBQYDK2VwAyEA...
+    -----END PUBLIC KEY-----
+    '''
+    auditor_key = '''...'''
 
     [[threshold]]                  # compliance thresholds on result metrics
     task = "mmlu"
@@ -27,6 +35,11 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     [log]
     public_key = "<C2SP note verifier key>"
     require_inclusion = true
+
+Allow-lists (measurements, PCRs, code_identity, ...) follow one rule, `verifier.platforms.allowlist`.
+A bundle verdict names what its policy leaves unpinned (`Policy.unpinned`): the model, dataset and
+spec digests, the code identity (neither `code_identity` nor the platform's launch measurement) and
+the log (no `[log]` with `require_inclusion = true`).
 """
 
 from __future__ import annotations
@@ -38,15 +51,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 from verifier import platforms
 from verifier.errors import PolicyError
+from verifier.platforms import allowlist
+from verifier.manifest import ROLES
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_AGE_S = 100 * 365 * 86400  # a century: longer is a typo, and would overflow date arithmetic
 _HARDWARE = ("sev-snp", "tdx", "nitro", "nvidia")
 _TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "sim", *_HARDWARE}
+_ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")
 
 
 @dataclass(frozen=True)
@@ -78,14 +98,32 @@ class Policy:
     platforms: dict[str, Any] = field(default_factory=dict)
     gpu_required: bool = False
     max_age_s: int | None = None
-    expect: dict[str, str] = field(default_factory=dict)
-    code_identities: tuple[str, ...] | None = None  # None: not pinned
+    expect: dict[str, str] = field(default_factory=dict)  # model_digest, dataset_digest, spec_digest
+    code_identities: allowlist.AllowList | None = None  # None: not pinned
     thresholds: tuple[Threshold, ...] = ()
     log: LogPolicy | None = None
     source: str = "<policy>"
+    party_keys: dict[str, bytes] = field(default_factory=dict)  # role -> raw Ed25519 key
 
     def accepts(self, platform: str) -> bool:
         return platform in self.platforms
+
+    def unpinned(self, platform: str) -> list[str]:
+        """What this policy leaves open for a bundle whose evidence is from `platform`: any model
+        that any auditor ran on any code would pass these checks."""
+        out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect]
+        code_pinned = self.code_identities is not None or (
+            platform in self.platforms and platforms.get(platform).is_pinned(self.platforms[platform]))
+        if not code_pinned:
+            out.append("code identity")
+        if self.log is None or not self.log.require_inclusion:
+            out.append("log")
+        return out
+
+
+def how_to_accept(platform: str) -> str:
+    """What a policy file needs so that it accepts `platform`."""
+    return "allow_simulated = true" if platform == "sim" else f"a [{platform}] table"
 
 
 def _require(cond: bool, where: str, msg: str) -> None:
@@ -120,20 +158,26 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
 
     max_age_s = None
     if "max_age" in data:
-        m = _AGE.match(str(data["max_age"]))
+        m = _AGE.match(data["max_age"]) if isinstance(data["max_age"], str) else None
         _require(m is not None, source, 'max_age must look like "90s", "15m", "12h" or "30d"')
         assert m is not None
-        max_age_s = int(m.group(1)) * _AGE_UNITS[m.group(2)]
+        digits, unit = m.group(1), m.group(2)
+        max_age_s = int(digits) * _AGE_UNITS[unit] if len(digits) <= 12 else MAX_AGE_S + 1
+        _require(max_age_s <= MAX_AGE_S, source, f"max_age must be at most {MAX_AGE_S // 86400}d")
 
     expect = data.get("expect", {})
     _require(isinstance(expect, dict), source, "[expect] must be a table")
-    expect = dict(expect)
-    code_ids = expect.pop("code_identity", None)
-    _require(code_ids is None or (isinstance(code_ids, list) and all(isinstance(c, str) and _HEX64.match(c) for c in code_ids)),
-             f"{source} [expect]", "code_identity must be a list of 64-digit lowercase hex strings")
-    for key, value in expect.items():
-        _require(key in ("model_digest", "dataset_digest", "spec_digest"), f"{source} [expect]", f"unknown key {key!r}")
-        _require(isinstance(value, str) and _DIGEST.match(value) is not None, f"{source} [expect]",
+    where = f"{source} [expect]"
+    try:
+        code_ids = allowlist.parse(expect, "code_identity", allowlist.hex_bytes(32))
+    except PolicyError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
+    party_keys = {role: _party_key(expect[f"{role}_key"], where, f"{role}_key")
+                  for role in ROLES if f"{role}_key" in expect}
+    digests = {k: v for k, v in expect.items() if k not in {"code_identity", *(f"{r}_key" for r in ROLES)}}
+    for key, value in digests.items():
+        _require(key in _ASSET_DIGESTS, where, f"unknown key {key!r}")
+        _require(isinstance(value, str) and _DIGEST.match(value) is not None, where,
                  f"{key} must be 'sha256:' and 64 lowercase hex digits")
 
     thresholds = []
@@ -147,10 +191,8 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
         _require("min" in t or "max" in t, where, "needs min or max")
         for bound in ("min", "max"):
             if bound in t:
-                v = t[bound]
-                _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), where,
-                         f"{bound} must be a finite number")
-        thresholds.append(Threshold(t["task"], t["metric"], t.get("min"), t.get("max")))
+                _require(_finite(t[bound]), where, f"{bound} must be a finite number")
+        thresholds.append(Threshold(t["task"], t["metric"], _opt_float(t.get("min")), _opt_float(t.get("max"))))
 
     log = None
     if "log" in data:
@@ -162,8 +204,35 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
         _require(isinstance(req, bool), f"{source} [log]", "require_inclusion must be set to true or false")
         log = LogPolicy(table["public_key"], req)
 
-    return Policy(accepted, gpu_required, max_age_s, expect, None if code_ids is None else tuple(code_ids),
-                  tuple(thresholds), log, source)
+    return Policy(accepted, gpu_required, max_age_s, digests, code_ids, tuple(thresholds), log, source, party_keys)
+
+
+def _finite(value: Any) -> bool:
+    """A number a float can hold exactly enough to compare: not a bool, not NaN or infinite, and no
+    integer beyond the range of a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _party_key(value: Any, where: str, key: str) -> bytes:
+    """The raw Ed25519 key of a party's `.pub` file text (SubjectPublicKeyInfo PEM)."""
+    hint = f"{key} must be the text of the party's .pub file (an Ed25519 public key in PEM)"
+    _require(isinstance(value, str), where, hint)
+    try:
+        public = load_pem_public_key(value.encode("utf-8"))
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):
+        raise PolicyError(f"{where}: {hint}") from None
+    _require(isinstance(public, Ed25519PublicKey), where, hint)
+    assert isinstance(public, Ed25519PublicKey)
+    return public.public_bytes_raw()
 
 
 def _platform_policy(name: str, table: dict[str, Any], source: str) -> Any:
@@ -183,11 +252,15 @@ def load(path: str | Path) -> Policy:
         raise PolicyError(f"policy {p} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"policy {p} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"policy {p} is nested too deeply to be a policy") from None
+    except ValueError as exc:  # TOMLDecodeError, and integers too long to convert
+        raise PolicyError(f"policy {p} is not valid TOML: {' '.join(str(exc).split())[:200]}") from None
     return parse(data, str(p))
 
 
 def baseline(platform: str, allow_debug: bool) -> Policy:
-    """The policy used without a policy file: this platform, authentic, debug per flag, unpinned."""
-    return Policy({platform: platforms.get(platform).baseline_policy(allow_debug)}, source="baseline")
+    """The policy used without a policy file: this platform, authentic, debug per flag, unpinned;
+    it accepts nothing for a platform without a baseline (the simulator needs a policy file)."""
+    base = platforms.get(platform).baseline_policy(allow_debug)
+    return Policy({} if base is None else {platform: base}, source="baseline (no --policy)")

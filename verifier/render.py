@@ -12,7 +12,7 @@ from verifier.models import Status, Verdict
 _MARK = {Status.OK: "ok", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}
 
 
-def table(verdict: Verdict, out: TextIO) -> None:
+def table(verdict: Verdict, out: TextIO, *, allow_unpinned: bool = False) -> None:
     width = max(60, min(shutil.get_terminal_size((100, 20)).columns, 140))
     name_w = min(max((len(s.name) for s in verdict.steps), default=4), 42)
     reason_w = max(20, width - name_w - 12)
@@ -26,12 +26,22 @@ def table(verdict: Verdict, out: TextIO) -> None:
     if verdict.claims:
         out.write("\nclaims:\n")
         _claims(verdict.claims, out, "  ")
-    n_failed = len(verdict.failures)
     out.write("\n")
     for w in verdict.warnings:
         out.write(f"WARNING: {w}\n")
-    out.write(f"VERIFIED ({verdict.subject})" + (", WITH WARNINGS ABOVE" if verdict.warnings else "") + "\n"
-              if verdict.verified else f"NOT VERIFIED ({verdict.subject}): {n_failed} step(s) failed\n")
+    out.write(verdict_line(verdict, allow_unpinned=allow_unpinned) + "\n")
+
+
+def verdict_line(verdict: Verdict, *, allow_unpinned: bool = False) -> str:
+    """The last line: VERIFIED, VERIFIED (UNPINNED: ...) when the caller allows that, or NOT VERIFIED and why."""
+    unpinned = ", ".join(verdict.unpinned)
+    if not verdict.verified:
+        return f"NOT VERIFIED ({verdict.subject}): {len(verdict.failures)} step(s) failed"
+    if unpinned and not allow_unpinned:
+        return (f"NOT VERIFIED ({verdict.subject}): every check passed, but the policy does not pin {unpinned}; "
+                "pin them in the policy, or pass --allow-unpinned to accept that")
+    head = f"VERIFIED (UNPINNED: {unpinned})" if unpinned else f"VERIFIED ({verdict.subject})"
+    return head + (", WITH WARNINGS ABOVE" if verdict.warnings else "")
 
 
 def _claims(claims: dict[str, Any], out: TextIO, indent: str) -> None:

@@ -6,13 +6,13 @@ can never disagree on a field.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from verifier import wire
 from verifier.errors import ParseError
+from verifier.inputs import load_json
 from verifier.manifest import RunManifest
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -148,11 +148,7 @@ def _time(text: str, what: str) -> datetime:
 
 
 def parse_statement(payload: bytes) -> AuditStatement:
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ParseError(f"statement: payload is not JSON ({type(exc).__name__})") from None
-    st = wire.from_json(AuditStatement, obj, "statement")
+    st = wire.from_json(AuditStatement, load_json(payload, "statement: payload"), "statement")
     if st.type != STATEMENT_TYPE:
         raise ParseError(f"statement: _type is not {STATEMENT_TYPE}")
     if st.predicate_type != PREDICATE_TYPE:

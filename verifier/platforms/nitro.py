@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import cbor2
 from cryptography import x509
@@ -27,8 +27,7 @@ from cryptography import x509
 from verifier import x509chain
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
-from verifier.platforms.allowlist import hex_allow_list
+from verifier.platforms import Bound, allowlist
 
 NAME = "nitro"
 ROOT_NAME = "aws.nitro-enclaves"
@@ -38,6 +37,7 @@ COSE_SIGN1_TAG = 18
 PCR_LEN = 48  # SHA-384, the only digest Nitro uses
 MAX_BLOB = 1024  # certificates, public_key, user_data, nonce
 POLICY_PCRS = (0, 1, 2, 3, 4, 8)
+_IDENTITY = ("pcrs",)
 _REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
 # The latest millisecond a datetime holds (the end of year 9999).
@@ -72,7 +72,7 @@ class NitroDocument:
 
 @dataclass(frozen=True)
 class NitroPolicy:
-    pcrs: dict[int, tuple[str, ...]]  # PCR index -> lowercase hex allow-list
+    pcrs: dict[int, allowlist.AllowList]  # PCR index -> allow-list
     allow_debug: bool
 
 
@@ -170,11 +170,8 @@ def parse_policy(table: dict[str, Any]) -> NitroPolicy:
     unknown = set(table) - {*keys, "allow_debug"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    pcrs: dict[int, tuple[str, ...]] = {}
-    for key, index in keys.items():
-        allowed = hex_allow_list(table, key, PCR_LEN)
-        if allowed is not None:
-            pcrs[index] = allowed
+    lists = {index: allowlist.parse(table, key, allowlist.hex_bytes(PCR_LEN)) for key, index in keys.items()}
+    pcrs = {index: allowed for index, allowed in lists.items() if allowed is not None}
     allow_debug = table.get("allow_debug", False)
     if not isinstance(allow_debug, bool):
         raise PolicyError("allow_debug must be true or false")
@@ -183,6 +180,16 @@ def parse_policy(table: dict[str, Any]) -> NitroPolicy:
 
 def baseline_policy(allow_debug: bool) -> NitroPolicy:
     return NitroPolicy({}, allow_debug)
+
+
+def is_pinned(policy: NitroPolicy) -> bool:
+    """PCR0 measures the whole enclave image file; PCR1 (kernel and boot ramfs) with PCR2 (the
+    application) pin the same code."""
+    return 0 in policy.pcrs or {1, 2} <= set(policy.pcrs)
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in _IDENTITY}
 
 
 @lru_cache(maxsize=1)
@@ -244,21 +251,18 @@ def verify(evidence: Evidence, *, at: datetime, policy: NitroPolicy, verdict: Ve
                       f"document made {ts.isoformat()}, outside its signing certificate's validity "
                       f"{leaf.not_valid_before_utc.isoformat()} .. {leaf.not_valid_after_utc.isoformat()}")
 
-    verdict.check("debug", policy.allow_debug or not doc.debug,
-                  "PCR0 is all zeros: a debug-mode enclave, allowed by policy" if doc.debug
-                  else "PCR0 is set: not a debug-mode enclave",
-                  "PCR0 is all zeros: the enclave runs in debug mode and the policy forbids debug")
-    for index in POLICY_PCRS:
-        value = doc.pcrs.get(index)
-        shown = "absent" if value is None else value.hex()
-        allowed = policy.pcrs.get(index)
-        if allowed is None:
-            verdict.skip(f"pcr{index}", f"{shown} not pinned by policy")
-        else:
-            verdict.check(f"pcr{index}", value is not None and value.hex() in allowed,
-                          f"{shown} is in the policy's allow-list", f"{shown} is not in the policy's allow-list")
-
+    validate(doc, policy, verdict)
     report_data = doc.user_data
     if report_data is not None and len(report_data) < 64:
         report_data = report_data.ljust(64, b"\x00")  # compared like SEV-SNP/TDX report data
     return Bound(report_data=report_data, nonce=doc.nonce)
+
+
+def validate(report: NitroDocument, policy: NitroPolicy, verdict: Verdict) -> None:
+    verdict.check("debug", policy.allow_debug or not report.debug,
+                  "PCR0 is all zeros: a debug-mode enclave, allowed by policy" if report.debug
+                  else "PCR0 is set: not a debug-mode enclave",
+                  "PCR0 is all zeros: the enclave runs in debug mode and the policy forbids debug")
+    for index in POLICY_PCRS:
+        value = report.pcrs.get(index)
+        allowlist.check(verdict, f"pcr{index}", None if value is None else value.hex(), policy.pcrs.get(index))

@@ -21,18 +21,18 @@ misread.
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from cryptography import x509
 
 from verifier import der
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
+from verifier.platforms import Bound, allowlist
+from verifier.platforms.reader import Reader
 from verifier.x509chain import (
     PINNED_ROOTS,
     ChainError,
@@ -70,7 +70,6 @@ OPAQUE_TYPES = {
 }
 _TEXT_FIELDS = {"driver_version", "chip_sku", "chip_sku_mod", "project", "project_sku"}
 _U32_FIELDS = {"board_id"}
-_VERSION = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -122,32 +121,11 @@ class SpdmReport:
 
 @dataclass(frozen=True)
 class NvidiaPolicy:
-    driver_versions: tuple[str, ...] | None = None  # None: not pinned
-    vbios_versions: tuple[str, ...] | None = None
+    driver_versions: allowlist.AllowList | None = None  # None: not pinned
+    vbios_versions: allowlist.AllowList | None = None
 
 
 # ---------------------------------------------------------------------------------------- parse
-
-
-class _Reader:
-    """Bounds-checked cursor: every read names the field, so truncation errors say where."""
-
-    def __init__(self, data: bytes, offset: int = 0) -> None:
-        self.data, self.pos = data, offset
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ParseError(f"NVIDIA SPDM report truncated in {what}: needs {n} byte(s) at offset {self.pos}, "
-                             f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "little")
 
 
 def _text(raw: bytes) -> str:
@@ -163,7 +141,7 @@ def format_vbios_version(raw: bytes) -> str:
 
 
 def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
-    r = _Reader(record)
+    r = Reader(record, "NVIDIA SPDM report")
     out: list[Measurement] = []
     seen: set[int] = set()
     for n in range(count):
@@ -173,7 +151,7 @@ def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
             raise ParseError(f"NVIDIA SPDM report: measurement block {index} uses specification 0x{spec:02x}, "
                              "not DMTF (0x01)")
         size = r.uint(2, f"measurement block {index} size")
-        block = _Reader(r.take(size, f"measurement block {index} ({size} bytes)"))
+        block = Reader(r.take(size, f"measurement block {index} ({size} bytes)"), "NVIDIA SPDM report")
         value_type = block.u8(f"measurement block {index} value type")
         value_size = block.uint(2, f"measurement block {index} value size")
         value = block.take(value_size, f"measurement block {index} value")
@@ -191,7 +169,7 @@ def _parse_measurements(record: bytes, count: int) -> tuple[Measurement, ...]:
 
 
 def _parse_opaque(data: bytes) -> tuple[OpaqueField, ...]:
-    r = _Reader(data)
+    r = Reader(data, "NVIDIA SPDM report")
     out = []
     while r.pos < len(data):
         ftype = r.uint(2, "opaque data field type")
@@ -202,7 +180,7 @@ def _parse_opaque(data: bytes) -> tuple[OpaqueField, ...]:
 
 def parse(blob: bytes) -> SpdmReport:
     """Parse request || response strictly by their length fields; ParseError on anything malformed."""
-    r = _Reader(blob)
+    r = Reader(blob, "NVIDIA SPDM report")
     version = r.u8("request SPDM version")
     if version not in SPDM_VERSIONS:
         raise ParseError(f"NVIDIA SPDM report: SPDM version {version >> 4}.{version & 0xF} is not supported "
@@ -242,25 +220,27 @@ def parse(blob: bytes) -> SpdmReport:
 # --------------------------------------------------------------------------------------- policy
 
 
-def _versions(table: dict[str, Any], key: str) -> tuple[str, ...] | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and _VERSION.match(v) for v in value):
-        raise PolicyError(f"{key} must be a non-empty list of version strings (e.g. \"550.90.07\")")
-    return tuple(value)
-
-
 def parse_policy(table: dict[str, Any]) -> NvidiaPolicy:
     unknown = set(table) - {"driver_versions", "vbios_versions"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    return NvidiaPolicy(_versions(table, "driver_versions"), _versions(table, "vbios_versions"))
+    return NvidiaPolicy(allowlist.parse(table, "driver_versions", allowlist.VERSION),
+                        allowlist.parse(table, "vbios_versions", allowlist.VERSION))
 
 
 def baseline_policy(allow_debug: bool) -> NvidiaPolicy:
     """GPU evidence has no debug bit of its own; the baseline is: authentic, versions not pinned."""
     return NvidiaPolicy()
+
+
+def is_pinned(policy: NvidiaPolicy) -> bool:
+    """False: a GPU runs no enclave code of its own; the CPU evidence it is bound to pins the code."""
+    return False
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """Empty: GPU evidence never identifies an enclave image (it is never accepted alone)."""
+    return {}
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -352,17 +332,6 @@ def _check_fwid(report: SpdmReport, leaf: x509.Certificate, verdict: Verdict) ->
                   f"the report's FWID {fwid.hex()} differs from the leaf certificate's {cert_fwid.hex()}")
 
 
-def _allow(verdict: Verdict, step: str, value: str | None, allowed: tuple[str, ...] | None, fold: bool) -> None:
-    if allowed is None:
-        verdict.skip(step, f"{value or 'absent'}; not pinned by policy")
-    elif value is None:
-        verdict.fail(step, "the report carries no such field, and the policy pins it")
-    else:
-        norm = (lambda s: s.upper()) if fold else (lambda s: s)
-        verdict.check(step, norm(value) in {norm(a) for a in allowed}, f"{value} is in the policy's allow-list",
-                      f"{value} is not in the policy's allow-list ({', '.join(allowed)})")
-
-
 def verify(evidence: Evidence, *, at: datetime, policy: NvidiaPolicy, verdict: Verdict) -> Bound:
     report = parse(evidence.blob)
     certs = [load_der(c, f"nvidia certificate {i + 1}") for i, c in enumerate(evidence.certs)]
@@ -385,6 +354,10 @@ def verify(evidence: Evidence, *, at: datetime, policy: NvidiaPolicy, verdict: V
         _check_signature(report, leaf, verdict)
         _check_fwid(report, leaf, verdict)
         verdict.skip("revocation", "NVIDIA OCSP is not consulted (offline verification)")
-    _allow(verdict, "driver version", report.driver_version, policy.driver_versions, fold=False)
-    _allow(verdict, "VBIOS version", report.vbios_version, policy.vbios_versions, fold=True)
+    validate(report, policy, verdict)
     return Bound(nonce=report.request_nonce)
+
+
+def validate(report: SpdmReport, policy: NvidiaPolicy, verdict: Verdict) -> None:
+    allowlist.check(verdict, "driver version", report.driver_version, policy.driver_versions)
+    allowlist.check(verdict, "VBIOS version", report.vbios_version, policy.vbios_versions)

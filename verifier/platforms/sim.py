@@ -10,23 +10,24 @@ payload = {"format", "simulated", "warning", "measurement", "report_data", "debu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from verifier.errors import ParseError, PolicyError
+from verifier.inputs import load_json
 from verifier.models import Evidence, Verdict, b64d
-from verifier.platforms import Bound
+from verifier.platforms import Bound, allowlist
 
 NAME = "sim"
 FORMAT = "attestable-audits/sim-evidence/v1"
 WARNING = "SIMULATED EVIDENCE: NOT FROM A TEE, PROVES NOTHING ABOUT HARDWARE"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_IDENTITY = ("measurement",)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class SimReport:
 
 @dataclass(frozen=True)
 class SimPolicy:
-    measurements: tuple[str, ...] | None  # None: not pinned
+    measurements: allowlist.AllowList | None  # None: not pinned
     allow_debug: bool
 
 
@@ -50,32 +51,32 @@ def parse_policy(table: dict[str, Any]) -> SimPolicy:
     unknown = set(table) - {"measurements", "allow_debug"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    ms = table.get("measurements")
-    if ms is not None and (not isinstance(ms, list) or not all(isinstance(m, str) and _HEX64.match(m) for m in ms)):
-        raise PolicyError("measurements must be a list of 64-digit lowercase hex strings")
     allow_debug = table.get("allow_debug", False)
     if not isinstance(allow_debug, bool):
         raise PolicyError("allow_debug must be true or false")
-    return SimPolicy(None if ms is None else tuple(ms), allow_debug)
+    return SimPolicy(allowlist.parse(table, "measurements", allowlist.hex_bytes(32)), allow_debug)
 
 
-def baseline_policy(allow_debug: bool) -> SimPolicy:
-    return SimPolicy(None, allow_debug)
+def baseline_policy(allow_debug: bool) -> None:
+    """None: simulated evidence proves nothing, so only a policy saying `allow_simulated = true` accepts it."""
+    return None
+
+
+def is_pinned(policy: SimPolicy) -> bool:
+    return policy.measurements is not None
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in _IDENTITY}
 
 
 def parse(blob: bytes) -> SimReport:
-    try:
-        outer = json.loads(blob)
-    except (ValueError, UnicodeDecodeError):
-        raise ParseError("sim evidence: not JSON") from None
+    outer = load_json(blob, "sim evidence")
     if not isinstance(outer, dict) or set(outer) != {"payload", "signature"}:
         raise ParseError("sim evidence: expected an object with payload and signature")
     payload = b64d(outer["payload"], "sim evidence payload")
     signature = b64d(outer["signature"], "sim evidence signature")
-    try:
-        p = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ParseError("sim evidence: payload is not JSON") from None
+    p = load_json(payload, "sim evidence payload")
     if not isinstance(p, dict) or p.get("format") != FORMAT:
         raise ParseError(f"sim evidence: payload format is not {FORMAT}")
     if p.get("simulated") is not True:
@@ -113,12 +114,11 @@ def verify(evidence: Evidence, *, at: datetime, policy: SimPolicy, verdict: Verd
         verdict.fail("sim signature", "Ed25519 signature over the simulated report does not verify")
     verdict.check("issued before verification time", report.issued_at <= at,
                   f"issued {report.issued_at.isoformat()}", f"issued {report.issued_at.isoformat()}, after --at {at.isoformat()}")
+    validate(report, policy, verdict)
+    return Bound(report_data=report.report_data)
+
+
+def validate(report: SimReport, policy: SimPolicy, verdict: Verdict) -> None:
     verdict.check("debug", policy.allow_debug or not report.debug, f"debug={report.debug}",
                   "report says debug mode and the policy forbids debug")
-    if policy.measurements is None:
-        verdict.skip("measurement", f"{report.measurement} not pinned by policy")
-    else:
-        verdict.check("measurement", report.measurement in policy.measurements,
-                      f"{report.measurement} is in the policy's allow-list",
-                      f"{report.measurement} is not in the policy's allow-list")
-    return Bound(report_data=report.report_data)
+    allowlist.check(verdict, "measurement", report.measurement, policy.measurements)

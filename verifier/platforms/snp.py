@@ -27,12 +27,11 @@ report's CPUID family/model must agree with it.
 
 from __future__ import annotations
 
-import re
 import struct
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -40,7 +39,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from verifier import der
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
+from verifier.platforms import Bound, allowlist
 from verifier.x509chain import (
     PINNED_ROOTS,
     ChainError,
@@ -89,8 +88,7 @@ _TCB_OIDS = {
 }
 TCB_COMPONENTS = ("fmc", "bootloader", "tee", "snp", "microcode")
 
-_HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_IDENTITY = ("measurement", "host_data", "chip_id")
 
 
 @dataclass(frozen=True)
@@ -203,12 +201,12 @@ class SnpReport:
 
 @dataclass(frozen=True)
 class SnpPolicy:
-    measurements: tuple[str, ...] | None  # None: not pinned
+    measurements: allowlist.AllowList | None  # None: not pinned
     allow_debug: bool = False
     min_tcb: dict[str | None, dict[str, int]] | None = None  # product (None: every product) -> floor
     max_vmpl: int | None = None
-    host_data: tuple[str, ...] | None = None
-    id_key_digests: tuple[str, ...] | None = None
+    host_data: allowlist.AllowList | None = None
+    id_key_digests: allowlist.AllowList | None = None
 
 
 # ---------------------------------------------------------------------------------------- parse
@@ -309,15 +307,6 @@ def product_from_cpuid(family: int, model: int) -> Product | None:
 # --------------------------------------------------------------------------------------- policy
 
 
-def _hex_list(table: dict[str, Any], key: str, pattern: re.Pattern[str], digits: int) -> tuple[str, ...] | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and pattern.match(v) for v in value):
-        raise PolicyError(f"{key} must be a list of {digits}-digit hex strings")
-    return tuple(v.lower() for v in value)
-
-
 def _tcb_floor(table: Any, where: str) -> dict[str, int]:
     if not isinstance(table, dict) or not table:
         raise PolicyError(f"{where} must be a non-empty table of {', '.join(TCB_COMPONENTS)}")
@@ -348,17 +337,27 @@ def parse_policy(table: dict[str, Any]) -> SnpPolicy:
     if max_vmpl is not None and (not isinstance(max_vmpl, int) or isinstance(max_vmpl, bool) or not 0 <= max_vmpl <= 3):
         raise PolicyError("max_vmpl must be an integer 0..3")
     return SnpPolicy(
-        measurements=_hex_list(table, "measurements", _HEX96, 96),
+        measurements=allowlist.parse(table, "measurements", allowlist.hex_bytes(48)),
         allow_debug=allow_debug,
         min_tcb=min_tcb,
         max_vmpl=max_vmpl,
-        host_data=_hex_list(table, "host_data", _HEX64, 64),
-        id_key_digests=_hex_list(table, "id_key_digests", _HEX96, 96),
+        host_data=allowlist.parse(table, "host_data", allowlist.hex_bytes(32)),
+        id_key_digests=allowlist.parse(table, "id_key_digests", allowlist.hex_bytes(48)),
     )
 
 
 def baseline_policy(allow_debug: bool) -> SnpPolicy:
     return SnpPolicy(measurements=None, allow_debug=allow_debug)
+
+
+def is_pinned(policy: SnpPolicy) -> bool:
+    """The launch digest covers the firmware and, with measured direct boot, kernel, initrd and
+    command line: it is what pins the guest's code."""
+    return policy.measurements is not None
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in _IDENTITY}
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -584,14 +583,15 @@ def verify(evidence: Evidence, *, at: datetime, policy: SnpPolicy, verdict: Verd
     verdict.claims.update(_claims(report, product))
     if csp_id is not None:
         verdict.claims["vlek_csp_id"] = csp_id.decode("ascii", "replace")
-    _validate(report, product, policy, verdict)
+    validate(report, policy, verdict, product=product)
     return Bound(report_data=report.report_data)
 
 
 # ------------------------------------------------------------------------------------- validate
 
 
-def _validate(report: SnpReport, product: Product | None, policy: SnpPolicy, verdict: Verdict) -> None:
+def validate(report: SnpReport, policy: SnpPolicy, verdict: Verdict, *, product: Product | None = None) -> None:
+    """`product` (from the VCEK/VLEK issuer or the CPUID) is needed to decode TCB versions for min_tcb."""
     pol = report.policy
     if pol.debug:
         verdict.check("debug", policy.allow_debug,
@@ -600,26 +600,16 @@ def _validate(report: SnpReport, product: Product | None, policy: SnpPolicy, ver
                       "guest memory, and the policy forbids debug")
     else:
         verdict.ok("debug", f"guest policy {pol.to_claim()['raw']} forbids debug")
-    measurement = report.measurement.hex()
-    if policy.measurements is None:
-        verdict.skip("measurement", f"{measurement} not pinned by policy")
-    else:
-        verdict.check("measurement", measurement in policy.measurements,
-                      f"{measurement} is in the policy's allow-list",
-                      f"{measurement} is not in the policy's allow-list")
+    allowlist.check(verdict, "measurement", report.measurement.hex(), policy.measurements)
     if policy.min_tcb is not None:
         _check_min_tcb(report, product, policy.min_tcb, verdict)
     if policy.max_vmpl is not None:
         verdict.check("VMPL", report.vmpl <= policy.max_vmpl, f"report from VMPL {report.vmpl}",
                       f"report from VMPL {report.vmpl}, the policy allows at most VMPL {policy.max_vmpl}")
     if policy.host_data is not None:
-        hd = report.host_data.hex()
-        verdict.check("host data", hd in policy.host_data, f"{hd} is in the policy's allow-list",
-                      f"{hd} is not in the policy's allow-list")
+        allowlist.check(verdict, "host data", report.host_data.hex(), policy.host_data)
     if policy.id_key_digests is not None:
-        ik = report.id_key_digest.hex()
-        verdict.check("ID key digest", ik in policy.id_key_digests, f"{ik} is in the policy's allow-list",
-                      f"{ik} is not in the policy's allow-list")
+        allowlist.check(verdict, "ID key digest", report.id_key_digest.hex(), policy.id_key_digests)
 
 
 def _check_min_tcb(report: SnpReport, product: Product | None, floors: dict[str | None, dict[str, int]],

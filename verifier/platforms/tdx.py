@@ -19,12 +19,11 @@ root is named clearly) and applies the policy (measurements, debug, TCB status).
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import dcap_qvl
 from cryptography import x509
@@ -33,8 +32,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from verifier import x509chain
 from verifier.errors import ParseError, PolicyError
 from verifier.models import Evidence, Verdict
-from verifier.platforms import Bound
-from verifier.platforms.allowlist import hex_allow_list
+from verifier.inputs import load_json
+from verifier.platforms import Bound, allowlist
+from verifier.platforms.reader import Reader
 
 NAME = "tdx"
 ROOT_NAME = "Intel SGX Root CA"
@@ -52,6 +52,10 @@ TCB_STATUSES = (
     "OutOfDate", "OutOfDateConfigurationNeeded", "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded",
 )
 MEASUREMENT_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner")
+# A TD's launch: the TDVF firmware (MRTD), its configuration (RTMR0), the kernel (RTMR1), its
+# command line and initrd (RTMR2). Only all four together pin the code the TD boots.
+CODE_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2")
+_IDENTITY = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "mrconfigid", "mrowner", "mrseam")
 
 
 @dataclass(frozen=True)
@@ -98,34 +102,13 @@ class Quote:
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    measurements: dict[str, tuple[str, ...]]  # key in MEASUREMENT_KEYS -> lowercase hex allow-list
+    measurements: dict[str, allowlist.AllowList]  # key in MEASUREMENT_KEYS -> allow-list
     allow_debug: bool
     accepted_tcb_statuses: tuple[str, ...]
 
 
-class _Reader:
-    """Bounds-checked little-endian reads; every shortfall names the field and offset."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.off, self.what = data, 0, what
-
-    def take(self, n: int, field: str) -> bytes:
-        if n < 0 or self.off + n > len(self.data):
-            raise ParseError(f"{self.what}: truncated at {field}: needs {n} bytes at offset {self.off}, "
-                             f"{len(self.data) - self.off} left")
-        out = self.data[self.off:self.off + n]
-        self.off += n
-        return out
-
-    def u16(self, field: str) -> int:
-        return int(struct.unpack("<H", self.take(2, field))[0])
-
-    def u32(self, field: str) -> int:
-        return int(struct.unpack("<I", self.take(4, field))[0])
-
-
 def _td_report(body: bytes, version: str) -> TdReport:
-    r = _Reader(body, f"TD report {version}")
+    r = Reader(body, f"TD report {version}")
     fields = dict(
         tee_tcb_svn=r.take(16, "TEE_TCB_SVN"), mrseam=r.take(48, "MRSEAM"), mrsignerseam=r.take(48, "MRSIGNERSEAM"),
         seam_attributes=r.take(8, "SEAMATTRIBUTES"), td_attributes=r.take(8, "TDATTRIBUTES"), xfam=r.take(8, "XFAM"),
@@ -151,9 +134,22 @@ def _pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     return certs
 
 
+def _certification_data(s: Reader, kind: int, name: str, meaning: str) -> int:
+    """A certification data header (type u16, size u32) of type `kind` whose data fills the rest of
+    the signature data; returns that size."""
+    got = s.u16(f"{name} type")
+    if got != kind:
+        raise ParseError(f"tdx quote: {name} type {got} is not supported (expected {kind}, {meaning})")
+    size = s.u32(f"{name} size")
+    left = len(s.data) - s.pos
+    if size != left:
+        raise ParseError(f"tdx quote: {name} declares {size} bytes, {left} remain in the signature data")
+    return size
+
+
 def parse(blob: bytes) -> Quote:
     """Parse a TDX quote v4 or v5; `ParseError` on anything malformed or unsupported."""
-    r = _Reader(blob, "tdx quote")
+    r = Reader(blob, "tdx quote")
     header = r.take(HEADER_LEN, "header")
     version, key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", header)
     if version not in (4, 5):
@@ -176,29 +172,15 @@ def parse(blob: bytes) -> Quote:
     report = _td_report(r.take(size, f"TD report {tdx_module}"), tdx_module)
 
     sig_len = r.u32("signature data length")
-    sig_start = r.off
-    s = _Reader(r.take(sig_len, "signature data"), "tdx quote signature data")
+    sig_start = r.pos
+    s = Reader(r.take(sig_len, "signature data"), "tdx quote signature data")
     signature = s.take(64, "quote signature")
     attestation_key = s.take(64, "attestation key")
-    cert_type = s.u16("certification data type")
-    if cert_type != CERT_QE_REPORT:
-        raise ParseError(f"tdx quote: certification data type {cert_type} is not supported (expected 6, "
-                         "QE report certification data)")
-    cert_size = s.u32("certification data size")
-    if cert_size != sig_len - s.off:
-        raise ParseError(f"tdx quote: certification data declares {cert_size} bytes, signature data holds "
-                         f"{sig_len - s.off}")
+    _certification_data(s, CERT_QE_REPORT, "certification data", "QE report certification data")
     qe_report = s.take(QE_REPORT_LEN, "QE report")
     qe_report_signature = s.take(64, "QE report signature")
     qe_auth_data = s.take(s.u16("QE auth data size"), "QE auth data")
-    inner_type = s.u16("PCK certification data type")
-    if inner_type != CERT_PCK_CHAIN:
-        raise ParseError(f"tdx quote: inner certification data type {inner_type} is not supported "
-                         "(expected 5, PCK certificate chain)")
-    inner_size = s.u32("PCK certification data size")
-    if inner_size != sig_len - s.off:
-        raise ParseError(f"tdx quote: PCK certification data declares {inner_size} bytes, "
-                         f"{sig_len - s.off} remain in the signature data")
+    inner_size = _certification_data(s, CERT_PCK_CHAIN, "PCK certification data", "PCK certificate chain")
     pck_chain = _pck_chain(s.take(inner_size, "PCK certificate chain"))
 
     end = sig_start + sig_len
@@ -212,11 +194,8 @@ def parse_policy(table: dict[str, Any]) -> TdxPolicy:
     unknown = set(table) - {*MEASUREMENT_KEYS, "allow_debug", "accepted_tcb_statuses"}
     if unknown:
         raise PolicyError(f"unknown key(s) {', '.join(sorted(unknown))}")
-    measurements: dict[str, tuple[str, ...]] = {}
-    for key in MEASUREMENT_KEYS:
-        allowed = hex_allow_list(table, key, 48)
-        if allowed is not None:
-            measurements[key] = allowed
+    lists = {key: allowlist.parse(table, key, allowlist.hex_bytes(48)) for key in MEASUREMENT_KEYS}
+    measurements = {key: allowed for key, allowed in lists.items() if allowed is not None}
     allow_debug = table.get("allow_debug", False)
     if not isinstance(allow_debug, bool):
         raise PolicyError("allow_debug must be true or false")
@@ -229,6 +208,14 @@ def parse_policy(table: dict[str, Any]) -> TdxPolicy:
 
 def baseline_policy(allow_debug: bool) -> TdxPolicy:
     return TdxPolicy({}, allow_debug, ("UpToDate",))
+
+
+def is_pinned(policy: TdxPolicy) -> bool:
+    return all(key in policy.measurements for key in CODE_KEYS)
+
+
+def identity_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in _IDENTITY}
 
 
 @lru_cache(maxsize=1)
@@ -275,15 +262,14 @@ def _check_pck_chain(quote: Quote, at: datetime, verdict: Verdict) -> None:
         verdict.fail("PCK chain", str(exc))
 
 
-def _collateral_windows(text: str) -> dict[str, str]:
+def _collateral_windows(outer: Any) -> dict[str, str]:
     """Issue date .. next update of the TCB info and QE identity, to make expiry failures actionable."""
     out = {}
     try:
-        outer = json.loads(text)
         for key, claim in (("tcb_info", "tcb_info_valid"), ("qe_identity", "qe_identity_valid")):
-            inner = json.loads(outer[key])
+            inner = load_json(outer[key], f"tdx collateral {key}")
             out[claim] = f"{inner['issueDate']} .. {inner['nextUpdate']}"
-    except (ValueError, KeyError, TypeError):
+    except (ParseError, KeyError, TypeError):
         pass  # dcap-qvl reports malformed collateral itself
     return out
 
@@ -298,12 +284,12 @@ def _check_collateral(quote: Quote, collateral: bytes | None, at: datetime,
         verdict.fail(step, "TDX verification needs Intel collateral (TCB info, QE identity, CRLs); this verifier "
                      "is offline: pass --collateral with dcap-qvl's collateral JSON")
         return None
+    outer = load_json(collateral, "tdx collateral")  # strict first: dcap-qvl would take the last duplicate key
     try:
-        text = collateral.decode("utf-8")
-        col = dcap_qvl.QuoteCollateralV3.from_json(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+        col = dcap_qvl.QuoteCollateralV3.from_json(collateral.decode("utf-8"))
+    except ValueError as exc:
         raise ParseError(f"tdx collateral: not dcap-qvl collateral JSON ({' '.join(str(exc).split())})") from None
-    windows = _collateral_windows(text)
+    windows = _collateral_windows(outer)
     verdict.claims.update(windows)
     now_secs = int(at.timestamp())
     if now_secs < 0:  # dcap-qvl takes unsigned seconds since 1970; nothing Intel issues is valid earlier
@@ -346,20 +332,20 @@ def verify(evidence: Evidence, *, at: datetime, policy: TdxPolicy, verdict: Verd
         verdict.check("TCB status", status in policy.accepted_tcb_statuses,
                       f"{status} is accepted{extra}",
                       f"{status} is not accepted (policy accepts {', '.join(policy.accepted_tcb_statuses)}){extra}")
-    rep = quote.report
-    attrs = rep.td_attributes.hex()
-    verdict.check("debug", policy.allow_debug or not rep.debug,
-                  f"TD attributes {attrs}: DEBUG set, allowed by policy" if rep.debug
+    validate(quote, policy, verdict)
+    return Bound(report_data=quote.report.report_data)
+
+
+def validate(report: Quote, policy: TdxPolicy, verdict: Verdict) -> None:
+    """Debug and the measurement allow-lists; the TCB status is checked in `verify`, where
+    dcap-qvl's collateral check yields it."""
+    td = report.report  # the quote's TD report body
+    attrs = td.td_attributes.hex()
+    verdict.check("debug", policy.allow_debug or not td.debug,
+                  f"TD attributes {attrs}: DEBUG set, allowed by policy" if td.debug
                   else f"TD attributes {attrs}: DEBUG not set",
                   f"TD attributes {attrs} have DEBUG set and the policy forbids debug")
-    values = {"mrtd": rep.mrtd, "mrconfigid": rep.mrconfigid, "mrowner": rep.mrowner,
-              **{f"rtmr{i}": m for i, m in enumerate(rep.rtmrs)}}
+    values = {"mrtd": td.mrtd, "mrconfigid": td.mrconfigid, "mrowner": td.mrowner,
+              **{f"rtmr{i}": m for i, m in enumerate(td.rtmrs)}}
     for key in MEASUREMENT_KEYS:
-        value = values[key].hex()
-        allowed = policy.measurements.get(key)
-        if allowed is None:
-            verdict.skip(key, f"{value} not pinned by policy")
-        else:
-            verdict.check(key, value in allowed, f"{value} is in the policy's allow-list",
-                          f"{value} is not in the policy's allow-list")
-    return Bound(report_data=rep.report_data)
+        allowlist.check(verdict, key, values[key].hex(), policy.measurements.get(key))

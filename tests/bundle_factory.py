@@ -1,0 +1,131 @@
+"""Signed audit bundles made in-process, without an enclave run, for verifier tests.
+
+Everything is real: the sim attester's signed evidence bound to the keys and the nonce, the DSSE
+signature, the parties' approvals. A test may change the statement's bytes before they are signed
+(`edit_payload`), so a bundle can carry, *signed*, what no honest enclave would write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from enclave.tee.sim import SimAttester
+from verifier import dsse
+from verifier.binding import key_binding, statement_binding
+from verifier.bundle import MEDIA_TYPE
+from verifier.models import b64e, canonical_json
+from verifier.statement import PREDICATE_TYPE, STATEMENT_TYPE, approval_message, manifest_digest
+
+CODE_IDENTITY = "c0de" * 16
+SUITE = "x25519-sha256-aes256gcm"
+RESULTS = {"mmlu": {"acc,none": 0.5, "acc_stderr,none": 0.01}}
+
+
+def _raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def pem(key: Ed25519PrivateKey) -> str:
+    """The text `aaudit keygen` writes into a party's .pub file."""
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@dataclass
+class Made:
+    bundle: dict[str, Any]
+    provider: Ed25519PrivateKey
+    auditor: Ed25519PrivateKey
+    digests: dict[str, str] = field(default_factory=dict)  # asset kind -> digest
+
+    def write(self, folder: Path) -> Path:
+        import json
+
+        path = folder / "bundle.json"
+        path.write_text(json.dumps(self.bundle))
+        return path
+
+    def policy_toml(self, *, digests: bool = True, code: bool = True, log_key: str | None = None,
+                    extra: str = "") -> str:
+        """A policy for this bundle; pins the digests and code identity unless told not to."""
+        text = "allow_simulated = true\n"
+        if code:
+            text += f'[sim]\nmeasurements = ["{CODE_IDENTITY}"]\n'
+        text += "[expect]\n"
+        if digests:
+            text += "".join(f'{k}_digest = "{v}"\n' for k, v in self.digests.items())
+        text += extra
+        if log_key is not None:
+            text += f'[log]\npublic_key = "{log_key}"\nrequire_inclusion = true\n'
+        return text
+
+
+def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, Ed25519PrivateKey] | None = None,
+                edit_payload: Callable[[bytes], bytes] | None = None) -> Made:
+    """A bundle of one sim-attested audit; `approvers` overrides who signs each role's approval
+    (the manifest still names the real parties)."""
+    signing = Ed25519PrivateKey.generate()
+    signing_pub = _raw(signing)
+    hpke_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    nonce = os.urandom(32)
+    provider, auditor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    digests = {kind: "sha256:" + os.urandom(32).hex() for kind in ("model", "dataset", "spec")}
+    manifest = {
+        "version": 1,
+        "assets": {kind: {"digest": d, "bytes": 1} for kind, d in digests.items()},
+        "parties": {"provider": b64e(_raw(provider)), "auditor": b64e(_raw(auditor))},
+        "output": "aggregate",
+        "samplesRecipient": None,
+        "enclave": {"platform": "sim", "codeIdentity": CODE_IDENTITY, "signingKey": b64e(signing_pub)},
+    }
+    digest = manifest_digest(manifest)
+    signers = {"provider": provider, "auditor": auditor, **(approvers or {})}
+    approvals = [{"role": role, "publicKey": b64e(_raw(key)), "signature": b64e(key.sign(approval_message(digest)))}
+                 for role, key in signers.items()]
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "model", "digest": {"sha256": digests["model"].removeprefix("sha256:")}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "manifest": manifest,
+            "manifestDigest": digest,
+            "approvals": approvals,
+            "platform": {"name": "sim", "simulated": True, "codeIdentity": CODE_IDENTITY},
+            "results": RESULTS if results is None else results,
+            "finishedAt": datetime.now(timezone.utc).isoformat(),
+            "nonce": nonce.hex(),
+        },
+    }
+    payload = canonical_json(statement)
+    if edit_payload is not None:
+        payload = edit_payload(payload)
+    attester = SimAttester(CODE_IDENTITY)
+    bundle = {
+        "mediaType": MEDIA_TYPE,
+        "envelope": dsse.sign(signing, dsse.IN_TOTO_PAYLOAD_TYPE, payload).to_json(),
+        "enclave": {"signingKey": {"alg": "ed25519", "public": b64e(signing_pub)},
+                    "hpke": {"suite": SUITE, "public": b64e(hpke_pub)}},
+        "nonce": nonce.hex(),
+        "evidence": attester.attest(key_binding(signing_pub, SUITE, hpke_pub, nonce)).to_json(),
+        "finalEvidence": attester.attest(statement_binding(signing_pub, payload)).to_json(),
+    }
+    return Made(bundle, provider, auditor, digests)
+
+
+def publish(made: Made, db: Path) -> str:
+    """Append the bundle to a fresh SQLite log at `db` (in process, no server); returns the log's key."""
+    from tlog.log import SQLiteLog
+    from tlog.publish import publish_bundle
+
+    with SQLiteLog(db, origin="test.example/log") as log:
+        key = log.signer.verifier_key
+        made.bundle = publish_bundle(log, made.bundle, log_key=key)
+    return key
