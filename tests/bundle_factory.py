@@ -23,11 +23,21 @@ from verifier import dsse
 from verifier.binding import key_binding, statement_binding
 from verifier.bundle import MEDIA_TYPE
 from verifier.models import b64e, canonical_json
-from verifier.statement import PREDICATE_TYPE, STATEMENT_TYPE, approval_message, manifest_digest
+from verifier.manifest import AssetRef, EnclaveRef, Parties, RunManifest, SessionRef, approval_message
+from verifier.statement import (
+    Approval,
+    AuditPredicate,
+    AuditStatement,
+    PlatformInfo,
+    Runtime,
+    SamplesInfo,
+    Subject,
+)
 
 CODE_IDENTITY = "c0de" * 16
 SUITE = "x25519-sha256-aes256gcm"
 RESULTS = {"mmlu": {"acc,none": 0.5, "acc_stderr,none": 0.01}}
+TLS_PUB = b"\x30" + os.urandom(90)  # stands for a DER SubjectPublicKeyInfo: bound, never parsed
 
 
 def _raw(key: Ed25519PrivateKey) -> bytes:
@@ -78,32 +88,30 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
     nonce = os.urandom(32)
     provider, auditor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     digests = {kind: "sha256:" + os.urandom(32).hex() for kind in ("model", "dataset", "spec")}
-    manifest = {
-        "version": 1,
-        "assets": {kind: {"digest": d, "bytes": 1} for kind, d in digests.items()},
-        "parties": {"provider": b64e(_raw(provider)), "auditor": b64e(_raw(auditor))},
-        "output": "aggregate",
-        "samplesRecipient": None,
-        "enclave": {"platform": "sim", "codeIdentity": CODE_IDENTITY, "signingKey": b64e(signing_pub)},
-    }
-    digest = manifest_digest(manifest)
+    manifest = RunManifest(
+        session=SessionRef("ab" * 16, os.urandom(32), 1),
+        enclave=EnclaveRef("sim", CODE_IDENTITY, signing_pub),
+        parties=Parties(_raw(provider), _raw(auditor)),
+        assets={kind: AssetRef(d, 1) for kind, d in digests.items()},
+        output="aggregate",
+    )
+    digest = manifest.digest()
     signers = {"provider": provider, "auditor": auditor, **(approvers or {})}
-    approvals = [{"role": role, "publicKey": b64e(_raw(key)), "signature": b64e(key.sign(approval_message(digest)))}
-                 for role, key in signers.items()]
-    statement = {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": "model", "digest": {"sha256": digests["model"].removeprefix("sha256:")}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "manifest": manifest,
-            "manifestDigest": digest,
-            "approvals": approvals,
-            "platform": {"name": "sim", "simulated": True, "codeIdentity": CODE_IDENTITY},
-            "results": RESULTS if results is None else results,
-            "finishedAt": datetime.now(timezone.utc).isoformat(),
-            "nonce": nonce.hex(),
-        },
-    }
+    now = datetime.now(timezone.utc).isoformat()
+    statement = AuditStatement(
+        subject=(Subject("model", {"sha256": digests["model"].removeprefix("sha256:")}),),
+        predicate=AuditPredicate(
+            manifest=manifest, manifest_digest=digest,
+            approvals=tuple(Approval(role, _raw(key), key.sign(approval_message(digest)))
+                            for role, key in signers.items()),
+            platform=PlatformInfo("sim", True, CODE_IDENTITY),
+            results=RESULTS if results is None else results,
+            n_samples={}, configs={}, seeds={},
+            samples=SamplesInfo("00" * 32, 0, "RFC9162-SHA256", "canonical JSON", None),
+            runtime=Runtime({}, "cpu", "float32"),
+            started_at=now, finished_at=now, nonce=nonce.hex(), party_nonces={},
+        ),
+    ).to_json()
     payload = canonical_json(statement)
     if edit_payload is not None:
         payload = edit_payload(payload)
@@ -112,9 +120,9 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
         "mediaType": MEDIA_TYPE,
         "envelope": dsse.sign(signing, dsse.IN_TOTO_PAYLOAD_TYPE, payload).to_json(),
         "enclave": {"signingKey": {"alg": "ed25519", "public": b64e(signing_pub)},
-                    "hpke": {"suite": SUITE, "public": b64e(hpke_pub)}},
+                    "hpke": {"suite": SUITE, "public": b64e(hpke_pub)}, "tls": {"public": b64e(TLS_PUB)}},
         "nonce": nonce.hex(),
-        "evidence": attester.attest(key_binding(signing_pub, SUITE, hpke_pub, nonce)).to_json(),
+        "evidence": attester.attest(key_binding(signing_pub, SUITE, hpke_pub, TLS_PUB, nonce)).to_json(),
         "finalEvidence": attester.attest(statement_binding(signing_pub, payload)).to_json(),
     }
     return Made(bundle, provider, auditor, digests)
