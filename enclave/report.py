@@ -17,8 +17,8 @@ from enclave.tee import CompositeAttester
 from sealing.keywrap import DEFAULT_SUITE, seal_to
 from verifier import dsse
 from verifier.binding import key_binding, samples_info, statement_binding
-from verifier.bundle import MEDIA_TYPE
-from verifier.models import b64e, canonical_json
+from verifier.bundle import AuditBundle, EnclaveKeys, HpkeKey, SigningKey, TlsKey
+from verifier.models import canonical_json
 from verifier.statement import (
     Approval,
     AuditPredicate,
@@ -76,13 +76,11 @@ def build_bundle(statement: AuditStatement, *, keys: BootKeys, tls_public: bytes
     hpke_pub = keys.hpke.public_bytes()
     session = attester.attest(key_binding(keys.signing_public, keys.hpke.suite, hpke_pub, tls_public, nonce))
     final = attester.attest(statement_binding(keys.signing_public, payload))
-    return canonical_json({
-        "mediaType": MEDIA_TYPE,
-        "envelope": envelope.to_json(),
-        "enclave": {"signingKey": {"alg": "ed25519", "public": b64e(keys.signing_public)},
-                    "hpke": {"suite": keys.hpke.suite, "public": b64e(hpke_pub)},
-                    "tls": {"public": b64e(tls_public)}},
-        "nonce": nonce.hex(),
-        "evidence": session.to_json(),
-        "finalEvidence": final.to_json(),
-    })
+    return canonical_json(AuditBundle(
+        envelope=envelope,
+        enclave=EnclaveKeys(SigningKey("ed25519", keys.signing_public), HpkeKey(keys.hpke.suite, hpke_pub),
+                            TlsKey(tls_public)),
+        nonce=nonce.hex(),
+        evidence=session,
+        final_evidence=final,
+    ).to_json())

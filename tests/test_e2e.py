@@ -32,6 +32,7 @@ from aaudit.client import AttestationRefused, EnclaveError, ExpectedRun
 from enclave.measure import code_identity
 from verifier import policy
 from verifier.bundle import verify_bundle
+from verifier.errors import ParseError
 from verifier.models import canonical_json
 from verifier.statement import parse_statement
 
@@ -90,6 +91,11 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
     assert st.to_json()["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
     assert len(st.predicate.samples.merkle_root) == 64
     assert canonical_json(st.to_json()) == base64.b64decode(bundle["envelope"]["payload"]), "one model builds and parses"
+    from verifier.bundle import AuditBundle
+
+    assert AuditBundle.from_json(bundle).to_json() == bundle, "the bundle too"
+    with pytest.raises(ParseError, match="unknown field"):
+        AuditBundle.from_json({**bundle, "extra": 1})
 
 
 def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes], parties) -> None:

@@ -10,22 +10,79 @@ Platform knowledge stays in the platform modules (`verifier.platforms.Platform`)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from verifier import dsse, platforms
+from verifier import dsse, platforms, wire
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
 from verifier.inputs import load_json
-from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64d, b64e
+from verifier.manifest import ROLES, verify_approval
+from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.platforms import allowlist
 from verifier.policy import Policy
-from verifier.manifest import ROLES, verify_approval
 from verifier.statement import AuditStatement, parse_statement
 
 MEDIA_TYPE = "application/vnd.attestable-audits.bundle.v1+json"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    alg: str
+    public: bytes
+
+
+@dataclass(frozen=True)
+class HpkeKey:
+    suite: str
+    public: bytes
+
+
+@dataclass(frozen=True)
+class TlsKey:
+    public: bytes         # DER SubjectPublicKeyInfo; empty when the enclave served plaintext (development)
+
+
+@dataclass(frozen=True)
+class EnclaveKeys:
+    signing_key: SigningKey
+    hpke: HpkeKey
+    tls: TlsKey
+
+
+@dataclass(frozen=True)
+class AuditBundle:
+    """What travels to third parties (docs/FORMATS.md). Built by `enclave/report.py`, parsed here;
+    `logEntry` is added by `aaudit log publish` (verifier/logentry.py checks it)."""
+
+    envelope: dsse.Envelope
+    enclave: EnclaveKeys
+    nonce: str
+    evidence: Evidence
+    final_evidence: Evidence
+    log_entry: dict[str, Any] | None = field(default=None, metadata={"optional": True})
+    media_type: str = MEDIA_TYPE
+
+    def to_json(self) -> dict[str, Any]:
+        return wire.to_json(self)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "bundle") -> "AuditBundle":
+        if not isinstance(obj, dict) or obj.get("mediaType") != MEDIA_TYPE:
+            raise ParseError(f"{where}: mediaType is not {MEDIA_TYPE}")
+        bundle = wire.from_json(cls, obj, where)
+        if bundle.enclave.signing_key.alg != "ed25519" or len(bundle.enclave.signing_key.public) != 32:
+            raise ParseError(f"{where}: enclave.signingKey must be a 32-byte ed25519 key")
+        try:
+            nonce = bytes.fromhex(bundle.nonce)
+        except ValueError:
+            raise ParseError(f"{where}: nonce is not hex") from None
+        if len(nonce) != NONCE_LEN:
+            raise ParseError(f"{where}: nonce must be {NONCE_LEN} bytes")
+        return bundle
 
 
 def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:
@@ -36,44 +93,19 @@ def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witnes
     return verify_bundle(load_json(data, f"bundle {path}"), policy, at=at, witness_state=witness_state)
 
 
-def _field(obj: dict[str, Any], key: str, kind: type) -> Any:
-    value = obj.get(key)
-    if not isinstance(value, kind):
-        raise ParseError(f"bundle: {key} missing or not {kind.__name__}")
-    return value
-
-
 def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:
-    if not isinstance(bundle, dict) or bundle.get("mediaType") != MEDIA_TYPE:
-        raise ParseError(f"bundle: mediaType is not {MEDIA_TYPE}")
-    enclave = _field(bundle, "enclave", dict)
-    signing, hpke = _field(enclave, "signingKey", dict), _field(enclave, "hpke", dict)
-    if signing.get("alg") != "ed25519":
-        raise ParseError("bundle: enclave.signingKey.alg must be ed25519")
-    signing_pub = b64d(signing.get("public"), "enclave.signingKey.public")
-    if len(signing_pub) != 32:
-        raise ParseError("bundle: enclave signing key is not a 32-byte Ed25519 key")
-    hpke_pub = b64d(hpke.get("public"), "enclave.hpke.public")
-    tls_pub = b64d(_field(enclave, "tls", dict).get("public"), "enclave.tls.public")
-    suite = hpke.get("suite")
-    if not isinstance(suite, str):
-        raise ParseError("bundle: enclave.hpke.suite missing")
-    try:
-        nonce = bytes.fromhex(_field(bundle, "nonce", str))
-    except ValueError:
-        raise ParseError("bundle: nonce is not hex") from None
-    if len(nonce) != NONCE_LEN:
-        raise ParseError(f"bundle: nonce must be {NONCE_LEN} bytes")
-    evidence = Evidence.from_json(_field(bundle, "evidence", dict), "evidence")
-    final = Evidence.from_json(_field(bundle, "finalEvidence", dict), "finalEvidence")
-    envelope = dsse.Envelope.from_json(_field(bundle, "envelope", dict))
+    parsed = AuditBundle.from_json(bundle)
+    keys, nonce = parsed.enclave, bytes.fromhex(parsed.nonce)
+    signing_pub = keys.signing_key.public
+    evidence, final, envelope = parsed.evidence, parsed.final_evidence, parsed.envelope
 
     verdict = Verdict(subject="audit bundle", unpinned=policy.unpinned(evidence.platform))
     # 1. The session evidence: a CPU TEE vouching for the enclave's keys and this run's nonce.
     if evidence.platform not in CPU_PLATFORMS:
         verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
     verify_evidence(evidence, at=at, policy=policy, verdict=verdict, prefix="evidence: ",
-                    expected_report_data=key_binding(signing_pub, suite, hpke_pub, tls_pub, nonce))
+                    expected_report_data=key_binding(signing_pub, keys.hpke.suite, keys.hpke.public, keys.tls.public,
+                                                     nonce))
     # 2. The report is signed by that key.
     verdict.check("report signature", envelope.payload_type == dsse.IN_TOTO_PAYLOAD_TYPE and dsse.verify(envelope, signing_pub),
                   "DSSE signature by the attested enclave key verifies",
@@ -101,7 +133,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     _expected_digests(statement, policy, verdict)
     _thresholds(statement, policy, verdict)
     _age(statement, policy, at, verdict)
-    if bundle.get("logEntry") is not None or (policy.log is not None and policy.log.require_inclusion):
+    if parsed.log_entry is not None or (policy.log is not None and policy.log.require_inclusion):
         from verifier.logentry import verify_log_entry
 
         verify_log_entry(bundle, policy.log, verdict, witness_state)

@@ -43,9 +43,9 @@ class Envelope:
                 "signatures": [{"keyid": k, "sig": b64e(s)} for k, s in self.signatures]}
 
     @classmethod
-    def from_json(cls, obj: Any) -> "Envelope":
+    def from_json(cls, obj: Any, what: str = "envelope") -> "Envelope":
         if not isinstance(obj, dict):
-            raise ParseError("envelope: expected an object")
+            raise ParseError(f"{what}: expected an object")
         ptype = obj.get("payloadType")
         if not isinstance(ptype, str) or not ptype.isprintable() or not ptype.isascii():
             raise ParseError("envelope: payloadType missing or not printable ASCII")
