@@ -648,14 +648,13 @@ def _check_template_tree(tree: Any, where: str, key: str) -> None:
 
 @functools.cache
 def _template_env() -> Any:
-    """The runner's kind of environment (sandboxed, lm-eval's settings), for parsing and compiling
-    only. Templates are never rendered here, so lm-eval's `regex_replace` filter is present by
-    name only (its function lives in lm-eval, which the spec check does not import)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """The runner's environment (benchmarks.templates: sandboxed and limited, since compiling folds
+    constants), for parsing and compiling only. Templates are never rendered here, so lm-eval's
+    `regex_replace` filter is present by name only (its function lives in lm-eval, which the spec
+    check does not import)."""
+    from benchmarks.templates import limited_environment
 
-    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
-    env.filters["regex_replace"] = str
-    return env
+    return limited_environment({"regex_replace": str}, keep_trailing_newline=True)
 
 
 def _no_function_tags(value: Any, where: str, path: str = "config") -> None:

@@ -16,7 +16,6 @@ lazily.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -31,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: F401 (run_audit raises DatasetError)
 from benchmarks.spec import AuditSpec, lm_eval_task_config
-from verifier.errors import UnusableInput
+from benchmarks.templates import TemplateLimit, limited_environment  # noqa: F401 (jobs report TemplateLimit)
 from verifier.merkle import root_hash
 from verifier.models import canonical_json
 
@@ -43,13 +42,6 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_O
                "TRANSFORMERS_OFFLINE": "1"}
 RUN_ENV = {**OFFLINE_ENV, "DISABLE_MULTIPROC": "1"}
 
-# Template limits: a rendered prompt, any string or list a template's operators, calls and filters
-# build, and any width it passes (center, indent, ljust...) stay under MAX_RENDERED; `range` stays
-# under MAX_RANGE items; `*` and `**` on integers under MAX_INT_BITS. Time is bounded by the job's
-# deadline (enclave.jobs).
-MAX_RENDERED = 1 << 20
-MAX_RANGE = 10_000
-MAX_INT_BITS = 1 << 16
 
 ProgressFn = Callable[[str, float], None]
 
@@ -234,63 +226,21 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int, phases: list[str],
     return lm
 
 
-class TemplateLimit(UnusableInput):
-    """A spec's template tried to build something larger than the template limits allow."""
-
-
 @contextlib.contextmanager
 def _sandboxed_templates(spec: AuditSpec) -> Iterator[None]:
-    """Render the spec's Jinja templates in Jinja's sandbox, with size limits, instead of lm-eval's
-    plain environment.
-
-    The spec check refuses templates that reach for Python internals; the sandbox also stops
-    attempts that go through data, e.g. `{{ doc[key] }}` with key = "__class__" in the dataset.
-    The limits stop templates that would build huge values (`'x' * 10**10`, `range(10**9)`,
-    `'x'.ljust(10**10)`) with a `TemplateLimit` naming the task, before memory runs out.
-    """
+    """Render the spec's Jinja templates in the limited sandbox (benchmarks.templates) instead of
+    lm-eval's plain environment. The sandbox also stops attempts that go through data, e.g.
+    `{{ doc[key] }}` with key = "__class__" in the dataset; its limits raise `TemplateLimit` naming
+    the task before a template builds a huge value."""
     import lm_eval.utils as lm_utils
-    from jinja2 import Template
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     owners: dict[str, list[str]] = {}  # template source -> tasks whose config holds it
     for task in spec.tasks:
         for source in _strings(lm_eval_task_config(task)):
             owners.setdefault(source, []).append(task.name)
-
-    class LimitedTemplate(Template):
-        owner = "a template of the spec"
-
-        def render(self, *args: Any, **kwargs: Any) -> str:
-            try:
-                return _check_size(super().render(*args, **kwargs), "a rendered prompt")
-            except TemplateLimit as exc:
-                raise TemplateLimit(f"{self.owner}: {exc}") from None
-
-    class LimitedEnvironment(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**", "+"})
-        template_class = LimitedTemplate
-
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            _check_binop(operator, left, right)
-            return _check_size(super().call_binop(context, operator, left, right), f"the result of {operator!r}")
-
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-            if isinstance(getattr(__obj, "__self__", None), str) and __obj.__name__ in _WIDTH_METHODS:
-                _check_sizes(args, kwargs)
-            return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")
-
-        def from_string(self, source: Any, *args: Any, **kwargs: Any) -> Any:
-            template = super().from_string(source, *args, **kwargs)
-            if isinstance(source, str) and source in owners:
-                template.owner = "task " + ", ".join(repr(t) for t in owners[source])
-            return template
-
     plain = lm_utils.env
-    sandboxed = LimitedEnvironment(loader=plain.loader, undefined=plain.undefined,
-                                   keep_trailing_newline=plain.keep_trailing_newline)
-    sandboxed.filters.update({name: _limited_filter(name, fn) for name, fn in plain.filters.items()})
-    sandboxed.globals["range"] = _limited_range
-    lm_utils.env = sandboxed
+    lm_utils.env = limited_environment(plain.filters, owners, loader=plain.loader, undefined=plain.undefined,
+                                       keep_trailing_newline=plain.keep_trailing_newline)
     try:
         yield
     finally:
@@ -307,59 +257,6 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _strings(v)
-
-
-def _check_binop(operator: str, left: Any, right: Any) -> None:
-    """Refuse `*` and `**` whose result would be too large, before computing it."""
-    if operator == "*":
-        for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDERED:
-                raise TemplateLimit(f"{type(seq).__name__} * {n} would exceed {MAX_RENDERED} items")
-        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
-            raise TemplateLimit(f"a product of integers would exceed {MAX_INT_BITS} bits")
-    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
-            and right * max(abs(left).bit_length() - 1, 0) > MAX_INT_BITS:
-        raise TemplateLimit(f"an integer power would exceed {MAX_INT_BITS} bits")
-
-
-# Methods and filters whose integer arguments are output widths: checked before they allocate. Other
-# calls only have their results checked, since their integer arguments may be data (`format`).
-_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
-_WIDTH_FILTERS = frozenset({"center", "indent", "wordwrap"})
-
-
-def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse a width argument above MAX_RENDERED."""
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_RENDERED:
-            raise TemplateLimit(f"a width argument exceeds {MAX_RENDERED}")
-
-
-def _check_size(value: Any, what: str) -> Any:
-    if isinstance(value, (str, list, tuple)) and len(value) > MAX_RENDERED:
-        raise TemplateLimit(f"{what} has more than {MAX_RENDERED} items")
-    return value
-
-
-def _limited_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A Jinja filter under the size limits (functools.wraps keeps Jinja's pass_* marker, which
-    puts the environment or context before the filtered value)."""
-    first = 2 if getattr(fn, "jinja_pass_arg", None) is not None else 1
-
-    @functools.wraps(fn)
-    def limited(*args: Any, **kwargs: Any) -> Any:
-        if name in _WIDTH_FILTERS:
-            _check_sizes(args[first:], kwargs)
-        return _check_size(fn(*args, **kwargs), f"the {name} filter's result")
-
-    return limited
-
-
-def _limited_range(*args: int) -> range:
-    out = range(*args)
-    if len(out) > MAX_RANGE:
-        raise TemplateLimit(f"range of {len(out)} items exceeds {MAX_RANGE}")
-    return out
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -142,3 +143,173 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def _session_with_spec(c: EnclaveClient, parties, spec_text: str, tmp_path: Path, name: str) -> tuple[str, str]:
+    """A session with the parties' model and data and an auditor spec of `spec_text`, both approved;
+    returns (session id, spec digest)."""
+    from aaudit.client import ExpectedRun
+    from sealing.stream import seal
+
+    (tmp_path / f"{name}.toml").write_text(spec_text)
+    spec = seal(tmp_path / f"{name}.toml", tmp_path / f"sealed-{name}", "spec")
+    sid = open_session(c, parties)
+    e = c.attest(parties.enclave_policy)
+    c.upload(e, sid, parties.sealed["model"], parties.provider)
+    c.upload(e, sid, parties.sealed["dataset"], parties.auditor)
+    c.upload(e, sid, spec, parties.auditor)
+    digests = {"model": parties.sealed["model"].digest, "dataset": parties.sealed["dataset"].digest,
+               "spec": spec.digest}
+    c.approve(e, sid, "provider", parties.provider,
+              ExpectedRun(digests, {"auditor": parties.auditor.public_raw()}, allow_samples=True))
+    c.approve(e, sid, "auditor", parties.auditor,
+              ExpectedRun(digests, {"provider": parties.provider.public_raw()}, allow_samples=True))
+    return sid, spec.digest
+
+
+_FOREVER = "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}"
+
+
+def _looping_spec(parties, deadline: str) -> str:
+    from benchmarks.demo_assets import demo_spec_toml
+
+    from sealing.identity import load_samples_key
+
+    recipient = base64.b64encode(load_samples_key(parties.samples_key).public_bytes()).decode()
+    text = demo_spec_toml(samples_recipient=recipient)
+    looping = text.replace('doc_to_text = "Question: {{question}}', f'doc_to_text = "{_FOREVER}Question: {{{{question}}}}', 1)
+    assert looping != text
+    return f'deadline = "{deadline}"\n' + looping
+
+
+def test_a_spec_that_loops_for_ever_ends_at_its_deadline_and_the_next_job_runs(parties, tmp_path: Path) -> None:
+    """Review finding: a spec could run for ever and the enclave refused all work until restart.
+    Meanwhile, with eight idle uploads open and the job running, another client attests within 2 s."""
+    from e2e_helpers import run
+
+    enclave = RunningEnclave(Limits(upload_idle_s=20.0))
+    release = threading.Event()
+    try:
+        with enclave.client() as c:
+            sid, _ = _session_with_spec(c, parties, _looping_spec(parties, "6s"), tmp_path, "forever")
+            failure: list[BaseException] = []
+            runner = threading.Thread(target=lambda: _expect_failure(lambda: run(c, parties, sid), failure))
+            t0 = time.monotonic()
+            runner.start()
+            idle = [_idle_upload(c._channel, release) for _ in range(8)]
+            time.sleep(2.0)
+            with EnclaveClient(enclave.target) as other:
+                t1 = time.monotonic()
+                other.attest(parties.enclave_policy)
+                assert time.monotonic() - t1 < 2.0, "Attest must answer while uploads idle and a job runs"
+            runner.join(timeout=120)
+            assert not runner.is_alive()
+            elapsed = time.monotonic() - t0
+            assert failure and "DEADLINE_EXCEEDED" in str(failure[0]), failure
+            assert elapsed < 60, f"the job ended {elapsed:.0f} s after it started; its deadline was 6 s"
+            release.set()
+            for f in idle:
+                with pytest.raises(grpc.RpcError):
+                    f.result(timeout=30)
+            sid2 = open_session(c, parties)  # the enclave is free: the next job runs to its bundle
+            provision_and_run = _normal_job(c, parties, sid2)
+            assert provision_and_run["nonce"]
+    finally:
+        release.set()
+        enclave.stop()
+
+
+def _expect_failure(fn, out: list[BaseException]) -> None:  # noqa: ANN001
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        out.append(exc)
+
+
+def _normal_job(c: EnclaveClient, parties, sid: str) -> dict:
+    from e2e_helpers import approve_both, provision, run
+
+    provision(c, parties, sid)
+    approve_both(c, parties, sid)
+    return run(c, parties, sid)
+
+
+def test_either_party_cancels_a_running_job(parties, tmp_path: Path) -> None:
+    from e2e_helpers import run
+
+    enclave = RunningEnclave()
+    try:
+        with enclave.client() as c:
+            sid, _ = _session_with_spec(c, parties, _looping_spec(parties, "10m"), tmp_path, "cancel")
+            failure: list[BaseException] = []
+            runner = threading.Thread(target=lambda: _expect_failure(lambda: run(c, parties, sid), failure))
+            runner.start()
+            deadline = time.monotonic() + 60
+            while c.manifest(sid).state != "running" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            e = c.attest(parties.enclave_policy)
+            stranger = _stranger()
+            with pytest.raises(EnclaveError, match="PERMISSION_DENIED"):
+                c.session_action(e, "cancel", sid, "provider", stranger)
+            t0 = time.monotonic()
+            c.session_action(e, "cancel", sid, "provider", parties.provider)
+            runner.join(timeout=30)
+            assert not runner.is_alive() and time.monotonic() - t0 < 10
+            assert failure and "CANCELLED" in str(failure[0]), failure
+            view = c.manifest(sid)
+            assert view.state == "open" and view.manifest.assets == {} and view.manifest.session.job == 2
+    finally:
+        enclave.stop()
+
+
+def _stranger():  # noqa: ANN202
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from sealing.identity import Identity
+
+    return Identity(ed25519.Ed25519PrivateKey.generate())
+
+
+def test_sigterm_stops_the_enclave_within_seconds_mid_job(parties, tmp_path: Path) -> None:
+    """A hung enclave ignored SIGTERM. Now `aaudit enclave serve` cancels the job, kills its
+    process, wipes its work folder and exits within seconds."""
+    import signal
+    import subprocess
+    import sys
+
+    work = tmp_path / "shm"
+    work.mkdir()
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "aaudit.cli", "enclave", "serve", "--tee", "sim",
+                             "--gpu-evidence", "none", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+                             "--workdir", str(work), "--unsafe-allow-disk-workdir"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        from e2e_helpers import run
+
+        with EnclaveClient(target) as c:
+            sid, _ = _session_with_spec(c, parties, _looping_spec(parties, "10m"), tmp_path, "term")
+            failure: list[BaseException] = []
+            runner = threading.Thread(target=lambda: _expect_failure(lambda: run(c, parties, sid), failure))
+            runner.start()
+            while c.manifest(sid).state != "running" and time.monotonic() < deadline + 60:
+                time.sleep(0.2)
+            assert any(work.iterdir()), "the job's plaintext model sits in the work folder while it runs"
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+            assert time.monotonic() - t0 < 15
+            runner.join(timeout=20)
+        assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+        assert failure, "the client sees its run end"
+        assert list(work.iterdir()) == [], "no plaintext left behind"
+        out = proc.stdout.read() if proc.stdout else ""
+        assert "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

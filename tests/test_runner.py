@@ -284,7 +284,7 @@ def render_all(template: str, doc: dict[str, Any]) -> str:
     ("{% for i in range(10000) %}{{ question }}{% endfor %}", "a rendered prompt has more than 1048576 items"),
 ])
 def test_template_limits_name_the_task(template: str, message: str):
-    from enclave.runner import TemplateLimit
+    from benchmarks.templates import TemplateLimit
 
     started = time.monotonic()
     with pytest.raises(TemplateLimit, match="^task 'aa_demo_mc': " + message):

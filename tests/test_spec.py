@@ -479,3 +479,29 @@ def test_parse_spec_raises_only_spec_errors(data: bytes):
         parse_spec(data)
     except UnusableInput as exc:
         assert isinstance(exc, SpecError) and str(exc)
+
+
+@pytest.mark.parametrize("template", [
+    "{{ 'x' * 10**10 }}",
+    "{{ 'x' * 100000 * 100000 }}",
+    "{{ ('x' ~ 'y') * 10**10 }}",
+    "{{ 'x'|center(10**10) }}",
+    "{{ 'x'|indent(10**10) }}",
+    "{{ [0] * 10**10 }}",
+    "{{ 9 ** 9 ** 9 }}",
+])
+def test_checking_a_template_never_computes_its_constants(template: str) -> None:
+    """Jinja folds constant expressions when it compiles. The spec check compiles every template in
+    the enclave server, so it must do that in the limited sandbox: before, `'x' * 10**10` built a
+    ten-gigabyte string at upload time."""
+    import resource
+    import time
+
+    from benchmarks.demo_assets import demo_spec_toml
+
+    text = demo_spec_toml().replace('doc_to_text = "Question: {{question}}', 'doc_to_text = "' + template + '{{question}}', 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    parse_spec(text.encode())  # it compiles; rendering it is what the runner refuses (tests/test_runner.py)
+    assert time.monotonic() - t0 < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
