@@ -70,20 +70,25 @@ def _status(exc: AAuditError) -> grpc.StatusCode:
     return next(code for cls, code in _CODES if isinstance(exc, cls))
 
 
+def _refuse(method: str, context: grpc.ServicerContext, exc: Exception) -> None:
+    """End the call with the status `_CODES` gives a project error; anything else is a bug,
+    reported to the caller without internals (which could hold secrets)."""
+    if isinstance(exc, AAuditError):
+        log.warning("%s refused: %s", method, exc)
+        context.abort(_status(exc), str(exc))
+    log.error("%s failed: %s", method, type(exc).__name__)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
 def _rpc(method: Callable[..., R]) -> Callable[..., R]:
-    """Turn project errors into status codes with their messages; anything else is a bug, reported
-    to the caller without internals (which could hold secrets)."""
+    """Every unary and client-streaming method answers errors through `_refuse`."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         try:
             return method(self, request, context)
-        except AAuditError as exc:
-            log.warning("%s refused: %s", method.__name__, exc)
-            context.abort(_status(exc), str(exc))
         except Exception as exc:
-            log.error("%s failed: %s", method.__name__, type(exc).__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+            _refuse(method.__name__, context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -96,12 +101,8 @@ def _rpc_stream(method: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[R]:
         try:
             yield from method(self, request, context)
-        except AAuditError as exc:
-            log.warning("%s ended: %s", method.__name__, exc)
-            context.abort(_status(exc), str(exc))
         except Exception as exc:
-            log.error("%s failed: %s", method.__name__, type(exc).__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+            _refuse(method.__name__, context, exc)
 
     return wrapper
 

@@ -568,13 +568,18 @@ class Sessions:
             session.state = State.OPEN
             session.touch()
 
+    def _signed_action_locked(self, action: str, session_id: str, role: str, digest: str,
+                              signature: bytes) -> AuditSession:
+        session = self._get_locked(session_id)
+        self._check_signed_locked(session, role, job_message(action, self.keys.signing_public, session.id, digest),
+                                  signature, action)
+        if digest != self._manifest_locked(session).digest():
+            raise SessionError(f"{action} refused: it names another manifest than session {session.id}'s current one")
+        return session
+
     def cancel(self, session_id: str, role: str, digest: str, signature: bytes) -> AuditSession:
         with self._lock:
-            session = self._get_locked(session_id)
-            self._check_signed_locked(session, role, job_message("cancel", self.keys.signing_public, session.id,
-                                                                 digest), signature, "cancel")
-            if digest != self._manifest_locked(session).digest():
-                raise SessionError("cancel refused: it names another manifest than the session's current job")
+            session = self._signed_action_locked("cancel", session_id, role, digest, signature)
             if session.state not in (State.QUEUED, State.RUNNING):
                 raise SessionError(f"session {session.id} has no queued or running job to cancel")
             session.cancel.set()
@@ -583,11 +588,7 @@ class Sessions:
 
     def close(self, session_id: str, role: str, digest: str, signature: bytes) -> AuditSession:
         with self._lock:
-            session = self._get_locked(session_id)
-            self._check_signed_locked(session, role, job_message("close", self.keys.signing_public, session.id,
-                                                                 digest), signature, "close")
-            if digest != self._manifest_locked(session).digest():
-                raise SessionError("close refused: it names another manifest than the session's current one")
+            session = self._signed_action_locked("close", session_id, role, digest, signature)
             session.cancel.set()
             if session.state is State.RUNNING:
                 session.state = State.CLOSED  # the job's end drops its assets and removes the session
