@@ -221,3 +221,44 @@ def test_refusals_do_not_echo_unbounded_request_fields(world: World) -> None:
         with pytest.raises(AAuditError) as caught:
             attempt()
         assert len(str(caught.value)) < 1000, f"{what}: the refusal quotes {len(str(caught.value))} characters"
+
+
+def test_malformed_requests_leave_no_traceback_in_the_enclave_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Any client can send bytes that are not the method's protobuf (here a string field with bad
+    UTF-8). grpcio's own deserializer refuses them before `_rpc` runs and logs "Exception
+    deserializing message!" with a full Python traceback on the enclave, once per request: a
+    traceback reachable from every method, and an unthrottled log flood."""
+    import logging
+
+    import grpc
+
+    from e2e_helpers import RunningEnclave
+
+    enclave = RunningEnclave()
+    try:
+        client = enclave.client()
+        with caplog.at_level(logging.INFO):
+            for method in ("Attest", "GetManifest", "Approve", "GetResult"):
+                call = client._channel.unary_unary(f"/aaudit.enclave.v1.Enclave/{method}",
+                                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                with pytest.raises(grpc.RpcError):
+                    call(b"\x0a\x02\xff\xfe", timeout=10)
+        client.close()
+    finally:
+        enclave.stop()
+    with_traceback = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not with_traceback, f"{len(with_traceback)} log records with a traceback, e.g. {with_traceback[0]!r}"
+
+
+def test_cancelling_a_queued_job_frees_its_session_and_queue_slot(world: World) -> None:
+    """A job cancelled (or its session closed) while queued stays in the service's queue, and its
+    session stays QUEUED, until the worker reaches it, i.e. after the running job ends (up to
+    `max_deadline_s`, 24 h). Meanwhile the parties cannot upload for their next job and the
+    cancelled job still counts against `max_queued_jobs`."""
+    sid = world.open()
+    world.provision(sid)
+    digest = world.approve_both(sid)
+    world.sessions.queue_job(sid, "auditor", digest, bytes(32), _run_sig(world, sid, digest), 0)
+    cancel = world.auditor.sign(job_message("cancel", world.keys.signing_public, sid, digest))
+    world.sessions.cancel(sid, "auditor", digest, cancel)
+    world.send(world.capture(sid, "spec", world.auditor))  # the next job's spec
