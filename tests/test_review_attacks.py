@@ -262,3 +262,39 @@ def test_cancelling_a_queued_job_frees_its_session_and_queue_slot(world: World) 
     cancel = world.auditor.sign(job_message("cancel", world.keys.signing_public, sid, digest))
     world.sessions.cancel(sid, "auditor", digest, cancel)
     world.send(world.capture(sid, "spec", world.auditor))  # the next job's spec
+
+
+def test_a_stranger_without_a_session_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
+    """`Upload` takes one of the `max_concurrent_uploads` slots as soon as a stream opens, before
+    any header, session or signature. A stranger with no session and no attestation opens eight
+    streams, sends nothing, and opens eight more whenever the idle cut-off (30 s) ends them: no
+    honest party can upload anything, in any session, for as long as it keeps this up."""
+    import grpc
+
+    from e2e_helpers import RunningEnclave, make_parties, open_session
+    from protos import enclave_pb2 as pb
+    from protos import enclave_pb2_grpc as pb_grpc
+
+    parties = make_parties(tmp_path)
+    enclave = RunningEnclave(Limits(max_concurrent_uploads=8, upload_idle_s=30.0))
+    release = threading.Event()
+
+    def silent() -> object:
+        release.wait(20)
+        yield from ()
+
+    try:
+        with enclave.client() as honest, enclave.client() as stranger:
+            sid = open_session(honest, parties)
+            held = [pb_grpc.EnclaveStub(stranger._channel).Upload.future(silent(), timeout=25) for _ in range(8)]
+            time.sleep(0.5)
+            e = honest.attest(parties.enclave_policy)
+            honest.upload(e, sid, parties.sealed["spec"], parties.auditor)  # refused: "8 uploads are in flight"
+    finally:
+        release.set()
+        for f in locals().get("held", []):
+            try:
+                f.result(timeout=10)
+            except grpc.RpcError:
+                pass
+        enclave.stop()
