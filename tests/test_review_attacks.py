@@ -298,3 +298,28 @@ def test_a_stranger_without_a_session_cannot_hold_every_upload_slot(tmp_path: Pa
             except grpc.RpcError:
                 pass
         enclave.stop()
+
+
+def test_aggregate_minimum_counts_distinct_documents(tmp_path: Path, sealed: dict) -> None:  # noqa: F811
+    """`min_documents` (issue 8 point 5) counts lines, not distinct documents. An auditor who wants
+    one prompt's exact score (e.g. the model's log-likelihood of a chosen text, one task per
+    prompt) writes that document 20 times: the manifest shows 20 documents, the provider approves
+    an "aggregate" run, and the published aggregate is that single document's score."""
+    import json
+
+    from benchmarks.demo_assets import demo_spec_toml, gen_records, mc_records
+    from sealing.stream import seal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, records in (("mc.jsonl", mc_records()), ("gen.jsonl", gen_records())):
+        line = json.dumps(records[0], sort_keys=True) + "\n"
+        (data / name).write_text(line * 20)
+    (tmp_path / "agg.toml").write_text(demo_spec_toml())  # output = "aggregate", minimum 20
+    w = World(tmp_path, {**sealed, "dataset": seal(data, tmp_path / "s-data", "dataset"),
+                         "spec": seal(tmp_path / "agg.toml", tmp_path / "s-spec", "spec")})
+    sid = w.open()
+    w.provision(sid)
+    manifest, _, problems, _ = w.sessions.manifest(sid)
+    assert {t.documents for t in manifest.tasks} == {20}
+    assert problems, "an aggregate over twenty copies of one document was accepted as an aggregate"
