@@ -185,10 +185,13 @@ def test_the_spec_check_never_builds_a_huge_string() -> None:
     Jinja also folds `%` and constant filter calls at compile time. `'%0100000000d' % 1` (or
     `'%0100000000d'|format(1)`) in any template of an uploaded spec builds a 100 MB string in the
     enclave server's spec check; with a width of 10**11 the server runs out of memory and every
-    session dies with it. Anyone can upload a spec into a session of their own."""
+    session dies with it. `~` (Concat) is folded too and its result never checked: one hundred
+    `'x'|center(1000000)` joined by `~` (each within the width limit) fold into 100 MB, and a 1 MiB
+    spec holds enough of them for ~48 GB. Anyone can upload a spec into a session of their own."""
     from benchmarks.spec import SpecError, _check_template
 
-    for source in ("{{ '%0100000000d' % 1 }}", "{{ '%0100000000d'|format(1) }}"):
+    concat = "{{ " + " ~ ".join(["'x'|center(1000000)"] * 100) + " }}"  # 2 kB of template, 100 MB folded
+    for source in ("{{ '%0100000000d' % 1 }}", "{{ '%0100000000d'|format(1) }}", concat):
         tracemalloc.start()
         try:
             try:
