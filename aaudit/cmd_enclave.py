@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
     s.add_argument("--insecure-plaintext-loopback", action="store_true",
                    help="INSECURE, development only: serve plaintext gRPC (no attested TLS) on a loopback address")
+    s.add_argument("--allow-party-key", action="append", type=Path, metavar="PARTY.pub", default=None,
+                   help="accept sessions only for these parties' identity keys (repeat the flag; default: anyone "
+                   "may open a session, and strangers can then fill the pending-session slots)")
     lim = s.add_argument_group("limits", "what all clients together may consume (defaults follow the machine)")
     for flag, field, kind, text in _LIMIT_FLAGS:
         lim.add_argument(flag, dest=field, type=kind, default=None, metavar="N", help=text)
@@ -50,8 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 _LIMIT_FLAGS = (
     ("--max-sessions", "max_sessions", int, "sessions held at once (default 64)"),
+    ("--max-pending-sessions", "max_pending_sessions", int, "sessions created but not yet joined (default 16)"),
+    ("--join-timeout-seconds", "join_timeout_s", float, "close a session nobody joined this long (default 120)"),
     ("--max-concurrent-uploads", "max_concurrent_uploads", int, "uploads in flight at once (default 8)"),
     ("--upload-idle-seconds", "upload_idle_s", float, "cut an upload that sends nothing this long (default 30)"),
+    ("--upload-header-seconds", "upload_header_s", float, "an upload must send its signed header this soon (default 5)"),
+    ("--min-upload-bytes-per-second", "min_upload_bytes_per_s", int,
+     "cut an upload slower than this on average, once it has run --upload-idle-seconds (default 262144)"),
     ("--max-memory-bytes", "max_memory_bytes", int, "dataset and spec bytes held in memory (default: half the RAM)"),
     ("--max-tmpfs-bytes", "max_tmpfs_bytes", int, "decrypted model bytes on the work tmpfs (default: 90%% of free)"),
     ("--max-queued-jobs", "max_queued_jobs", int, "jobs waiting for the accelerator (default 8)"),
@@ -70,6 +78,10 @@ def _limits(args: argparse.Namespace, workdir: Path):  # noqa: ANN202
     bad = [flag for flag, field, _, _ in _LIMIT_FLAGS if field in overrides and not overrides[field] > 0]
     if bad:
         raise UnusableInput(f"{', '.join(bad)} must be greater than 0")
+    if args.allow_party_key:
+        from sealing.identity import load_public_raw
+
+        overrides["party_keys"] = frozenset(load_public_raw(path) for path in args.allow_party_key)
     return Limits.for_machine(workdir, **overrides)
 
 

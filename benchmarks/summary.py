@@ -7,7 +7,9 @@ many documents lm-eval will score and which result keys it will report, for the 
 before approving, and `check_aggregate` refuses tasks below the spec's `min_documents` or the
 operator's floor, whichever is higher.
 
-A count bounds what one result reveals, not what several reveal together or what documents of
+Documents are counted twice: `documents`, the rows lm-eval scores, and `distinct`, how many of them
+differ in the columns the task's templates read (twenty copies of one question are one document);
+the minimum applies to `distinct`. A count bounds what one result reveals, not what several reveal together or what documents of
 known score hide: two tasks that differ in one document give its score by difference, and padding
 with documents whose score the auditor can predict leaves one real document in the aggregate.
 docs/SPEC.md says so; the provider weighs it when approving.
@@ -20,6 +22,7 @@ from typing import Any
 
 from benchmarks.dataset import DatasetError, parse_jsonl
 from benchmarks.spec import AuditSpec, SpecError, TaskSpec
+from verifier.models import canonical_json
 
 NO_FILTER = "none"  # the filter name lm-eval reports results under when a task has no filter_list
 
@@ -32,27 +35,56 @@ class TaskSummary:
 
     name: str
     documents: int
+    distinct: int               # documents that differ in the columns the task's templates read
     metrics: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "documents": self.documents, "metrics": list(self.metrics)}
+        return {"name": self.name, "documents": self.documents, "distinct": self.distinct,
+                "metrics": list(self.metrics)}
 
 
 def summarize_tasks(spec: AuditSpec, datasets: dict[str, bytes]) -> tuple[TaskSummary, ...]:
     """A summary per task, in spec order; `datasets` maps bundle file -> bytes. Reads every file a
     task uses (few-shot files too), so a bad bundle is refused before anyone approves it; errors
     name the task and file, never content."""
-    counts: dict[str, int] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     out = []
     for task in spec.tasks:
         for name in task.files.values():
-            if name not in counts:
+            if name not in rows:
                 try:
-                    counts[name] = len(parse_jsonl(name, datasets))
+                    rows[name] = parse_jsonl(name, datasets)
                 except DatasetError as exc:
                     raise DatasetError(f"task {task.name!r}: {exc}") from None
-        out.append(TaskSummary(name=task.name, documents=counts[task.dataset], metrics=result_keys(task)))
+        docs = rows[task.dataset]
+        columns = used_columns(task)
+        distinct = len({canonical_json({c: d.get(c) for c in columns} if columns is not None else d) for d in docs})
+        out.append(TaskSummary(task.name, len(docs), distinct, result_keys(task)))
     return tuple(out)
+
+
+def used_columns(task: TaskSpec) -> frozenset[str] | None:
+    """The document columns the task's prompt, target and choices read: a plain column name, or the
+    variables its Jinja template uses (None when that cannot be told: then whole rows count)."""
+    from jinja2 import TemplateSyntaxError, meta
+
+    from benchmarks.spec import _template_env
+
+    columns: set[str] = set()
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        value = task.config.get(key)
+        if not isinstance(value, str):
+            if value is not None and not isinstance(value, (int, list)):
+                return None
+            continue
+        if "{" not in value:
+            columns.add(value)  # lm-eval reads a bare string as a column name when the row has it
+            continue
+        try:
+            columns |= meta.find_undeclared_variables(_template_env().parse(value))
+        except (TemplateSyntaxError, RecursionError):  # parse_spec checked it; whole rows count if not
+            return None
+    return frozenset(columns)
 
 
 def result_keys(task: TaskSpec) -> tuple[str, ...]:
@@ -71,7 +103,8 @@ def check_aggregate(spec: AuditSpec, summaries: tuple[TaskSummary, ...], floor: 
         return
     need = max(spec.min_documents, floor)
     for s in summaries:
-        if s.documents < need:
-            raise SpecError(f"task {s.name!r} has {s.documents} documents; output = \"aggregate\" needs at least "
+        if s.distinct < need:
+            raise SpecError(f"task {s.name!r} has {s.distinct} distinct documents ({s.documents} rows); output = "
+                            f"\"aggregate\" needs at least "
                             f"{need} (spec min_documents {spec.min_documents} / operator floor {floor}) so that "
                             "no result is one document's score")

@@ -1,12 +1,13 @@
 """The one Jinja environment for a spec's templates: sandboxed, with limits on what a template builds.
 
 Used twice: to check templates when a spec is parsed (compiled, never rendered) and by the runner to
-render them. Both must be limited: Jinja folds constant expressions at compile time, so compiling
-`{{ 'x' * 10**10 }}` in a plain environment computes the ten-gigabyte string right there, in the
-enclave server that parses an uploaded spec. Here `*`, `**` and `+` are intercepted (never folded,
-checked before they run), filters and string methods that take a width check it first, `range` is
-capped, and every result and rendered prompt is capped in size. Time is bounded by the job's
-deadline (enclave.jobs).
+render them. Jinja evaluates constant expressions while it compiles (its optimizer, and the
+constant parts of every output), so compiling `{{ 'x' * 10**10 }}` or `{{ '%0100000000d' % 1 }}`
+in a plain environment computes the huge string right there, in the enclave server that parses an
+uploaded spec. Here nothing is evaluated at compile time (`_NoFolding`, `optimized=False`); at
+render time, in the job's own process, `*`, `**` and `+` are checked before they run, filters and
+string methods that take a width check it first, `range` is capped, and every result and rendered
+prompt is capped in size. Time is bounded by the job's deadline (enclave.jobs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from jinja2 import Template
+from jinja2 import Template, nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from verifier.errors import UnusableInput
@@ -38,12 +40,22 @@ class LimitedTemplate(Template):
             raise TemplateLimit(f"{self.owner}: {exc}") from None
 
 
+class _NoFolding(CodeGenerator):
+    """Jinja's code generator, evaluating nothing at compile time but literal template text."""
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Any, finalize: Any) -> str:
+        if isinstance(node, nodes.TemplateData):
+            return super()._output_child_to_const(node, frame, finalize)
+        raise nodes.Impossible()
+
+
 class LimitedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox with size limits. `owners` maps a template's source to the tasks that use it, so
     a limit names the task."""
 
     intercepted_binops = frozenset({"*", "**", "+"})
     template_class = LimitedTemplate
+    code_generator_class = _NoFolding
     owners: dict[str, list[str]] = {}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -66,7 +78,7 @@ def limited_environment(filters: dict[str, Callable[..., Any]], owners: dict[str
                         **options: Any) -> LimitedEnvironment:
     """A limited sandbox with Jinja's default filters plus `filters` (e.g. lm-eval's), all wrapped
     in the size limits, and the capped `range`."""
-    env = LimitedEnvironment(**options)
+    env = LimitedEnvironment(**options, optimized=False)
     env.owners = dict(owners or {})
     env.filters.update(filters)
     env.filters = {name: _limited_filter(name, fn) for name, fn in env.filters.items()}

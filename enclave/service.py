@@ -117,37 +117,70 @@ class _Job:
     samples: bytes | None = None
 
 
+@dataclass
+class _Stream:
+    context: grpc.ServicerContext
+    started: float = field(default_factory=time.monotonic)
+    upload: Upload | None = None
+    cut: str | None = None          # why the watchdog ended it
+
+
 class _UploadWatch:
-    """Upload slots and the idle cut-off: an upload that sends nothing for `idle_s` is cancelled."""
+    """Upload streams and their limits. A stream first waits for its signed header (at most
+    `header_s`; at most `pending` streams at once), then holds one of `slots` upload slots, so an
+    unauthenticated stream never holds an upload slot. The watchdog cuts an upload idle for `idle_s`,
+    or slower on average than `min_rate` bytes/s once it has run `idle_s` (a trickle that sends a
+    chunk just before each cut-off would otherwise hold its slot for ever)."""
 
-    def __init__(self, slots: int, idle_s: float) -> None:
-        self.idle_s = idle_s
-        self._slots = threading.BoundedSemaphore(slots)
-        self._slot_count = slots
+    def __init__(self, slots: int, idle_s: float, *, header_s: float = 5.0, pending: int | None = None,
+                 min_rate: float = 0.0) -> None:
+        self.idle_s, self.header_s, self.min_rate = idle_s, header_s, min_rate
+        self._slot_count, self._pending_count = slots, pending or 2 * slots
+        self._slots = threading.BoundedSemaphore(self._slot_count)
+        self._pending = threading.BoundedSemaphore(self._pending_count)
         self._lock = threading.Lock()
-        self._active: dict[int, tuple[grpc.ServicerContext, Callable[[], float], list[bool]]] = {}
+        self._streams: set[int] = set()
+        self._by_id: dict[int, _Stream] = {}
 
-    def enter(self, context: grpc.ServicerContext, last_activity: Callable[[], float]) -> tuple[int, list[bool]]:
+    def open(self, context: grpc.ServicerContext) -> _Stream:
+        if not self._pending.acquire(blocking=False):
+            raise LimitReached(f"{self._pending_count} uploads are starting at once, this enclave's limit; retry shortly")
+        stream = _Stream(context)
+        with self._lock:
+            self._by_id[id(stream)] = stream
+        return stream
+
+    def admit(self, stream: _Stream, upload: Upload) -> None:
+        """The header verified: move from the pending streams to an upload slot."""
+        self._pending.release()
         if not self._slots.acquire(blocking=False):
+            stream.upload = None
+            with self._lock:
+                self._by_id.pop(id(stream), None)
             raise LimitReached(f"{self._slot_count} uploads are in flight, this enclave's limit; retry shortly")
-        timed_out = [False]
-        with self._lock:
-            key = id(timed_out)
-            self._active[key] = (context, last_activity, timed_out)
-        return key, timed_out
+        stream.upload = upload
 
-    def leave(self, key: int) -> None:
+    def close(self, stream: _Stream) -> None:
         with self._lock:
-            self._active.pop(key, None)
-        self._slots.release()
+            known = self._by_id.pop(id(stream), None) is not None
+        if known:
+            (self._slots if stream.upload is not None else self._pending).release()
 
     def sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
-            stale = [(ctx, flag) for ctx, last, flag in self._active.values() if now - last() > self.idle_s]
-        for ctx, flag in stale:
-            flag[0] = True
-            ctx.cancel()
+            streams = list(self._by_id.values())
+        for stream in streams:
+            up = stream.upload
+            if up is None:
+                if now - stream.started > self.header_s:
+                    stream.cut = f"no upload header within {self.header_s:.0f} s"
+            elif now - up.last_activity > self.idle_s:
+                stream.cut = f"upload idle for more than {self.idle_s:.0f} s"
+            elif now - up.started > self.idle_s and up.received / (now - up.started) < self.min_rate:
+                stream.cut = f"upload slower than {self.min_rate:.0f} bytes/s"
+            if stream.cut is not None:
+                stream.context.cancel()
 
 
 class EnclaveService(pb_grpc.EnclaveServicer):
@@ -163,11 +196,12 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         self.tls = tls
         self.tls_public = self.keys.tls.public_der if tls else b""
         self.sessions = Sessions(self.keys, attester.platform, code_identity, workdir, self.limits)
-        self._uploads = _UploadWatch(self.limits.max_concurrent_uploads, self.limits.upload_idle_s)
+        self._uploads = _UploadWatch(self.limits.max_concurrent_uploads, self.limits.upload_idle_s,
+                                     header_s=self.limits.upload_header_s,
+                                     min_rate=self.limits.min_upload_bytes_per_s)
         self._queue: collections.deque[_Job] = collections.deque()
         self._queue_changed = threading.Condition()
         self._stopping = threading.Event()
-        self._current: _Job | None = None
         self._threads = [threading.Thread(target=self._worker, name="audit-queue", daemon=True),
                          threading.Thread(target=self._watchdog, name="watchdog", daemon=True)]
         for t in self._threads:
@@ -208,32 +242,33 @@ class EnclaveService(pb_grpc.EnclaveServicer):
     # --- provisioning --------------------------------------------------------------------------
     @_rpc
     def Upload(self, request_iterator: Iterator[pb.UploadPart], context: grpc.ServicerContext) -> pb.UploadResult:
-        started = time.monotonic()
-        current: list[Upload] = []
-        key, timed_out = self._uploads.enter(context, lambda: current[0].last_activity if current else started)
+        stream = self._uploads.open(context)
         try:
-            return self._upload(request_iterator, current, timed_out)
+            return self._upload(request_iterator, stream)
         finally:
-            self._uploads.leave(key)
+            self._uploads.close(stream)
 
-    def _upload(self, parts: Iterator[pb.UploadPart], current: list[Upload], timed_out: list[bool]) -> pb.UploadResult:
+    def _upload(self, parts: Iterator[pb.UploadPart], stream: _Stream) -> pb.UploadResult:
+        try:
+            return self._receive(parts, stream)
+        except grpc.RpcError:  # the stream ended under us: cut by the watchdog, or the client went away
+            raise UnusableInput(f"{stream.cut}; cut off" if stream.cut else "the client ended the upload") from None
+
+    def _receive(self, parts: Iterator[pb.UploadPart], stream: _Stream) -> pb.UploadResult:
         first = next(parts, None)
         if first is None or first.WhichOneof("part") != "header":
-            if timed_out[0]:
-                raise UnusableInput(f"upload idle for more than {self.limits.upload_idle_s:.0f} s; cut off")
-            raise UnusableInput("an upload must start with its header")
+            raise UnusableInput(f"{stream.cut}; cut off" if stream.cut else "an upload must start with its header")
         h = first.header
         up = self.sessions.begin_upload(h.session_id, h.kind, h.digest, h.wrapped_key, h.stream_header,
                                         h.party_public_key, h.attest_nonce, h.signature)
-        current.append(up)
         try:
+            self._uploads.admit(stream, up)
             for part in parts:
                 if part.WhichOneof("part") != "chunk":
                     raise UnusableInput(f"{h.kind}: a second header inside one upload")
                 up.feed(part.chunk)
-            if timed_out[0]:
-                raise UnusableInput(f"{h.kind} upload idle for more than {self.limits.upload_idle_s:.0f} s; cut off. "
-                                    "Nothing of it was kept; upload again")
+            if stream.cut:
+                raise UnusableInput(f"{h.kind}: {stream.cut}; cut off. Nothing of it was kept; upload again")
             asset, manifest_digest = self.sessions.finish_upload(up)
         except BaseException:
             up.abort()
@@ -302,13 +337,22 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                     self._queue_changed.wait(timeout=1.0)
                 if self._stopping.is_set():
                     return
-                job = self._queue[0]
+                job = self._queue.popleft()
+                self._queue_changed.notify_all()
             try:
                 self._run(job)
             finally:
                 with self._queue_changed:
-                    self._queue.popleft()
                     self._queue_changed.notify_all()
+
+    def _withdraw(self, session_id: str, why: str) -> None:
+        """Take the session's waiting job out of the queue at once (its slot frees, its stream ends)."""
+        with self._queue_changed:
+            for job in [j for j in self._queue if j.inputs.session_id == session_id]:
+                self._queue.remove(job)
+                job.error = JobCancelled(why)
+                job.events.put(_DONE)
+            self._queue_changed.notify_all()
 
     def _run(self, job: _Job) -> None:
         inputs = job.inputs
@@ -318,9 +362,8 @@ class EnclaveService(pb_grpc.EnclaveServicer):
 
         result = None
         try:
-            if not self.sessions.job_running(inputs.session_id):
+            if not self.sessions.job_running(inputs.session_id, inputs.manifest.session.job):
                 raise JobCancelled("the job was cancelled before it started")
-            self._current = job
             progress("run", 0.0, "loading model and running lm-eval in a job process")
             run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
                           deadline_s=inputs.deadline_s, progress=lambda s, f: progress(s, f), cancel=inputs.cancel)
@@ -344,19 +387,20 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             job.error = JobFailed(f"audit job failed: {type(exc).__name__}")
             log.error("session %s: job failed: %s", inputs.session_id, type(exc).__name__)
         finally:
-            self._current = None
-            self.sessions.end_job(inputs.session_id, result)
+            self.sessions.end_job(inputs.session_id, inputs.manifest.session.job, result)
             job.events.put(_DONE)
 
     @_rpc
     def CancelJob(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
         session = self.sessions.cancel(request.session_id, request.role, request.manifest_digest, request.signature)
+        self._withdraw(session.id, f"the {request.role} cancelled the job while it was queued")
         log.info("session %s: the %s cancelled the job", session.id, request.role)
         return self._info(session)
 
     @_rpc
     def CloseSession(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
         session = self.sessions.close(request.session_id, request.role, request.manifest_digest, request.signature)
+        self._withdraw(session.id, f"the {request.role} closed the session while its job was queued")
         log.info("session %s: closed by the %s", session.id, request.role)
         return self._info(session)
 
@@ -383,6 +427,17 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         wipe(self.workdir)
 
 
+class _OneLine(logging.Filter):
+    """grpcio logs every request it cannot deserialize (bytes that are not the method's protobuf)
+    with a Python traceback, before any method runs: keep one line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.msg, record.args = f"{record.getMessage()} ({record.exc_info[0].__name__})", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def serve(service: EnclaveService, listen: str) -> grpc.Server:
     """Start the gRPC server on `listen` (host:port; port 0 picks one); returns the started server.
 
@@ -393,9 +448,13 @@ def serve(service: EnclaveService, listen: str) -> grpc.Server:
         raise UnusableInput(f"--listen {listen!r} must be HOST:PORT with a port from 0 to 65535")
     if not service.tls and host not in ("127.0.0.1", "localhost", "[::1]"):
         raise UnusableInput(f"plaintext gRPC is for loopback development only; {host} is not loopback")
+    for name in ("grpc._common", "grpc._server"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in logger.filters):
+            logger.addFilter(_OneLine())
     limits = service.limits
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_uploads + limits.max_queued_jobs + 1
+        futures.ThreadPoolExecutor(max_workers=3 * limits.max_concurrent_uploads + limits.max_queued_jobs + 1
                                    + RESERVE_WORKERS, thread_name_prefix="grpc"),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", 64 << 20)],

@@ -58,7 +58,7 @@ from verifier.manifest import (
 
 # Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
 DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
-MAX_OPEN_NONCES = 4096
+MAX_OPEN_NONCES = 65536  # ~6 MiB; an Attest flood needs this many calls to evict a party's nonce
 SESSION_ID_BYTES = 16
 
 
@@ -96,11 +96,16 @@ class Limits:
     serve --help`); the defaults follow the machine's size (`Limits.for_machine`)."""
 
     max_sessions: int = 64
+    max_pending_sessions: int = 16         # created but not yet joined
+    join_timeout_s: float = 120.0          # a session nobody joined by then is closed
+    party_keys: frozenset[bytes] | None = None  # when set, only sessions naming these keys may be created
     max_memory_bytes: int = 8 << 30        # datasets and specs, all sessions together
     max_tmpfs_bytes: int = 1 << 40         # decrypted models, all sessions together
     max_bytes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BYTES))
     max_concurrent_uploads: int = 8
     upload_idle_s: float = 30.0
+    upload_header_s: float = 5.0           # an upload stream must send its signed header this soon
+    min_upload_bytes_per_s: int = 256 << 10  # average, enforced once an upload has run upload_idle_s
     max_queued_jobs: int = 8
     max_deadline_s: int = 24 * 3600
     min_documents_floor: int = 10
@@ -176,10 +181,12 @@ class Upload:
     max_bytes: int
     budget: ByteBudget
     received: int = 0
+    started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
 
     def feed(self, chunk: bytes) -> None:
         self.last_activity = time.monotonic()
+        self.session.last_activity = self.last_activity  # a long upload keeps its session from the reaper
         if self.received + len(chunk) > self.max_bytes:
             self.abort()
             raise LimitReached(f"{self.kind}: upload exceeds this enclave's limit of {self.max_bytes} bytes; refused")
@@ -229,6 +236,7 @@ class AuditSession:
     spec: AuditSpec | None = None
     tasks: tuple[TaskRef, ...] = ()
     problems: tuple[str, ...] = ()
+    generation: int = 0                 # bumps whenever an asset lands: summaries are made outside the lock
     result: tuple[bytes, bytes | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     last_activity: float = field(default_factory=time.monotonic)
@@ -237,6 +245,7 @@ class AuditSession:
         self.last_activity = time.monotonic()
 
     def drop_assets(self) -> None:
+        self.generation += 1
         for asset in self.assets.values():
             asset.drop()
         self.assets.clear()
@@ -267,7 +276,7 @@ class Sessions:
     def note_attestation(self, nonce: bytes) -> None:
         """Remember a nonce this boot attested to; each serves one session creation and one upload per kind."""
         with self._lock:
-            self._nonces[nonce] = set()
+            self._nonces.setdefault(nonce, set())  # attesting a known nonce again never reopens it
             while len(self._nonces) > MAX_OPEN_NONCES:
                 del self._nonces[next(iter(self._nonces))]
 
@@ -287,15 +296,24 @@ class Sessions:
         _check_len(provider, 32, "provider_key (raw Ed25519)")
         _check_len(auditor, 32, "auditor_key (raw Ed25519)")
         if creator_role not in ROLES:
-            raise UnusableInput(f"unknown role {creator_role!r} (provider or auditor)")
+            raise UnusableInput(f"unknown role {_q(creator_role)} (provider or auditor)")
         if provider == auditor:
             raise UnusableInput("provider and auditor must use different identity keys")
         parties = Parties(provider, auditor)
         message = create_message(self.keys.signing_public, attest_nonce, provider, auditor)
         if not verify_party_signature(parties.key(creator_role), message, signature):
             raise NotAParty(f"the session request is not signed by the {creator_role} key it names")
+        allowed = self.limits.party_keys
+        if allowed is not None and not {provider, auditor} <= allowed:
+            raise NotAParty("this enclave's operator accepts sessions only for the party keys it lists; one of "
+                            "the keys named is not among them")
         with self._lock:
             self._reap_locked()
+            pending = sum(1 for x in self._sessions.values() if x.state is State.AWAITING_JOIN)
+            if pending >= self.limits.max_pending_sessions:
+                raise LimitReached(f"{pending} sessions are waiting for their second party, this enclave's limit; "
+                                   f"each closes {int(self.limits.join_timeout_s)} s after it was created unless "
+                                   "joined: retry shortly")
             if len(self._sessions) >= self.limits.max_sessions:
                 raise LimitReached(f"this enclave holds its limit of {self.limits.max_sessions} sessions; "
                                    "close a session you own or retry later")
@@ -323,7 +341,7 @@ class Sessions:
     def _get_locked(self, session_id: str) -> AuditSession:
         session = self._sessions.get(session_id) if isinstance(session_id, str) else None
         if session is None:
-            raise NoSuchSession(f"no session {session_id[:64]!r} in this enclave boot (closed, expired after "
+            raise NoSuchSession(f"no session {_q(session_id)} in this enclave boot (closed, expired after "
                                 f"{int(self.limits.session_idle_s)} s idle, or the enclave restarted: a restart "
                                 "loses every session and asset, so create a session and upload again)")
         return session
@@ -331,7 +349,7 @@ class Sessions:
     def _check_signed_locked(self, session: AuditSession, role: str, message: bytes, signature: bytes,
                              what: str) -> None:
         if role not in ROLES:
-            raise UnusableInput(f"unknown role {role!r} (provider or auditor)")
+            raise UnusableInput(f"unknown role {_q(role)} (provider or auditor)")
         if not verify_party_signature(session.parties.key(role), message, signature):
             raise NotAParty(f"{what} refused: not signed by this session's {role} key")
 
@@ -350,7 +368,8 @@ class Sessions:
         now = time.monotonic()
         for session in list(self._sessions.values()):
             idle = now - session.last_activity
-            if idle > self.limits.session_idle_s and session.state not in (State.QUEUED, State.RUNNING):
+            unjoined = session.state is State.AWAITING_JOIN and now - session.created > self.limits.join_timeout_s
+            if unjoined or (idle > self.limits.session_idle_s and session.state is State.OPEN):
                 self._close_locked(session)
 
     def reap(self) -> None:
@@ -367,7 +386,7 @@ class Sessions:
     def begin_upload(self, session_id: str, kind: str, digest: str, wrapped_key: bytes, stream_header: bytes,
                      party_key: bytes, attest_nonce: bytes, signature: bytes) -> Upload:
         if kind not in ASSET_KINDS:
-            raise UnusableInput(f"unknown asset kind {kind!r} (expected one of {', '.join(ASSET_KINDS)})")
+            raise UnusableInput(f"unknown asset kind {_q(kind)} (expected one of {', '.join(ASSET_KINDS)})")
         _check_len(party_key, 32, "party_public_key (raw Ed25519)")
         _check_len(attest_nonce, NONCE_LEN, "attest_nonce")
         role = UPLOADER_ROLE[kind]
@@ -417,38 +436,57 @@ class Sessions:
         asset = Asset(up.kind, digest, size, up.party_key, up.attest_nonce, up.budget, up.received, files, up.folder)
         up.received = 0  # the reservation moves to the asset
         session = up.session
-        with self._lock:
-            if session.state is State.CLOSED or session.state in (State.QUEUED, State.RUNNING):
-                asset.drop()
-                raise Busy(f"session {session.id} was closed or its job started while this upload was in flight; "
-                           "upload refused")
-            old = session.assets.pop(up.kind, None)
-            if old is not None:
-                old.drop()
-            session.assets[up.kind] = asset
-            if spec is not None:
-                session.spec = spec
-            session.approvals.clear()  # any new asset voids every approval
-            self._summarize_locked(session)
-            session.touch()
-            return asset, self._manifest_locked(session).digest()
+        while True:
+            with self._lock:
+                self._check_still_open_locked(session, asset)
+                generation = session.generation
+                current_spec = spec or session.spec
+                data = asset.files if up.kind == "dataset" else (session.assets["dataset"].files
+                                                                if "dataset" in session.assets else None)
+            # Parsing a dataset can take long: done outside the lock every other client needs.
+            summary = self._summary(current_spec, data) if up.kind != "model" else None
+            with self._lock:
+                self._check_still_open_locked(session, asset)
+                if session.generation != generation:
+                    continue  # the other auditor asset changed meanwhile: summarize again
+                old = session.assets.pop(up.kind, None)
+                if old is not None:
+                    old.drop()
+                session.assets[up.kind] = asset
+                if up.kind == "spec":
+                    session.spec = spec
+                if summary is not None:
+                    session.tasks, session.problems = summary
+                session.generation += 1
+                session.approvals.clear()  # any new asset voids every approval
+                session.touch()
+                return asset, self._manifest_locked(session).digest()
 
-    def _summarize_locked(self, session: AuditSession) -> None:
+    def _check_still_open_locked(self, session: AuditSession, asset: Asset) -> None:
+        if session.state in (State.CLOSED, State.QUEUED, State.RUNNING):
+            asset.drop()
+            raise Busy(f"session {session.id} was closed or its job started while this upload was in flight; "
+                       "upload refused")
+
+    def _summary(self, spec: AuditSpec | None, data: dict[str, bytes] | None) -> tuple[tuple[TaskRef, ...],
+                                                                                         tuple[str, ...]]:
         """Per-task document counts and metrics for the manifest, once dataset and spec are both there;
         an inconsistency is a problem that blocks approval (not a refused upload, so that either
         asset can be replaced next)."""
-        session.tasks, session.problems = (), ()
-        if session.spec is None or "dataset" not in session.assets:
-            return
+        if spec is None or data is None:
+            return (), ()
+        tasks: tuple[TaskRef, ...] = ()
+        problems: tuple[str, ...] = ()
         try:
-            summaries = summarize_tasks(session.spec, session.assets["dataset"].files or {})
-            session.tasks = tuple(TaskRef(s.name, s.documents, tuple(s.metrics)) for s in summaries)
-            check_aggregate(session.spec, summaries, self.limits.min_documents_floor)
+            summaries = summarize_tasks(spec, data)
+            tasks = tuple(TaskRef(s.name, s.documents, s.distinct, tuple(s.metrics)) for s in summaries)
+            check_aggregate(spec, summaries, self.limits.min_documents_floor)
         except AAuditError as exc:
-            session.problems = (str(exc),)
-        if session.spec.deadline_s > self.limits.max_deadline_s:
-            session.problems += (f"the spec's deadline of {session.spec.deadline_s} s exceeds this enclave's limit "
-                                 f"of {self.limits.max_deadline_s} s",)
+            problems = (str(exc),)
+        if spec.deadline_s > self.limits.max_deadline_s:
+            problems += (f"the spec's deadline of {spec.deadline_s} s exceeds this enclave's limit of "
+                         f"{self.limits.max_deadline_s} s",)
+        return tasks, problems
 
     # --- manifest and approvals ----------------------------------------------------------------
     def _manifest_locked(self, session: AuditSession) -> RunManifest:
@@ -484,7 +522,7 @@ class Sessions:
 
     def approve(self, session_id: str, role: str, digest: str, signature: bytes) -> tuple[list[str], bool]:
         if role not in ROLES:
-            raise UnusableInput(f"unknown role {role!r} (provider or auditor)")
+            raise UnusableInput(f"unknown role {_q(role)} (provider or auditor)")
         with self._lock:
             session = self._get_locked(session_id)
             self._require_open_locked(session, "approval")
@@ -542,31 +580,35 @@ class Sessions:
                 cancel=session.cancel,
             )
 
-    def job_running(self, session_id: str) -> bool:
-        """The queue picked this session's job; False if it was cancelled while queued."""
+    def job_running(self, session_id: str, job: int) -> bool:
+        """The queue picked this session's job; False if it was cancelled or closed meanwhile."""
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is None or session.state is not State.QUEUED or session.cancel.is_set():
+            if session is None or session.job != job or session.state is not State.QUEUED or session.cancel.is_set():
                 return False
             session.state = State.RUNNING
             return True
 
-    def end_job(self, session_id: str, result: tuple[bytes, bytes | None] | None) -> None:
-        """Drop every secret of the job (decrypted files, dataset bytes, spec, approvals), keep its
-        result, and open the session for its next job, whose manifest has the next job number."""
+    def end_job(self, session_id: str, job: int, result: tuple[bytes, bytes | None] | None) -> None:
+        """Drop every secret of job number `job` (decrypted files, dataset bytes, spec, approvals),
+        keep its result, and open the session for its next job, whose manifest has the next number.
+        A job that was already ended (cancelled while queued) changes nothing."""
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is None:
+            if session is None or session.job != job:
                 return
             if session.state is State.CLOSED:
                 self._close_locked(session)
                 return
-            session.drop_assets()
-            if result is not None:
-                session.result = result
-            session.job += 1
-            session.state = State.OPEN
-            session.touch()
+            self._next_job_locked(session, result)
+
+    def _next_job_locked(self, session: AuditSession, result: tuple[bytes, bytes | None] | None) -> None:
+        session.drop_assets()
+        if result is not None:
+            session.result = result
+        session.job += 1
+        session.state = State.OPEN
+        session.touch()
 
     def _signed_action_locked(self, action: str, session_id: str, role: str, digest: str,
                               signature: bytes) -> AuditSession:
@@ -582,14 +624,17 @@ class Sessions:
             session = self._signed_action_locked("cancel", session_id, role, digest, signature)
             if session.state not in (State.QUEUED, State.RUNNING):
                 raise SessionError(f"session {session.id} has no queued or running job to cancel")
-            session.cancel.set()
-            session.touch()
+            session.cancel.set()  # a running job's process is killed; its end opens the next job
+            if session.state is State.QUEUED:
+                self._next_job_locked(session, None)
             return session
 
     def close(self, session_id: str, role: str, digest: str, signature: bytes) -> AuditSession:
         with self._lock:
             session = self._signed_action_locked("close", session_id, role, digest, signature)
             session.cancel.set()
+            if session.state is State.CLOSED:
+                return session  # closing already; its running job's end drops the assets
             if session.state is State.RUNNING:
                 session.state = State.CLOSED  # the job's end drops its assets and removes the session
             else:
@@ -608,6 +653,12 @@ class Sessions:
             for session in list(self._sessions.values()):
                 session.cancel.set()
                 self._close_locked(session)
+
+
+def _q(text: object) -> str:
+    """A request field quoted in a message, cut short: a refusal never echoes megabytes."""
+    shown = repr(text)
+    return shown if len(shown) <= 66 else shown[:60] + "...'"
 
 
 def _check_len(value: bytes, n: int, what: str) -> None:

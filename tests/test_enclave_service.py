@@ -36,30 +36,30 @@ def _idle_upload(target_channel: grpc.Channel, release: threading.Event) -> grpc
 
 
 def test_idle_uploads_cannot_stall_attest_and_are_cut_off(parties) -> None:
-    """Review finding: eight idle Upload streams took every worker. Now: uploads hold at most their
-    slots, a ninth is refused at once, Attest answers within 2 s, idle streams are cut off."""
-    enclave = RunningEnclave(Limits(max_concurrent_uploads=8, upload_idle_s=3.0))
+    """Review finding: eight idle Upload streams took every worker. Now a stream that has not sent
+    its signed header holds no upload slot, only one of 2 x max_concurrent_uploads pending places
+    (one more is refused at once), and is cut after upload_header_s; Attest answers within 2 s."""
+    enclave = RunningEnclave(Limits(max_concurrent_uploads=8, upload_header_s=2.0))
     release = threading.Event()
     try:
         with enclave.client() as c:
-            open_session(c, parties)
-            idle = [_idle_upload(c._channel, release) for _ in range(8)]
+            sid = open_session(c, parties)
+            idle = [_idle_upload(c._channel, release) for _ in range(16)]
             time.sleep(0.5)
             extra = _idle_upload(c._channel, release)
             with pytest.raises(grpc.RpcError) as refused:
                 extra.result(timeout=5)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "uploads are in flight" in refused.value.details()
+            assert "uploads are starting at once" in refused.value.details()
             with EnclaveClient(enclave.target) as other:  # another client, another connection
                 t0 = time.monotonic()
                 other.attest(parties.enclave_policy)
                 assert time.monotonic() - t0 < 2.0
-            for f in idle:  # the watchdog cuts every idle stream after upload_idle_s
+            for f in idle:  # the watchdog cuts every stream that sent no header in time
                 with pytest.raises(grpc.RpcError) as cut:
                     f.result(timeout=10)
                 assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT)
-            sid = open_session(c, parties)  # the slots are free again: a real upload goes through
-            e = c.attest(parties.enclave_policy)
+            e = c.attest(parties.enclave_policy)  # the places are free again: a real upload goes through
             c.upload(e, sid, parties.sealed["spec"], parties.auditor)
     finally:
         release.set()

@@ -183,8 +183,8 @@ def test_after_a_job_nothing_replays(world: World) -> None:
     old_digest = world.approve_both(sid)
     old_approvals = {r: s for r, s in world.sessions.get(sid).approvals.items()}
     job = world.sessions.queue_job(sid, "auditor", old_digest, bytes(32), _run_sig(world, sid, old_digest), 0)
-    assert world.sessions.job_running(sid)
-    world.sessions.end_job(sid, (b"{}", None))
+    assert world.sessions.job_running(sid, job.manifest.session.job)
+    world.sessions.end_job(sid, job.manifest.session.job, (b"{}", None))
     assert job.manifest.session.job == 1
     for h in sent.values():
         with pytest.raises(SessionError, match="already used"):
@@ -275,7 +275,8 @@ def test_busy_session_refuses_changes_and_cancel_needs_a_job(world: World) -> No
     with pytest.raises(Busy):
         world.send(world.capture(sid, "spec", world.auditor))
     world.sessions.cancel(sid, "auditor", digest, cancel)
-    assert inputs.cancel.is_set() and not world.sessions.job_running(sid)
+    assert inputs.cancel.is_set() and not world.sessions.job_running(sid, inputs.manifest.session.job)
+    assert world.sessions.get(sid).state is State.OPEN, "a job cancelled while queued ends at once"
 
 
 def test_limits_on_sessions_queue_and_bytes(tmp_path: Path, sealed: dict) -> None:

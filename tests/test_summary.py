@@ -45,12 +45,12 @@ metric_list = [{ metric = "byte_perplexity" }]
 def test_demo_summary_counts_documents_and_names_result_keys():
     summaries = summarize_tasks(DEMO, DEMO_DATA)
     assert summaries == (
-        TaskSummary("aa_demo_mc", len(mc_records()), ("acc,none", "acc_norm,none")),
-        TaskSummary("aa_demo_gen", len(gen_records()), ("exact_match,strip",)),
+        TaskSummary("aa_demo_mc", len(mc_records()), len(mc_records()), ("acc,none", "acc_norm,none")),
+        TaskSummary("aa_demo_gen", len(gen_records()), len(gen_records()), ("exact_match,strip",)),
     )
     assert [s.to_json() for s in summaries] == [
-        {"name": "aa_demo_mc", "documents": 48, "metrics": ["acc,none", "acc_norm,none"]},
-        {"name": "aa_demo_gen", "documents": 18, "metrics": ["exact_match,strip"]},
+        {"name": "aa_demo_mc", "documents": 48, "distinct": 48, "metrics": ["acc,none", "acc_norm,none"]},
+        {"name": "aa_demo_gen", "documents": 18, "distinct": 18, "metrics": ["exact_match,strip"]},
     ]
     json.dumps([s.to_json() for s in summaries])  # goes into the manifest as is
 
@@ -88,27 +88,27 @@ def test_a_bad_fewshot_file_is_refused_before_approval():
 def test_one_document_aggregate_is_refused():
     spec = parse_spec(ONE_DOC_TOML.encode())
     summaries = summarize_tasks(spec, {"one.jsonl": jsonl([{"text": "a prompt of the auditor's choosing"}])})
-    assert summaries == (TaskSummary("probe", 1, ("byte_perplexity,none",)),)
+    assert summaries == (TaskSummary("probe", 1, 1, ("byte_perplexity,none",)),)
     with pytest.raises(SpecError) as info:
         check_aggregate(spec, summaries, floor=1)
     assert str(info.value) == (
-        "task 'probe' has 1 documents; output = \"aggregate\" needs at least 20 (spec min_documents 20 / "
+        "task 'probe' has 1 distinct documents (1 rows); output = \"aggregate\" needs at least 20 (spec min_documents 20 / "
         "operator floor 1) so that no result is one document's score")
 
 
 def test_min_documents_and_operator_floor():
     summaries = summarize_tasks(DEMO, DEMO_DATA)  # mc 48, gen 18
     assert DEMO.min_documents == DEFAULT_MIN_DOCUMENTS == 20
-    with pytest.raises(SpecError, match=r"task 'aa_demo_gen' has 18 documents; .* needs at least 20"):
+    with pytest.raises(SpecError, match=r"task 'aa_demo_gen' has 18 distinct documents .* needs at least 20"):
         check_aggregate(DEMO, summaries, floor=1)
     lowered = parse_spec(demo_spec_toml().replace('output = "aggregate"', 'min_documents = 18\noutput = "aggregate"')
                          .encode())
     assert lowered.min_documents == 18
     check_aggregate(lowered, summaries, floor=18)
-    with pytest.raises(SpecError, match=r"'aa_demo_gen' has 18 documents; .* at least 19 \(spec min_documents 18 "
+    with pytest.raises(SpecError, match=r"'aa_demo_gen' has 18 distinct documents .* at least 19 \(spec min_documents 18 "
                                         r"/ operator floor 19\)"):
         check_aggregate(lowered, summaries, floor=19)  # the operator's floor wins over a lower spec value
-    with pytest.raises(SpecError, match=r"'aa_demo_mc' has 48 documents; .* at least 49"):
+    with pytest.raises(SpecError, match=r"'aa_demo_mc' has 48 distinct documents .* at least 49"):
         check_aggregate(replace(lowered, min_documents=49), summaries, floor=1)
 
 

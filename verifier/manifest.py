@@ -65,7 +65,8 @@ class TaskRef:
     results it will publish (an aggregate over few documents is one document's score)."""
 
     name: str
-    documents: int
+    documents: int        # rows lm-eval scores
+    distinct: int         # of them, how many differ in the columns the task's templates read
     metrics: tuple[str, ...]
 
 
