@@ -299,7 +299,9 @@ def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
         for s in verdict.failures:
             print(f"  FAILED {s.name}: {s.reason}", file=sys.stderr)
         return 1
-    print(f"bundle verified against {args.policy}")
+    unpinned = f" (it pins no {', '.join(verdict.unpinned)}: third parties check those with aaudit-verify)" \
+        if verdict.unpinned else ""
+    print(f"bundle's checks passed against {args.policy}{unpinned}")
     return 0
 
 
