@@ -2,6 +2,8 @@
 
 A module in `_GROUPS` exposes `register(subparsers)`, adding a parser whose `func(args) -> int` runs
 it. Errors of this project (`AAuditError`) become a one-line message and exit 2 (bad input) or 1.
+Anything else is a bug: it is reported by its type only (its message could hold a secret or a
+path the user did not mean to show) and exits 1, never as a traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"aaudit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # defence in depth: every known failure raises an AAuditError above
+        print(f"aaudit {args.command}: internal error: {type(exc).__name__}; please report", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

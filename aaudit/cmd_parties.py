@@ -277,10 +277,15 @@ def _open_samples(args: argparse.Namespace) -> int:
     from sealing.secretfile import write_secret_file
 
     try:
-        bundle = json.loads(args.bundle.read_text())
+        bundle = json.loads(args.bundle.read_bytes())
+    except OSError as exc:
+        raise UnusableInput(f"cannot read {args.bundle}: {exc.strerror}") from None
+    except (ValueError, RecursionError):
+        raise UnusableInput(f"{args.bundle} is not a JSON bundle (or is nested too deeply)") from None
+    try:
         ciphertext = args.samples.read_bytes()
-    except (OSError, ValueError) as exc:
-        raise UnusableInput(f"cannot read {args.bundle} or {args.samples}: {exc}") from None
+    except OSError as exc:
+        raise UnusableInput(f"cannot read {args.samples}: {exc.strerror}") from None
     records = open_samples(ciphertext, bundle, load_samples_key(args.key))
     write_secret_file(args.out, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records))
     print(f"{len(records)} records match the statement's Merkle root; written to {args.out} (mode 0600)")
