@@ -40,15 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: text quoted from elsewhere (gRPC details, parser errors) may hold newlines."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UnusableInput as exc:
-        print(f"aaudit {args.command}: {exc}", file=sys.stderr)
+        print(f"aaudit {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except AAuditError as exc:
-        print(f"aaudit {args.command}: {exc}", file=sys.stderr)
+        print(f"aaudit {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"aaudit {args.command}: interrupted", file=sys.stderr)

@@ -32,7 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+
 from aaudit.cli import build_parser, main
+from tlog.log import SQLiteLog
 
 REPO = Path(__file__).resolve().parents[1]
 DEEP = 50_000
@@ -50,6 +54,21 @@ def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iter
 
 
 LEAVES = dict(_leaves(build_parser()))
+
+
+def _pem(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+# Well-formed keys, so that runs get past key loading to the input after it.
+_ED_KEY = ed25519.Ed25519PrivateKey.generate()
+VALID_FILES = {
+    "ed25519.key": _pem(_ED_KEY),
+    "x25519.key": _pem(x25519.X25519PrivateKey.generate()),
+    "ed25519.pub": _ED_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo),
+}
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +140,11 @@ def _write(path: Path, data: bytes, mode: int) -> Path:
 def input_path(draw: st.DrawFn, tmp: Path) -> str:
     """A file or folder argument that is read: garbage of every shape, or nothing at all."""
     name = f"in{next(_NAMES)}"
-    what = draw(st.sampled_from(["file", "file", "file", "dir-of-garbage", "empty-dir", "missing", "sqlite-other"]))
+    what = draw(st.sampled_from(["file", "file", "file", "valid", "valid", "dir-of-garbage", "empty-dir", "missing",
+                                 "sqlite-other"]))
     mode = draw(st.sampled_from([0o600, 0o644]))
+    if what == "valid":
+        return str(_write(tmp / name, VALID_FILES[draw(st.sampled_from(sorted(VALID_FILES)))], 0o600))
     if what == "file":
         return str(_write(tmp / name, draw(file_content()), mode))
     if what == "dir-of-garbage":
@@ -146,7 +168,15 @@ def input_path(draw: st.DrawFn, tmp: Path) -> str:
 
 @st.composite
 def db_path(draw: st.DrawFn, tmp: Path) -> str:
-    """A log database: garbage, a folder, a SQLite file that is no log, with or without a key beside it."""
+    """A log database: garbage, a folder, a SQLite file that is no log, with or without a key beside it,
+    or a real log with one byte changed."""
+    if draw(st.booleans()):
+        path = tmp / f"log{next(_NAMES)}.db"
+        SQLiteLog(path, origin="example.com/fuzz").close()
+        data = bytearray(path.read_bytes())
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(0, 255))
+        path.write_bytes(bytes(data))
+        return str(path)
     path = draw(input_path(tmp))
     if draw(st.booleans()) and not path.endswith("missing"):
         _write(Path(path + ".key"), draw(st.sampled_from([b"", b"PRIVATE+KEY+x+00+AA==\n", b"\xff" * 40])
@@ -197,7 +227,7 @@ def remote(port: int) -> st.SearchStrategy:
 
 
 _HEXISH = st.sampled_from(["a1" * 48, "0x" + "b2" * 48, "sha256:" + "c3" * 32, "sha256:", "zz" * 48]) | _text
-_NUMBER = st.integers(-(1 << 70), 1 << 70).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "-0",
+_NUMBER = st.integers(-2, 70).map(str) | st.integers(-(1 << 70), 1 << 70).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "-0",
                                                                       "9" * 5000]) | _text
 
 
@@ -248,8 +278,8 @@ def _value(command: tuple[str, ...], action: argparse.Action, tmp: Path, port: i
         return db_path(tmp)
     if dest in _OUTPUTS:
         return output_path(tmp)
-    if action.choices:
-        return st.sampled_from(sorted(action.choices)) | _text
+    if action.choices:  # mostly valid, so that runs get past the parser
+        return st.one_of(*[st.sampled_from(sorted(action.choices))] * 3, _text)
     if dest in _INPUTS_BY_NAME or action.type is Path:
         return input_path(tmp)
     if action.type in (int, float) or getattr(action.type, "__name__", "") == "<lambda>":
@@ -281,7 +311,7 @@ def check_refusal(argv: list[str], rc: int, err: str) -> None:
         assert "internal error" not in last, (argv, err)
 
 
-FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
