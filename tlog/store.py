@@ -53,10 +53,10 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        if readonly and not self.path.is_file():
-            raise UnusableInput(f"no log database at {self.path}")
         if self.path.exists() and not self.path.is_file():
             raise UnusableInput(f"{self.path} is not a file; --db names the log's SQLite database file")
+        if readonly and not self.path.exists():
+            raise UnusableInput(f"no log database at {self.path}")
         try:
             self._writer = _connect(self.path, readonly)
         except sqlite3.Error as exc:
