@@ -360,3 +360,101 @@ def test_a_deeply_nested_bundle_prints_no_traceback_in_a_real_process(tmp_path):
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ----------------------------------------------------------------------------- open-samples
+
+@pytest.fixture
+def samples_case(tmp_path: Path) -> dict:
+    """A real samples delivery, signed into a bundle: records, their Merkle root, HPKE-encrypted to a
+    fresh samples key for the bundle's enclave key. `bundle(change)` re-signs with the samples
+    section changed by `change` (which may return None: no samples section at all)."""
+    import base64
+    import hashlib
+
+    from sealing.identity import generate_samples_key
+    from sealing.keywrap import DEFAULT_SUITE, seal_to
+    from tests.bundle_factory import make_bundle
+    from verifier.binding import samples_info
+    from verifier.merkle import root_hash
+    from verifier.models import canonical_json
+
+    public_b64, key_path, _ = generate_samples_key(tmp_path / "keys")
+    records = [{"doc": i, "pred": "x"} for i in range(3)]
+    root = root_hash([canonical_json(r) for r in records]).hex()
+    enc = tmp_path / "bundle.samples.enc"
+
+    def bundle(change=lambda s: s, ciphertext: bytes | None = None) -> dict:  # noqa: ANN001
+        def edit(payload: bytes) -> bytes:
+            statement = json.loads(payload)
+            signing_pub = base64.b64decode(statement["predicate"]["manifest"]["enclave"]["signingKey"])
+            data = ciphertext if ciphertext is not None else seal_to(
+                b"".join(canonical_json(r) + b"\n" for r in records), base64.b64decode(public_b64), DEFAULT_SUITE,
+                samples_info(root, signing_pub))
+            enc.write_bytes(data)
+            samples = {"merkleRoot": root, "count": 3, "hashing": "RFC9162-SHA256", "record": "canonical JSON",
+                       "delivery": {"recipient": public_b64, "suite": DEFAULT_SUITE,
+                                    "ciphertextSha256": hashlib.sha256(data).hexdigest()}}
+            changed = change(samples)
+            if changed is None:
+                del statement["predicate"]["samples"]
+            else:
+                statement["predicate"]["samples"] = changed
+            return canonical_json(statement)
+
+        return make_bundle(edit_payload=edit).bundle
+
+    return {"tmp": tmp_path, "key": key_path, "enc": enc, "bundle": bundle}
+
+
+def _open(case: dict, bundle: object) -> tuple[int, str]:
+    path = case["tmp"] / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    out = case["tmp"] / f"samples{next(_NAMES)}.jsonl"
+    argv = ["auditor", "open-samples", str(case["enc"]), "--bundle", str(path), "--key", str(case["key"]),
+            "--out", str(out)]
+    rc, err = run_aaudit(argv)
+    check_refusal(argv, rc, err)
+    assert (rc == 0) == out.exists()
+    return rc, err
+
+
+def test_open_samples_opens_a_real_delivery(samples_case: dict) -> None:
+    assert _open(samples_case, samples_case["bundle"]()) == (0, "")
+
+
+@pytest.mark.parametrize("change, code", [
+    (lambda s: {k: v for k, v in s.items() if k != "merkleRoot"}, 2),   # the security review's case
+    (lambda s: {**s, "merkleRoot": "\u00e9" * 64}, 2),
+    (lambda s: {**s, "merkleRoot": "zz" * 32}, 2),
+    (lambda s: {**s, "merkleRoot": 7}, 2),
+    (lambda s: {**s, "count": "3"}, 2),
+    (lambda s: {**s, "count": 4}, 1),
+    (lambda s: None, 2),                                                 # no samples section
+    (lambda s: [s], 2),                                                  # not an object
+    (lambda s: "samples", 2),
+    (lambda s: {**s, "delivery": None}, 1),                              # output = aggregate
+    (lambda s: {**s, "delivery": {**s["delivery"], "ciphertextSha256": "00"}}, 1),
+])
+def test_open_samples_on_a_statement_that_says_otherwise(samples_case: dict, change, code: int) -> None:  # noqa: ANN001
+    assert _open(samples_case, samples_case["bundle"](change))[0] == code
+
+
+@pytest.mark.parametrize("bundle", [[], "x", None, {}, {"envelope": {}}, {"enclave": []},
+                                    {"enclave": {"signingKey": {"public": "AAAA"}}, "envelope": {}},
+                                    {"enclave": {"signingKey": {"public": 5}}, "envelope": None}])
+def test_open_samples_on_garbage_bundles(samples_case: dict, bundle: object) -> None:
+    assert _open(samples_case, bundle)[0] == 2
+
+
+def test_open_samples_with_a_short_signing_key(samples_case: dict) -> None:
+    bundle = samples_case["bundle"]()
+    bundle["enclave"]["signingKey"]["public"] = "AAAA"
+    assert _open(samples_case, bundle)[0] == 2
+
+
+@pytest.mark.parametrize("ciphertext", [b"", b"\x00" * 10, bytes(range(256)) * 2])
+def test_open_samples_on_garbage_ciphertext(samples_case: dict, ciphertext: bytes) -> None:
+    """The signed statement names this garbage (its hash), so decryption itself must refuse it."""
+    rc, err = _open(samples_case, samples_case["bundle"](ciphertext=ciphertext))
+    assert rc == 2 and "cannot decrypt" in err, err
