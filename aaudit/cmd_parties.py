@@ -276,12 +276,12 @@ def _open_samples(args: argparse.Namespace) -> int:
     from sealing.identity import load_samples_key
     from sealing.secretfile import write_secret_file
 
+    from verifier.inputs import load_json
+
     try:
-        bundle = json.loads(args.bundle.read_bytes())
+        bundle = load_json(args.bundle.read_bytes(), str(args.bundle))
     except OSError as exc:
         raise UnusableInput(f"cannot read {args.bundle}: {exc.strerror}") from None
-    except (ValueError, RecursionError):
-        raise UnusableInput(f"{args.bundle} is not a JSON bundle (or is nested too deeply)") from None
     try:
         ciphertext = args.samples.read_bytes()
     except OSError as exc:

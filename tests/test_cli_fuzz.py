@@ -345,6 +345,26 @@ def test_the_walk_reaches_every_command():
 
 # ----------------------------------------------------------------------------- known cases
 
+def test_the_last_resort_handler_names_the_type_and_never_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug's message could quote a secret (a key, a path, plaintext): only its type is shown."""
+    def bug(args: argparse.Namespace) -> int:
+        raise RuntimeError("secret-key-material-0123")
+
+    monkeypatch.setattr("aaudit.cmd_assets._digest", bug)
+    rc, err = run_aaudit(["digest", "."])
+    assert rc == 1 and err == "aaudit digest: internal error: RuntimeError; please report\n"
+
+
+def test_messages_quoted_from_elsewhere_stay_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from verifier.errors import VerificationError
+
+    def fails(args: argparse.Namespace) -> int:
+        raise VerificationError("the server said:\n  first\n  second")
+
+    monkeypatch.setattr("aaudit.cmd_assets._digest", fails)
+    assert run_aaudit(["digest", "."]) == (1, "aaudit digest: the server said: first second\n")
+
+
 def test_a_deeply_nested_bundle_prints_no_traceback_in_a_real_process(tmp_path):
     """The same as the fuzz, through the installed entry point and a fresh interpreter."""
     bundle = tmp_path / "bundle.json"

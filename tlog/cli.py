@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.errors import ParseError, UnusableInput
+from verifier.inputs import load_json
 from verifier.models import b64e
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
@@ -134,14 +135,12 @@ def _from_size_of(args: argparse.Namespace) -> int | None:
 
 
 def _read_bundle(path: str) -> dict[str, Any]:
+    """A bundle file, read as strictly as `aaudit-verify` reads it (no duplicate keys, NaN, deep nesting)."""
     try:
-        obj = json.loads(Path(path).read_bytes())
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UnusableInput(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ParseError(f"{path} is not JSON: {exc}") from None
-    except RecursionError:
-        raise ParseError(f"{path}: JSON nested too deeply to be a bundle") from None
+    obj = load_json(data, path)
     if not isinstance(obj, dict):
         raise ParseError(f"{path}: a bundle is a JSON object")
     return obj
