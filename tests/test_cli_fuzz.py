@@ -68,7 +68,12 @@ VALID_FILES = {
     "x25519.key": _pem(x25519.X25519PrivateKey.generate()),
     "ed25519.pub": _ED_KEY.public_key().public_bytes(serialization.Encoding.PEM,
                                                       serialization.PublicFormat.SubjectPublicKeyInfo),
+    "policy.toml": b'allow_simulated = true\n[sim]\nmeasurements = ["' + b"ab" * 32 + b'"]\n',
 }
+# Arguments that get a well-formed file more often than garbage, by destination.
+_MOSTLY_VALID = {"identity": "ed25519.key", "key": "x25519.key", "policy": "policy.toml", "provider": "ed25519.pub",
+                 "auditor": "ed25519.pub", "expect_provider": "ed25519.pub", "expect_auditor": "ed25519.pub",
+                 "other_pub": "ed25519.pub"}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +169,10 @@ def input_path(draw: st.DrawFn, tmp: Path) -> str:
         db.close()
         return str(tmp / name)
     return str(tmp / name / "missing")
+
+
+def valid_file(tmp: Path, name: str) -> st.SearchStrategy[str]:
+    return st.just(name).map(lambda n: str(_write(tmp / f"{next(_NAMES)}{n}", VALID_FILES[n], 0o600)))
 
 
 @st.composite
@@ -278,6 +287,8 @@ def _value(command: tuple[str, ...], action: argparse.Action, tmp: Path, port: i
         return db_path(tmp)
     if dest in _OUTPUTS:
         return output_path(tmp)
+    if dest in _MOSTLY_VALID and (action.type is Path or action.type is None):
+        return st.one_of(*[valid_file(tmp, _MOSTLY_VALID[dest])] * 2, input_path(tmp))
     if action.choices:  # mostly valid, so that runs get past the parser
         return st.one_of(*[st.sampled_from(sorted(action.choices))] * 3, _text)
     if dest in _INPUTS_BY_NAME or action.type is Path:
