@@ -87,7 +87,7 @@ def test_a_damaged_note_fails_the_audit(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_a_bad_listen_address_is_refused_before_anything_is_made(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for listen in ("bogus", "127.0.0.1:99999", "127.0.0.1:x", ":80", ""):
+    for listen in ("bogus", "127.0.0.1:99999", "127.0.0.1:x", ":80", "", "[::1", "::1:80", "a b:1"):
         with pytest.raises(SystemExit) as exc:
             main(["log", "serve", "--db", str(tmp_path / "new.db"), "--listen", listen])
         assert exc.value.code == 2

@@ -91,7 +91,10 @@ def register(subparsers: Any) -> None:
 def listen_address(text: str) -> str:
     """HOST:PORT with a port from 0 to 65535, checked before anything is opened or listens."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
+    bracketed = len(host) > 2 and host[0] == "[" and host[-1] == "]"  # an IPv6 address, [::1]
+    name, forbidden = (host[1:-1], "[] \t") if bracketed else (host, "[]: \t")
+    bad_host = not name or any(c in name for c in forbidden)
+    if not sep or bad_host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
     return text
 
