@@ -275,7 +275,6 @@ def _open_samples(args: argparse.Namespace) -> int:
     from aaudit.samples import open_samples
     from sealing.identity import load_samples_key
     from sealing.secretfile import write_secret_file
-
     from verifier.inputs import load_json
 
     try:

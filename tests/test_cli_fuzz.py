@@ -236,8 +236,8 @@ def remote(port: int) -> st.SearchStrategy:
 
 
 _HEXISH = st.sampled_from(["a1" * 48, "0x" + "b2" * 48, "sha256:" + "c3" * 32, "sha256:", "zz" * 48]) | _text
-_NUMBER = st.integers(-2, 70).map(str) | st.integers(-(1 << 70), 1 << 70).map(str) | st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "-0",
-                                                                      "9" * 5000]) | _text
+_NUMBER = st.one_of(st.integers(-2, 70).map(str), st.integers(-(1 << 70), 1 << 70).map(str),
+                    st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "-0", "9" * 5000]), _text)
 
 
 @st.composite

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, data BLOB NOT NULL)
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
 """
+_TABLES = {"meta", "entries", "nodes", "checkpoints"}  # what _SCHEMA creates
 
 
 def node_key(node: NodeID) -> int:
@@ -88,7 +89,7 @@ class Store:
         tables = {row[0] for row in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables and not self.readonly:
             return
-        if not {"meta", "entries", "nodes", "checkpoints"} <= tables:
+        if not _TABLES <= tables:
             raise UnusableInput(f"{self.path} is a SQLite database but not an aaudit log (tables: "
                                 f"{', '.join(sorted(tables)) or 'none'})")
         row = self._writer.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
