@@ -105,7 +105,7 @@ _BUNDLE_KEYS = ("envelope", "enclave", "logEntry", "statement", "predicate", "sa
 def file_content(draw: st.DrawFn) -> bytes:
     n = draw(st.sampled_from([10, 900, 1000, 5000, DEEP]))
     kind = draw(st.sampled_from(["bytes", "json-open", "json-deep", "json-obj-deep", "json-object", "json-weird",
-                                 "toml-array", "toml-inline", "toml-header", "pem", "sqlite-junk", "empty"]))
+                                 "toml-array", "toml-inline", "toml-header", "pem", "sqlite-junk", "pages", "empty"]))
     if kind == "bytes":
         return draw(st.binary(max_size=3000))
     if kind == "json-open":
@@ -130,6 +130,9 @@ def file_content(draw: st.DrawFn) -> bytes:
     if kind == "pem":
         body = draw(st.binary(max_size=200)).hex().encode()
         return b"-----BEGIN PRIVATE KEY-----\n" + body + b"\n-----END PRIVATE KEY-----\n"
+    if kind == "pages":  # whole 4 KiB pages, as firmware images are
+        size = 4096 * draw(st.integers(1, 4))
+        return draw(st.binary(max_size=size)).ljust(size, b"\xff")
     if kind == "sqlite-junk":
         return b"SQLite format 3\x00" + draw(st.binary(max_size=2000))
     return b""
@@ -391,6 +394,21 @@ def test_a_deeply_nested_bundle_prints_no_traceback_in_a_real_process(tmp_path):
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="sealing/stream.py SealedAsset.load lets json.loads' RecursionError out "
+                   "(outside this session's files); the last-resort handler answers for now")
+def test_a_deeply_nested_sealed_description_is_unusable_input(tmp_path: Path) -> None:
+    """Found by the fuzz above. When sealing/stream.py is fixed this passes: drop the xfail mark."""
+    (tmp_path / "sealed").mkdir()
+    (tmp_path / "sealed" / "model.json").write_bytes(b'{"a":' * DEEP)
+    identity = _write(tmp_path / "provider.key", VALID_FILES["ed25519.key"], 0o600)
+    policy = _write(tmp_path / "policy.toml", VALID_FILES["policy.toml"], 0o600)
+    argv = ["provider", "upload", str(tmp_path / "sealed"), "--session", "4D", "--enclave", "127.0.0.1:1",
+            "--policy", str(policy), "--identity", str(identity)]
+    rc, err = run_aaudit(argv)
+    check_refusal(argv, rc, err)
+    assert rc == 2
 
 
 # ----------------------------------------------------------------------------- open-samples
