@@ -2,6 +2,8 @@
 
 A module in `_GROUPS` exposes `register(subparsers)`, adding a parser whose `func(args) -> int` runs
 it. Errors of this project (`AAuditError`) become a one-line message and exit 2 (bad input) or 1.
+Anything else is a bug: it is reported by its type only (its message could hold a secret or a
+path the user did not mean to show) and exits 1, never as a traceback.
 """
 
 from __future__ import annotations
@@ -38,19 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: text quoted from elsewhere (gRPC details, parser errors) may hold newlines."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UnusableInput as exc:
-        print(f"aaudit {args.command}: {exc}", file=sys.stderr)
+        print(f"aaudit {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except AAuditError as exc:
-        print(f"aaudit {args.command}: {exc}", file=sys.stderr)
+        print(f"aaudit {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"aaudit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # defence in depth: every known failure raises an AAuditError above
+        print(f"aaudit {args.command}: internal error: {type(exc).__name__}; please report", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

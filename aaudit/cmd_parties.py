@@ -275,12 +275,16 @@ def _open_samples(args: argparse.Namespace) -> int:
     from aaudit.samples import open_samples
     from sealing.identity import load_samples_key
     from sealing.secretfile import write_secret_file
+    from verifier.inputs import load_json
 
     try:
-        bundle = json.loads(args.bundle.read_text())
+        bundle = load_json(args.bundle.read_bytes(), str(args.bundle))
+    except OSError as exc:
+        raise UnusableInput(f"cannot read {args.bundle}: {exc.strerror}") from None
+    try:
         ciphertext = args.samples.read_bytes()
-    except (OSError, ValueError) as exc:
-        raise UnusableInput(f"cannot read {args.bundle} or {args.samples}: {exc}") from None
+    except OSError as exc:
+        raise UnusableInput(f"cannot read {args.samples}: {exc.strerror}") from None
     records = open_samples(ciphertext, bundle, load_samples_key(args.key))
     write_secret_file(args.out, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records))
     print(f"{len(records)} records match the statement's Merkle root; written to {args.out} (mode 0600)")

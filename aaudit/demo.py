@@ -18,14 +18,24 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from verifier.errors import AAuditError, UnusableInput
+
 PY = sys.executable
 SEED = 1234
+# Left in every output folder the demo makes: only a folder holding it is ever deleted by a later run.
+MARKER = ".aaudit-demo"
+
+
+class DemoError(AAuditError):
+    """A step of the demo failed (exit 1); its output says which."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol offline on loopback with the simulated TEE",
                        description=__doc__)
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out/, replaced)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"),
+                   help=f"output folder (default demo-out/), created if missing; an existing folder must be empty, "
+                   f"or one an earlier demo run made (it holds the file {MARKER}), which is then replaced")
     p.set_defaults(func=lambda args: run_demo(args.out))
 
 
@@ -38,7 +48,7 @@ def _aaudit(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
     proc = subprocess.run([PY, "-m", "aaudit.cli", *args], cwd=cwd, text=True, stdout=subprocess.PIPE)
     sys.stdout.write(proc.stdout)
     if check and proc.returncode != 0:
-        raise SystemExit(f"demo: `aaudit {' '.join(args)}` failed with exit {proc.returncode}")
+        raise DemoError(f"`aaudit {' '.join(args)}` failed with exit {proc.returncode}")
     return proc
 
 
@@ -49,19 +59,38 @@ def _start(args: Sequence[str], port_file: Path, log: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"demo: server `{' '.join(args)}` did not start; see {log}")
+            raise DemoError(f"server `{' '.join(args)}` did not start; see {log}")
         time.sleep(0.1)
     return proc
 
 
+def prepare_out(out: Path) -> Path:
+    """The output folder, empty and marked as the demo's. Never deletes what the demo did not make:
+    an existing folder is replaced only if it holds the marker a previous run left."""
+    out = out.resolve()
+    marker = out / MARKER
+    try:
+        if out.exists() and not out.is_dir():
+            raise UnusableInput(f"--out {out} is a file, not a folder; choose a folder")
+        if out.is_dir() and any(out.iterdir()):
+            if not marker.is_file() or marker.is_symlink():
+                raise UnusableInput(f"--out {out} is not empty and was not made by `aaudit demo` (no {MARKER} in "
+                                    "it); empty it or choose another folder")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text("made by `aaudit demo`; the next demo run with this --out replaces this folder\n")
+    except OSError as exc:
+        raise UnusableInput(f"--out {out}: cannot prepare the folder: {exc.strerror or exc}") from None
+    return out
+
+
 def run_demo(out: Path) -> int:
+    t0 = time.monotonic()
+    out = prepare_out(out)
+
     from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
     from benchmarks.spec import parse_spec, spec_to_lm_eval_yaml
 
-    t0 = time.monotonic()
-    out = out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
     for d in ("data", "tasks", "spec", "keys", "sealed/provider", "sealed/auditor", "log", "run"):
         (out / d).mkdir(parents=True)
 
@@ -191,11 +220,11 @@ require_inclusion = true
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m aaudit.demo", description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("demo-out"))
-    args = ap.parse_args(argv)
+    """`python -m aaudit.demo [--out DIR]` is `aaudit demo`, with the same error handling."""
+    from aaudit.cli import main as aaudit_main
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return run_demo(args.out)
+    return aaudit_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ def generate_identity(out_dir: Path, role: str) -> tuple[Identity, Path, Path]:
 
 def _load_private(path: Path, kind: type, what: str) -> Any:
     """A PKCS8 PEM private key of `kind` from a file only its owner can read."""
-    data = read_secret_file(Path(path), _MAX_PEM)
+    try:
+        data = read_secret_file(Path(path), _MAX_PEM)
+    except IsADirectoryError:
+        raise SealError(f"key file {path} is a folder; give the key file written by `aaudit keygen`") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

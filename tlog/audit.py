@@ -9,6 +9,7 @@ row that disagrees with the entries, any gap, and any extra row is reported.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ def audit(db_path: str | os.PathLike[str], log_key: str | None = None) -> AuditR
     store = Store(db_path, readonly=True)
     try:
         return _audit(store, verifier.name, log_key)
+    except sqlite3.Error as exc:  # a damaged file: what it holds cannot be vouched for
+        raise VerificationError(f"the database cannot be read through: {exc}") from None
     finally:
         store.close()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.errors import ParseError, UnusableInput
+from verifier.inputs import load_json
 from verifier.models import b64e
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
@@ -35,7 +36,7 @@ def register(subparsers: Any) -> None:
                        "The log key is made on first start beside the database (DB.key, mode 0600); the verifier "
                        "key printed at start goes into verifiers' policies ([log] public_key).")
     s.add_argument("--db", required=True, metavar="PATH", help="SQLite database (created if missing)")
-    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", type=listen_address,
                    help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)")
     s.add_argument("--origin", metavar="NAME", help="the log's name, first start only (default HOSTNAME/aaudit-log); "
                    "a schema-less URL such as example.com/audits is recommended")
@@ -87,9 +88,31 @@ def register(subparsers: Any) -> None:
     a.set_defaults(func=_audit)
 
 
+def listen_address(text: str) -> str:
+    """HOST:PORT with a port from 0 to 65535, checked before anything is opened or listens."""
+    host, sep, port = text.rpartition(":")
+    bracketed = len(host) > 2 and host[0] == "[" and host[-1] == "]"  # an IPv6 address, [::1]
+    name, forbidden = (host[1:-1], "[] \t") if bracketed else (host, "[]: \t")
+    bad_host = not name or any(c in name for c in forbidden)
+    if not sep or bad_host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
+    return text
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds (at most a day: gRPC deadlines beyond are an error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 and at most 86400")
+    return value
+
+
 def _remote(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", required=True, metavar="HOST:PORT", help="the log server")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS", help="per request (default 10)")
 
 
 def _key(p: argparse.ArgumentParser) -> None:
@@ -115,12 +138,12 @@ def _from_size_of(args: argparse.Namespace) -> int | None:
 
 
 def _read_bundle(path: str) -> dict[str, Any]:
+    """A bundle file, read as strictly as `aaudit-verify` reads it (no duplicate keys, NaN, deep nesting)."""
     try:
-        obj = json.loads(Path(path).read_bytes())
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UnusableInput(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ParseError(f"{path} is not JSON: {exc}") from None
+    obj = load_json(data, path)
     if not isinstance(obj, dict):
         raise ParseError(f"{path}: a bundle is a JSON object")
     return obj

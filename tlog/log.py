@@ -52,9 +52,9 @@ class SQLiteLog:
 
     def __init__(self, db_path: str | os.PathLike[str], *, origin: str | None = None,
                  signer: LogSigner | None = None) -> None:
-        self.signer = signer or load_or_create(db_path, origin)
-        self._store = Store(db_path)
+        self._store = Store(db_path)  # first: no key is made beside a file that is no log
         try:
+            self.signer = signer or load_or_create(db_path, origin)
             self._open()
         except BaseException:
             self._store.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tlog.backend import LogError
 from tlog.proofs import NodeID
+from verifier.errors import UnusableInput
 
 SCHEMA_VERSION = "1"
 _LEVEL_SHIFT = 48
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, data BLOB NOT NULL)
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
 """
+_TABLES = {"meta", "entries", "nodes", "checkpoints"}  # what _SCHEMA creates
 
 
 def node_key(node: NodeID) -> int:
@@ -52,21 +54,48 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        if self.path.exists() and not self.path.is_file():
+            raise UnusableInput(f"{self.path} is not a file; --db names the log's SQLite database file")
         if readonly and not self.path.exists():
-            raise LogError(f"no log database at {self.path}")
+            raise UnusableInput(f"no log database at {self.path}")
         try:
             self._writer = _connect(self.path, readonly)
+        except sqlite3.Error as exc:
+            raise UnusableInput(f"cannot open log database {self.path}: {exc}") from None
+        try:
+            self._check_schema()
             if not readonly:
                 mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode != "wal":
                     raise LogError(f"{self.path}: SQLite refused WAL mode (got {mode})")
                 self._writer.execute("PRAGMA synchronous = FULL")
                 self._writer.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise LogError(f"cannot open log database {self.path}: {exc}") from None
+        except sqlite3.OperationalError as exc:  # unreadable, locked, read-only folder
+            self._writer.close()
+            raise UnusableInput(f"cannot open log database {self.path}: {exc}") from None
+        except sqlite3.Error as exc:  # not SQLite at all, or damaged
+            self._writer.close()
+            raise UnusableInput(f"{self.path} is not a log database ({exc})") from None
+        except BaseException:
+            self._writer.close()
+            raise
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+
+    def _check_schema(self) -> None:
+        """Refuse a file that is not SQLite, or a SQLite database some other program made (its tables
+        must not gain ours), or a log of another schema version. A new, empty database passes."""
+        tables = {row[0] for row in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and not self.readonly:
+            return
+        if not _TABLES <= tables:
+            raise UnusableInput(f"{self.path} is a SQLite database but not an aaudit log (tables: "
+                                f"{', '.join(sorted(tables)) or 'none'})")
+        row = self._writer.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise UnusableInput(f"{self.path} is a log of schema version {row[0]!r}; this aaudit reads "
+                                f"version {SCHEMA_VERSION}")
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
