@@ -37,10 +37,11 @@ def read_secret_file(path: Path, max_size: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise SealError(f"cannot open key file {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses a folder with its own error
+        os.close(fd)
+        raise SealError(f"key file {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SealError(f"key file {path} is not a regular file")
         if info.st_mode & 0o077:
             raise SealError(
                 f"key file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "

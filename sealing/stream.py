@@ -59,6 +59,7 @@ from sealing._stream_format import (
 )
 from sealing.digest import ListingBuilder, asset_files, path_problem, read_blocks
 from sealing.errors import SealError
+from verifier.inputs import load_json
 from sealing.secretfile import read_secret_file, write_secret_file
 from verifier.errors import ParseError
 
@@ -170,11 +171,10 @@ class SealedAsset:
         """Read a `<kind>.json` written by `seal`; the sealed and key files are beside it."""
         meta_path = Path(meta_path)
         try:
-            obj = json.loads(meta_path.read_bytes())
+            data = meta_path.read_bytes()
         except OSError as exc:
             raise ParseError(f"{meta_path}: {exc.strerror}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ParseError(f"{meta_path}: not JSON ({exc})") from None
+        obj = load_json(data, str(meta_path))  # strict: nesting, duplicate keys and non-finite numbers refused
         try:
             if not isinstance(obj, dict) or obj.get("format") != META_FORMAT:
                 raise ParseError(f"{meta_path}: not a sealed-asset description ({META_FORMAT})")

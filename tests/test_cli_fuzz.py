@@ -396,10 +396,9 @@ def test_a_deeply_nested_bundle_prints_no_traceback_in_a_real_process(tmp_path):
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="sealing/stream.py SealedAsset.load lets json.loads' RecursionError out "
-                   "(outside this session's files); the last-resort handler answers for now")
 def test_a_deeply_nested_sealed_description_is_unusable_input(tmp_path: Path) -> None:
-    """Found by the fuzz above. When sealing/stream.py is fixed this passes: drop the xfail mark."""
+    """Found by the fuzz above: SealedAsset.load let json's RecursionError out; it reads the
+    description with the verifier's strict loader now."""
     (tmp_path / "sealed").mkdir()
     (tmp_path / "sealed" / "model.json").write_bytes(b'{"a":' * DEEP)
     identity = _write(tmp_path / "provider.key", VALID_FILES["ed25519.key"], 0o600)

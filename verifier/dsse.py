@@ -66,8 +66,12 @@ def sign(key: Ed25519PrivateKey, payload_type: str, payload: bytes) -> Envelope:
 
 
 def verify(envelope: Envelope, public_raw: bytes) -> bool:
-    """True when some signature with this key's keyid verifies over the PAE."""
-    pub = Ed25519PublicKey.from_public_bytes(public_raw)
+    """True when some signature with this key's keyid verifies over the PAE (False for a key that is
+    not a 32-byte Ed25519 public key)."""
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(public_raw)
+    except ValueError:
+        return False
     kid = keyid(public_raw)
     for k, sig in envelope.signatures:
         if k not in ("", kid):
