@@ -176,7 +176,8 @@ def run_demo(out: Path) -> int:
                 proc.kill()
 
     _step("12. a third party verifies the bundle against the regulator's policy (policy.toml)")
-    (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, log_key))
+    parties = {role: (out / f"keys/{role}.pub").read_text().strip() for role in ("provider", "auditor")}
+    (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, parties, log_key))
     verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"),
                              "--policy", str(out / "policy.toml")], text=True, stdout=subprocess.PIPE)
     print(verify.stdout)
@@ -188,7 +189,7 @@ def run_demo(out: Path) -> int:
     return verify.returncode
 
 
-def _third_party_policy(code_id: str, digests: dict[str, str], log_key: str) -> str:
+def _third_party_policy(code_id: str, digests: dict[str, str], parties: dict[str, str], log_key: str) -> str:
     return f"""# A regulator's policy for the demo bundle. Every field is explained in verifier/policy.py.
 allow_simulated = true   # demo only: real audits name [sev-snp], [tdx] or [nitro] here instead
 max_age = "30d"
@@ -201,6 +202,13 @@ model_digest = "{digests['model']}"
 dataset_digest = "{digests['dataset']}"
 spec_digest = "{digests['spec']}"
 code_identity = ["{code_id}"]
+# The two parties' identity keys (their .pub files): a bundle approved by anyone else fails.
+provider_key = '''
+{parties['provider']}
+'''
+auditor_key = '''
+{parties['auditor']}
+'''
 
 # Illustrative compliance thresholds: a random tiny model is near chance on the multiple-choice set.
 [[threshold]]
