@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python perf/seal_throughput.py
 	$(BIN)/python perf/verify_speed.py
 	$(BIN)/python perf/log_scale.py --entries 100000
+	$(BIN)/python perf/attest_under_load.py
 
 clean:
 	rm -rf demo-out .pytest_cache
