@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -79,18 +78,14 @@ def _seal(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _progress_bar(total: int) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar on stderr for big assets (hidden when stderr is not a terminal)."""
+    """Sealing progress for big assets on stderr: a bar on a terminal, lines when piped."""
     if total < _PROGRESS_FROM:
         yield None
         return
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:  # tqdm comes with the `enclave` extra; the bar is optional
-        yield None
-        return
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sealing", file=sys.stderr,
-              disable=None) as bar:
-        yield bar.update
+    from aaudit.progress import Progress, byte_counter
+
+    with Progress() as progress:
+        yield byte_counter(progress, "sealing", total)
 
 
 def _digest(args: argparse.Namespace) -> int:

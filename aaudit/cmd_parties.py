@@ -192,8 +192,7 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from aaudit.progress import Progress, byte_counter
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
@@ -201,9 +200,9 @@ def _upload(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for asset in assets:
             enclave = _attested(client, args)  # one fresh attestation (and nonce) per upload
-            with tqdm(total=asset.sealed_size, unit="B", unit_scale=True, desc=f"upload {asset.kind}",
-                      file=sys.stderr, disable=None) as bar:
-                res = client.upload(enclave, args.session, asset, identity, on_progress=bar.update)
+            with Progress() as progress:
+                res = client.upload(enclave, args.session, asset, identity,
+                                    on_progress=byte_counter(progress, f"upload {asset.kind}", asset.sealed_size))
             print(f"{res.kind}: accepted, enclave computed {res.digest} ({res.plaintext_bytes} bytes); "
                   f"manifest now {res.manifest_digest}")
     return 0
@@ -310,31 +309,15 @@ def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from aaudit.progress import Progress
     from sealing.identity import load_identity
 
     _check_writable(args.out)
     identity = load_identity(args.identity)
-    with _client(args) as client:
+    with _client(args) as client, Progress() as progress:
         enclave = _attested(client, args)
-        bars: dict[str, tqdm] = {}
-
-        def show(p) -> None:  # noqa: ANN001
-            if p.stage == "queued":
-                print(f"queued: {p.message}", file=sys.stderr)
-                return
-            bar = bars.get(p.stage)
-            if bar is None:
-                for other in bars.values():
-                    other.close()
-                bar = bars[p.stage] = tqdm(total=1000, desc=p.stage, file=sys.stderr, disable=None,
-                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
-            bar.update(max(0, int(p.fraction * 1000) - bar.n))
-
-        bundle = client.run(enclave, args.session, args.role, identity, os.urandom(32), on_progress=show)
-        for bar in bars.values():
-            bar.close()
+        bundle = client.run(enclave, args.session, args.role, identity, os.urandom(32),
+                            on_progress=lambda p: progress.update(p.stage, p.fraction, p.message))
     _save(bundle, args.out, client.samples)
     return _verify_and_summarise(bundle, args)
 

@@ -23,7 +23,7 @@ Wire protocol on the job's duplex pipe (pickle frames of multiprocessing.Connect
 parent -> child: `(model_dir: str, spec, device, names)` then one `send_bytes` per dataset in
 `names` order (bytes never pass through a file or a second pickle copy);
 child -> parent: JSON arrays, never pickles (the child runs a party's templates and model, so the
-server does not unpickle what it sends): any number of `["progress", stage, fraction]`, then
+server does not unpickle what it sends): any number of `["progress", stage, fraction, message]`, then
 `["done", {AuditRun's fields}]` or `["failed", message]`.
 """
 
@@ -82,10 +82,10 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, device: str | None,
-            deadline_s: float, progress: Callable[[str, float], None], cancel: threading.Event) -> AuditRun:
+            deadline_s: float, progress: Callable[[str, float, str], None], cancel: threading.Event) -> AuditRun:
     """Run `enclave.runner.run_audit` in a child process and return its `AuditRun`.
 
-    Blocks; calls `progress(stage, fraction)` in this thread as the child reports. Raises
+    Blocks; calls `progress(stage, fraction, message)` in this thread as the child reports. Raises
     JobDeadline after `deadline_s` seconds (counted from this call), JobCancelled soon after
     `cancel` is set, JobFailed if the child raises or dies.
     """
@@ -136,12 +136,12 @@ def _stop(child: multiprocessing.process.BaseProcess) -> None:
 
 
 def _parse(data: bytes) -> list:
-    """One message from the child, checked: `["progress", str, number]`, `["failed", str]` or
+    """One message from the child, checked: `["progress", str, number, str]`, `["failed", str]` or
     `["done", {AuditRun fields}]` (then with the AuditRun in place of the fields)."""
     try:
         kind, *fields = json.loads(data)
-        if kind == "progress" and len(fields) == 2 and isinstance(fields[0], str) \
-                and isinstance(fields[1], (int, float)):
+        if kind == "progress" and len(fields) == 3 and isinstance(fields[0], str) \
+                and isinstance(fields[1], (int, float)) and isinstance(fields[2], str):
             return [kind, *fields]
         if kind == "failed" and len(fields) == 1 and isinstance(fields[0], str):
             return [kind, *fields]
@@ -172,7 +172,8 @@ def _child_main(conn: Connection) -> None:
         from enclave.runner import run_audit
 
         run = run_audit(Path(model_dir), spec, datasets, device=device,
-                        progress=lambda stage, fraction: _send(conn, "progress", stage, float(fraction)))
+                        progress=lambda stage, fraction, message: _send(conn, "progress", stage, float(fraction),
+                                                                        message))
     except AAuditError as exc:
         _send(conn, "failed", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # any other message may quote data; only the type is safe to show

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: F401 (run_audit raises DatasetError)
 from benchmarks.spec import AuditSpec, lm_eval_task_config
-from benchmarks.templates import TemplateLimit, limited_environment  # noqa: F401 (jobs report TemplateLimit)
+from benchmarks.templates import limited_environment
 from verifier.merkle import root_hash
 from verifier.models import canonical_json
 
@@ -43,7 +43,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_O
 RUN_ENV = {**OFFLINE_ENV, "DISABLE_MULTIPROC": "1"}
 
 
-ProgressFn = Callable[[str, float], None]
+ProgressFn = Callable[[str, float, str], None]  # stage, fraction of the stage done, detail
 
 # lm-eval request type each output type produces; the LM runs one phase per request type.
 _REQUEST_TYPE = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
@@ -77,7 +77,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     log level, so the enclave calls it in a child process per job (`enclave.jobs.run_job`).
     `progress(stage, fraction)` gets the phase (e.g. "loglikelihood 120/576") and the overall
     fraction of model requests answered."""
-    report = progress or (lambda stage, fraction: None)
+    report = progress or (lambda stage, fraction, message: None)
     started = _now()
     rows = {name: parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model
     _enforce_offline()
@@ -86,7 +86,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    report("loading model", 0.0)
+    report("loading model", 0.0, "")
     model, tokenizer = _load_model(Path(model_dir), device, dtype)
 
     import lm_eval
@@ -99,7 +99,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         cfg = lm_eval_task_config(task)
         cfg["custom_dataset"] = InMemoryDataset({split: (name, rows[name]) for split, name in task.files.items()})
         task_dicts.append(cfg)
-    report("evaluating", 0.0)
+    report("evaluating", 0.0, "building requests")
     with _quiet_lm_eval(), _sandboxed_templates(spec):
         out = lm_eval.simple_evaluate(
             model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
@@ -108,7 +108,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
             fewshot_random_seed=spec.seed,
         )
     records = [rec for task in spec.tasks for rec in _records(task.name, out["samples"][task.name])]
-    report("done", 1.0)
+    report("done", 1.0, "")
     return AuditRun(
         results={t: _json_safe(out["results"][t]) for t in spec.task_names},
         n_samples={t: _json_safe(out["n-samples"][t]) for t in spec.task_names},
@@ -205,8 +205,8 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int, phases: list[str],
             permille = int(1000 * share)
             if permille != self.last:
                 self.last = permille
-                index = phases.index(self.phase) if self.phase in phases else 0
-                report(f"{self.phase} {self.done}/{self.total}", (index + share) / len(phases))
+                index = phases.index(self.phase) + 1 if self.phase in phases else 1
+                report(self.phase, share, f"{self.done}/{self.total} requests (phase {index} of {len(phases)})")
 
     class ProgressHFLM(HFLM):
         def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001

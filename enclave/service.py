@@ -47,6 +47,7 @@ log = logging.getLogger("aaudit.enclave")
 # One sealed chunk (1 MiB by default, at most 4 MiB) plus framing fits; anything larger is refused
 # by gRPC itself with RESOURCE_EXHAUSTED before it is buffered.
 MAX_MESSAGE_BYTES = 5 << 20
+HEARTBEAT_S = 5.0  # a running job's stream repeats its last progress at least this often
 RESERVE_WORKERS = 16  # threads kept for Attest, GetManifest, Approve ... whatever uploads and jobs hold
 _DONE = object()
 
@@ -309,21 +310,25 @@ class EnclaveService(pb_grpc.EnclaveServicer):
             self._queue.append(job)
             self._queue_changed.notify_all()
         log.info("session %s: job %d queued by the %s", inputs.session_id, inputs.manifest.session.job, request.role)
-        shown = -1
+        shown, last, last_sent = -1, None, time.monotonic()
         while True:
             try:
                 event = job.events.get(timeout=0.5)
             except queue.Empty:
                 position = self._position(inputs.session_id)
                 if position and position != shown:
-                    shown = position
+                    shown, last_sent = position, time.monotonic()
                     yield pb.RunEvent(progress=pb.Progress(stage="queued", fraction=0.0,
                                                            message=f"position {position} in the queue"))
+                elif last is not None and time.monotonic() - last_sent >= HEARTBEAT_S:
+                    last_sent = time.monotonic()  # a stage can be silent for long (loading a large model)
+                    yield pb.RunEvent(progress=last)
                 continue
             if event is _DONE:
                 break
             stage, fraction, message = event
-            yield pb.RunEvent(progress=pb.Progress(stage=stage, fraction=fraction, message=message))
+            last, last_sent = pb.Progress(stage=stage, fraction=fraction, message=message), time.monotonic()
+            yield pb.RunEvent(progress=last)
         if job.error is not None:
             raise job.error
         if job.samples is not None:
@@ -366,7 +371,7 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                 raise JobCancelled("the job was cancelled before it started")
             progress("run", 0.0, "loading model and running lm-eval in a job process")
             run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
-                          deadline_s=inputs.deadline_s, progress=lambda s, f: progress(s, f), cancel=inputs.cancel)
+                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel)
             progress("report", 0.0, "signing the statement and taking the final attestation")
             if inputs.spec.output == "aggregate+samples":
                 job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)

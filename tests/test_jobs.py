@@ -54,7 +54,7 @@ def data(demo: Path, spec: AuditSpec) -> dict[str, bytes]:
 
 
 def job(demo: Path, spec: AuditSpec, *, deadline_s: float = 300, cancel: threading.Event | None = None,
-        progress: Callable[[str, float], None] = lambda stage, fraction: None) -> Any:
+        progress: Callable[[str, float, str], None] = lambda stage, fraction, message: None) -> Any:
     return run_job(demo / "model", spec, data(demo, spec), device="cpu", deadline_s=deadline_s,
                    progress=progress, cancel=cancel or threading.Event())
 
@@ -83,21 +83,21 @@ def test_failure_messages_never_quote_the_data(demo: Path):
     spec = mc_spec("{{ question[key] }}")
     with pytest.raises(JobFailed) as info:
         run_job(demo / "model", spec, {"mc.jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode()},
-                device="cpu", deadline_s=300, progress=lambda s, f: None, cancel=threading.Event())
+                device="cpu", deadline_s=300, progress=lambda s, f, m: None, cancel=threading.Event())
     assert str(info.value) == "SecurityError"
     with pytest.raises(JobFailed, match="DatasetError: mc.jsonl: line 1: not JSON") as info:
         run_job(demo / "model", spec, {"mc.jsonl": MARKER + b"\n"}, device="cpu", deadline_s=300,
-                progress=lambda s, f: None, cancel=threading.Event())
+                progress=lambda s, f, m: None, cancel=threading.Event())
     assert MARKER.decode() not in str(info.value)
 
 
 @pytest.fixture(scope="module")
 def good(demo: Path) -> dict[str, Any]:
     """A full job after the failing ones above: the same supervisor still runs jobs."""
-    events: list[tuple[str, float, float]] = []
+    events: list[tuple[str, float, str, float]] = []
     started = time.monotonic()
     run = job(demo, parse_spec(BLEU_SPEC.encode()),
-              progress=lambda s, f: events.append((s, f, time.monotonic() - started)))
+              progress=lambda s, f, m: events.append((s, f, m, time.monotonic() - started)))
     return {"run": run, "events": events}
 
 
@@ -106,9 +106,9 @@ def test_a_later_job_runs_and_bootstraps_bleu_in_process(good: dict[str, Any]):
     assert run.n_samples["aa_demo_gen"] == {"original": 18, "effective": 18}
     assert isinstance(run.results["aa_demo_gen"]["bleu_stderr,strip"], float)
     assert 0.0 <= run.results["aa_demo_mc"]["acc,none"] <= 1.0
-    stages = [s for s, _, _ in good["events"]]
+    stages = [s for s, _, _, _ in good["events"]]
     assert stages[0] == "loading model" and stages[-1] == "done"
-    assert "generate_until 18/18" in stages
+    assert ("generate_until", "18/18 requests (phase 2 of 2)") in {(s, m) for s, _, m, _ in good["events"]}
 
 
 def test_records_hash_reference_text_keep_the_prediction(good: dict[str, Any]):
@@ -129,7 +129,7 @@ def test_start_overhead(demo: Path):
         started = time.monotonic()
         with pytest.raises(JobFailed, match="DatasetError"):
             run_job(demo / "model", parse_spec(MC_TASK.encode()), {"mc.jsonl": b"[1]\n"}, device="cpu",
-                    deadline_s=300, progress=lambda s, f: None, cancel=threading.Event())
+                    deadline_s=300, progress=lambda s, f, m: None, cancel=threading.Event())
         return time.monotonic() - started
 
     failing_job()  # waits for the fork server's imports if they are still running
@@ -143,7 +143,7 @@ def test_cancel_stops_the_child_within_two_seconds(demo: Path):
     pids: list[int] = []
     set_at: list[float] = []
 
-    def cancel_mid_run(stage: str, fraction: float) -> None:
+    def cancel_mid_run(stage: str, fraction: float, message: str) -> None:
         if stage.startswith("loglikelihood") and not cancel.is_set():
             pids.extend(p.pid for p in multiprocessing.active_children() if p.name == "audit-job")
             set_at.append(time.monotonic())
@@ -181,7 +181,7 @@ def test_the_child_never_holds_the_enclave_keys(demo: Path):
     assert all(s in readable_memory(os.getpid()) for s in secrets)
     cancel, found = threading.Event(), {}
 
-    def scan(stage: str, fraction: float) -> None:
+    def scan(stage: str, fraction: float, message: str) -> None:
         if stage.startswith("loglikelihood") and not cancel.is_set():
             (child,) = [p for p in multiprocessing.active_children() if p.name == "audit-job"]
             os.kill(child.pid, signal.SIGSTOP)
@@ -207,13 +207,13 @@ import multiprocessing
 if __name__ == "__main__":
     demo, spec = Path(sys.argv[1]), parse_spec(Path(sys.argv[2]).read_bytes())
     datasets = {n: (demo / n).read_bytes() for n in spec.datasets}
-    run = run_job(demo / "model", spec, datasets, device="cpu", deadline_s=300, progress=lambda s, f: None,
+    run = run_job(demo / "model", spec, datasets, device="cpu", deadline_s=300, progress=lambda s, f, m: None,
                   cancel=threading.Event())
     print("root", run.samples_root, flush=True)
     stop, told = threading.Event(), []
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the server's shutdown path: cancel the job
 
-    def running(stage, fraction):
+    def running(stage, fraction, message):
         if stage.startswith("loglikelihood") and fraction > 0.1 and not told:
             (child,) = multiprocessing.active_children()
             print("running", child.pid, flush=True)
@@ -272,8 +272,8 @@ def test_the_server_never_unpickles_what_a_job_sends():
         def __reduce__(self) -> tuple:
             return (os.system, ("echo pwned",))
 
-    for bad in (pickle.dumps(("done", Boom())), b'["done", {"results": {}}]', b'["progress", 1, 2]',
+    for bad in (pickle.dumps(("done", Boom())), b'["done", {"results": {}}]', b'["progress", 1, 2]', b'["progress", "x", 0.5]',
                 b'["failed", {"x": 1}]', b'["other"]', b"[]", b"\xff"):
         with pytest.raises(JobFailed, match="sent a malformed message"):
             _parse(bad)
-    assert _parse(b'["progress", "loading model", 0.0]') == ["progress", "loading model", 0.0]
+    assert _parse(b'["progress", "loading model", 0.0, ""]') == ["progress", "loading model", 0.0, ""]
