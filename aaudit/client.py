@@ -246,6 +246,8 @@ class EnclaveClient:
             yield pb.UploadPart(header=pb.UploadHeader(
                 kind=asset.kind, digest=asset.digest, wrapped_key=wrapped, stream_header=reader.header,
                 party_public_key=party, attest_nonce=enclave.nonce, session_id=session_id, signature=signature))
+            if on_progress:
+                on_progress(len(reader.header))  # the sealed file's header travels in the upload header
             for chunk in reader:
                 yield pb.UploadPart(chunk=chunk)
                 if on_progress:
