@@ -10,7 +10,6 @@ session is signed with the party's identity key (verifier/binding.py).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import ssl
@@ -39,6 +38,7 @@ from verifier.binding import (
 )
 from verifier.errors import AAuditError, ParseError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
+from verifier.inputs import load_json
 from verifier.manifest import ASSET_KINDS, ROLES, RunManifest, approval_message
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.policy import Policy
@@ -257,11 +257,7 @@ class EnclaveClient:
 
     def manifest(self, session_id: str) -> ManifestView:
         m = _call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)
-        try:
-            obj = json.loads(m.manifest_json)
-        except (ValueError, RecursionError):
-            raise VerificationError("the enclave's manifest is not JSON") from None
-        manifest = RunManifest.from_json(obj)
+        manifest = RunManifest.from_json(load_json(m.manifest_json, "the enclave's manifest"))
         if manifest.canonical() != m.manifest_json or manifest.digest() != m.digest:
             raise VerificationError("the enclave's manifest does not hash to the digest it states")
         if manifest.session.id != session_id:
@@ -360,10 +356,7 @@ def _enclave_problems(m: RunManifest, enclave: AttestedEnclave) -> list[str]:
 
 
 def _bundle_json(data: bytes) -> dict[str, Any]:
-    try:
-        bundle = json.loads(data)
-    except (ValueError, RecursionError):
-        raise VerificationError("the enclave's bundle is not JSON") from None
+    bundle = load_json(data, "the enclave's bundle")  # the verifier's strict reader
     if not isinstance(bundle, dict):
         raise VerificationError("the enclave's bundle is not a JSON object")
     return bundle

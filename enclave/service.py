@@ -75,7 +75,9 @@ def _refuse(method: str, context: grpc.ServicerContext, exc: Exception) -> None:
     """End the call with the status `_CODES` gives a project error; anything else is a bug,
     reported to the caller without internals (which could hold secrets)."""
     if isinstance(exc, AAuditError):
-        log.warning("%s refused: %s", method, exc)
+        # The caller gets the message; the log keeps only its kind, since a message about a spec or
+        # dataset can quote what the auditor sent (cut short, but still the auditor's text).
+        log.warning("%s refused: %s", method, type(exc).__name__)
         context.abort(_status(exc), str(exc))
     log.error("%s failed: %s", method, type(exc).__name__)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
@@ -397,16 +399,17 @@ class EnclaveService(pb_grpc.EnclaveServicer):
 
     @_rpc
     def CancelJob(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
-        session = self.sessions.cancel(request.session_id, request.role, request.manifest_digest, request.signature)
-        self._withdraw(session.id, f"the {request.role} cancelled the job while it was queued")
-        log.info("session %s: the %s cancelled the job", session.id, request.role)
-        return self._info(session)
+        return self._session_action(self.sessions.cancel, request, "cancelled the job")
 
     @_rpc
     def CloseSession(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:
-        session = self.sessions.close(request.session_id, request.role, request.manifest_digest, request.signature)
-        self._withdraw(session.id, f"the {request.role} closed the session while its job was queued")
-        log.info("session %s: closed by the %s", session.id, request.role)
+        return self._session_action(self.sessions.close, request, "closed the session")
+
+    def _session_action(self, act: Callable[..., Any], request: pb.SessionAction, done: str) -> pb.SessionInfo:
+        """A party's signed cancel or close; a job of the session still waiting leaves the queue at once."""
+        session = act(request.session_id, request.role, request.manifest_digest, request.signature)
+        self._withdraw(session.id, f"the {request.role} {done} while the job was queued")
+        log.info("session %s: the %s %s", session.id, request.role, done)
         return self._info(session)
 
     @_rpc

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from verifier.errors import ParseError
+from verifier.inputs import load_json
 
 PLATFORMS = ("sim", "sev-snp", "tdx", "nitro", "nvidia")
 CPU_PLATFORMS = ("sim", "sev-snp", "tdx", "nitro")
@@ -86,11 +87,7 @@ class Evidence:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Evidence":
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ParseError(f"evidence: not JSON ({exc})") from None
-        return cls.from_json(obj)
+        return cls.from_json(load_json(data, "evidence"))  # the strict reader every verifier input uses
 
 
 def canonical_json(obj: Any) -> bytes:
