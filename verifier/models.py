@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import rfc8785
 
 from verifier.errors import ParseError
 from verifier.inputs import load_json
@@ -91,11 +92,20 @@ class Evidence:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Canonical JSON used for every digest in this project: sorted keys, no spaces, UTF-8."""
+    """RFC 8785 (JCS) canonical JSON, the one form of every digest and Merkle leaf over JSON here.
+
+    Implementations in other languages reproduce it with any JCS library: keys sorted by UTF-16
+    code units, no whitespace, numbers in ECMAScript form (1.0 is written 1), integers within
+    +-(2**53 - 1), strings in UTF-8 with the minimal escapes.
+    """
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ParseError("text holds a lone surrogate (not valid Unicode), so it has no canonical form") from None
+        return rfc8785.dumps(obj)
+    except rfc8785.IntegerDomainError:
+        raise ParseError("an integer is beyond +-(2**53 - 1), which RFC 8785 JSON cannot represent exactly") from None
+    except rfc8785.FloatDomainError:
+        raise ParseError("a number is NaN or infinite, which JSON cannot represent") from None
+    except rfc8785.CanonicalizationError as exc:
+        raise ParseError(f"no RFC 8785 canonical form: {exc}") from None
     except RecursionError:
         raise ParseError("structure nested too deeply to have a canonical form") from None
 
