@@ -18,6 +18,7 @@ from sealing.stream import (
     seal,
 )
 from verifier.errors import UnusableInput
+from verifier.models import b64e
 
 # Below this a progress bar only flickers.
 _PROGRESS_FROM = 64 << 20
@@ -54,7 +55,10 @@ def register(subparsers: Any) -> None:
     k = subparsers.add_parser(
         "keygen", help="make a provider or auditor identity key for signing run approvals",
         description="Write DIR/<role>.key (Ed25519, PKCS#8 PEM, mode 0600) and DIR/<role>.pub (PEM) and print "
-        "the raw public key in hex, as it appears in run manifests. Existing keys are never overwritten.",
+        "the raw public key in base64, the form run manifests, bundles and messages show. Wherever a key is "
+        "passed in (a .pub file, a key on the command line), base64, hex and PEM are all accepted. For the "
+        "auditor also DIR/auditor.samples.key / .pub, the key per-sample records are encrypted to. Existing keys "
+        "are never overwritten.",
     )
     k.add_argument("--role", required=True, choices=ROLES)
     k.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -100,7 +104,7 @@ def _digest(args: argparse.Namespace) -> int:
 
 def _keygen(args: argparse.Namespace) -> int:
     identity, key_path, pub_path = generate_identity(args.out, args.role)
-    print(f"{args.role} public key (ed25519): {identity.public_raw().hex()}")
+    print(f"{args.role} public key (ed25519, base64): {b64e(identity.public_raw())}")
     print(f"  {key_path}  private key (secret, mode 0600)")
     print(f"  {pub_path}  public key")
     if args.role == "auditor":

@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
     s.add_argument("--insecure-plaintext-loopback", action="store_true",
                    help="INSECURE, development only: serve plaintext gRPC (no attested TLS) on a loopback address")
-    s.add_argument("--allow-party-key", action="append", type=Path, metavar="PARTY.pub", default=None,
-                   help="accept sessions only for these parties' identity keys (repeat the flag; default: anyone "
-                   "may open a session, and strangers can then fill the pending-session slots)")
+    s.add_argument("--allow-party-key", action="append", metavar="PARTY.pub|KEY", default=None,
+                   help="accept sessions only for these parties' identity keys: a .pub file, or the key in base64 "
+                   "(as `aaudit keygen` prints it) or hex (repeat the flag; default: anyone may open a session, and "
+                   "strangers can then fill the pending-session slots)")
     lim = s.add_argument_group("limits", "what all clients together may consume (defaults follow the machine)")
     for flag, field, kind, text in _LIMIT_FLAGS:
         lim.add_argument(flag, dest=field, type=kind, default=None, metavar="N", help=text)

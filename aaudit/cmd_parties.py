@@ -12,6 +12,7 @@ from pathlib import Path
 from verifier.errors import UnusableInput
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
+_KEY_FORMS = "its .pub file, or the key itself in base64 (as `aaudit keygen` prints it) or hex"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         c = rsub.add_parser("create-session", help=f"open a session for you and the {other}",
                             description=f"Create a session in the enclave naming your key and the {other}'s; print "
                             f"its id. Give the id to the {other}, who joins it with `aaudit {other} join`.")
-        c.add_argument(f"--{other}", required=True, type=Path, metavar=f"{other}.pub", dest="other_pub",
-                       help=f"the {other}'s public identity key file")
+        c.add_argument(f"--{other}", required=True, metavar=f"{other}.pub|KEY", dest="other_pub",
+                       help=f"the {other}'s public identity key: {_KEY_FORMS}")
         c.add_argument("--session-out", type=Path, metavar="FILE", help="also write the session id to FILE")
         _common(c, role)
         c.set_defaults(func=_create, role=role)
@@ -38,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description=f"Check that the session lives in the attested enclave and names your key "
                             f"and the {other}'s key you expect, then sign to join it.")
         _session(j)
-        j.add_argument(f"--expect-{other}", required=True, type=Path, metavar=f"{other}.pub", dest="other_pub",
-                       help=f"the {other}'s public identity key file")
+        j.add_argument(f"--expect-{other}", required=True, metavar=f"{other}.pub|KEY", dest="other_pub",
+                       help=f"the {other}'s public identity key: {_KEY_FORMS}")
         _common(j, role)
         j.set_defaults(func=_join, role=role)
 
@@ -61,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "each task's document count and published metrics. Refuse on any difference; else sign.")
         a.add_argument("sealed", type=Path, metavar="SEALED_DIR")
         _session(a)
-        a.add_argument(f"--expect-{other}", required=True, type=Path, metavar=f"{other}.pub",
-                       help=f"the {other}'s public identity key file")
+        a.add_argument(f"--expect-{other}", required=True, metavar=f"{other}.pub|KEY",
+                       help=f"the {other}'s public identity key: {_KEY_FORMS}")
         for kind in other_kinds:
             a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX", help=f"the agreed {kind} digest")
         a.add_argument("--allow-samples", action="store_true",

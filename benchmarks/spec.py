@@ -19,7 +19,6 @@ model and data can reproduce the numbers with the `lm_eval` command line.
 from __future__ import annotations
 
 import base64
-import binascii
 import copy
 import functools
 import posixpath
@@ -28,7 +27,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from verifier.errors import UnusableInput
+from verifier.errors import ParseError, UnusableInput
+from verifier.inputs import parse_public_key
 
 OUTPUT_POLICIES = ("aggregate", "aggregate+samples")
 OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood", "loglikelihood_rolling")
@@ -280,12 +280,10 @@ def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
         raise SpecError("spec: output \"aggregate+samples\" needs samples_recipient (the auditor's samples "
                         "public key, base64; see `aaudit keygen --role auditor`)")
     try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise SpecError("spec: samples_recipient must be a base64 X25519 public key (32 bytes)")
-    return value
+        raw = parse_public_key(value, "spec: samples_recipient", "x25519")
+    except ParseError as exc:
+        raise SpecError(f"{exc} (the auditor's samples key, 32 bytes, is in keys/auditor.samples.pub)") from None
+    return base64.b64encode(raw).decode()  # one form in the manifest and the statement, however it was written
 
 
 def _deadline(value: Any) -> int:

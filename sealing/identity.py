@@ -2,7 +2,8 @@
 
 `aaudit keygen --role provider --out DIR` writes `provider.key` (PKCS#8 PEM, unencrypted, mode
 0600 from creation) and `provider.pub` (SubjectPublicKeyInfo PEM). The raw 32-byte public key is
-what goes into manifests and reports.
+what goes into manifests and reports, and a person always reads it in base64 (keygen, manifests,
+errors); wherever a key is passed in, base64, hex and PEM are all accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from sealing.errors import SealError
 from sealing.secretfile import read_secret_file, write_secret_file
+from verifier.errors import ParseError
+from verifier.inputs import parse_public_key
 
 if TYPE_CHECKING:
     from sealing.keywrap import HpkeKeyPair
@@ -94,20 +97,23 @@ def load_identity(path: Path) -> Identity:
     return Identity(_load_private(path, ed25519.Ed25519PrivateKey, "an Ed25519 key"))
 
 
-def load_public_raw(path: Path) -> bytes:
-    """A party's raw 32-byte public key from its `.pub` PEM file."""
+def load_public_raw(source: str | Path) -> bytes:
+    """A party's raw 32-byte public key from its `.pub` file (PEM, or base64 / hex text), or given
+    inline as base64 or hex (what `aaudit keygen` prints): one reader, `verifier.inputs.parse_public_key`."""
     try:
-        data = Path(path).read_bytes()
+        with open(source, "rb") as handle:
+            data = handle.read(_MAX_PEM + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        try:
+            return parse_public_key(str(source), "key")
+        except ParseError:
+            raise SealError(f"{str(source)[:100]}: no such file, and not a key either; give the party's .pub file "
+                            "or the base64 key `aaudit keygen` printed") from None
     except OSError as exc:
-        raise SealError(f"{path}: {exc.strerror}") from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise SealError(f"{path}: not a PEM public key ({exc})") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise SealError(f"{path}: expected an Ed25519 public key, found {type(key).__name__}")
-    return key.public_bytes_raw()
-
+        raise SealError(f"{source}: {exc.strerror}") from None
+    if len(data) > _MAX_PEM:
+        raise SealError(f"{source}: larger than any public key file ({_MAX_PEM} bytes)")
+    return parse_public_key(data, str(source))
 
 
 def generate_samples_key(out_dir: Path, role: str = "auditor") -> tuple[str, Path, Path]:

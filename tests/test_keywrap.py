@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -138,6 +139,6 @@ def test_identity_refuses_other_keys(tmp_path: Path) -> None:
 def test_cli_keygen(tmp_path: Path, capsys) -> None:
     assert aaudit_main(["keygen", "--role", "auditor", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert load_public_raw(tmp_path / "auditor.pub").hex() in printed
+    assert base64.b64encode(load_public_raw(tmp_path / "auditor.pub")).decode() in printed
     assert aaudit_main(["keygen", "--role", "auditor", "--out", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Reading inputs the way people have them: evidence raw, hex or base64; certificates PEM or DER;
-and JSON, strictly, for every JSON input the verifier reads."""
+public keys base64, hex or PEM; and JSON, strictly, for every JSON input the verifier reads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 from verifier.errors import ParseError, UnusableInput
 
@@ -154,3 +159,41 @@ def load_json(data: bytes | str, what: str) -> Any:
     if _depth(value) > MAX_JSON_DEPTH:
         raise ParseError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+KEY_TYPES = {"ed25519": Ed25519PublicKey, "x25519": X25519PublicKey}
+_HEX_KEY = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
+
+
+def parse_public_key(text: str | bytes, what: str, kind: str = "ed25519") -> bytes:
+    """A raw 32-byte public key of `kind` as a person has it, the one reader for every key a user passes.
+
+    Accepted: base64 of the raw key (the form this project prints everywhere: keygen, manifests,
+    errors), 64 hex digits (optionally 0x-prefixed; what keygen printed before), or a PEM
+    SubjectPublicKeyInfo (the `.pub` files). Anything else is refused with what to give instead.
+    """
+    hint = (f"{what}: not an {kind} public key; give the base64 form that "
+            "`aaudit keygen` prints (44 characters), 64 hex digits, or the key's .pub file")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise ParseError(hint) from None
+    value = text.strip()
+    if value.startswith("-----BEGIN"):
+        try:
+            key = load_pem_public_key(value.encode("ascii"))
+        except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):
+            raise ParseError(hint) from None
+        if not isinstance(key, KEY_TYPES[kind]):
+            raise ParseError(f"{hint} (this PEM holds a {type(key).__name__.removesuffix('PublicKey')} key)")
+        return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if _HEX_KEY.fullmatch(value):
+        return bytes.fromhex(value.removeprefix("0x"))
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError(hint) from None
+    if len(raw) != 32:
+        raise ParseError(hint)
+    return raw
