@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from verifier import dsse
@@ -70,3 +70,59 @@ def test_party_messages_are_domain_separated_and_length_prefixed() -> None:
         upload_message(e, sid, "spec", "sha256:1", b"hd", b"rwrapped", n)
     with pytest.raises(ValueError):
         job_message("approve", e, sid, "sha256:1")
+
+
+# --- keyid: what a stock DSSE library computes (docs/FORMATS.md, "DSSE keyid") ---------------
+
+
+def test_a_stock_dsse_library_verifies_our_bundle_and_computes_our_keyid() -> None:
+    """securesystemslib's Envelope.verify matches signatures to keys by keyid; told only the enclave's
+    public key (SSlibKey.from_crypto, the default keyid), it verifies a bundle's envelope as is."""
+    import base64
+    import json
+
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.signer import SSlibKey
+
+    from tests.bundle_factory import make_bundle
+
+    bundle = make_bundle().bundle
+    raw = base64.b64decode(bundle["enclave"]["signingKey"]["public"])
+
+    def envelope(**change: str) -> Envelope:  # from_dict rewrites the dict it is given: a fresh copy each time
+        return Envelope.from_dict(json.loads(json.dumps({**bundle["envelope"], **change})))
+
+    key = SSlibKey.from_crypto(Ed25519PublicKey.from_public_bytes(raw))
+    assert key.keyid == dsse.keyid(raw) == bundle["envelope"]["signatures"][0]["keyid"]
+    assert set(envelope().verify([key], 1)) == {key.keyid}
+    with pytest.raises(VerificationError):
+        envelope(payload=base64.b64encode(b'{"forged":1}').decode()).verify([key], 1)
+    other = SSlibKey.from_crypto(Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(VerificationError):
+        envelope().verify([other], 1)
+
+
+def test_keyid_is_the_documented_hash() -> None:
+    """An implementation without securesystemslib reproduces it from the FORMATS.md sentence."""
+    import hashlib
+
+    raw = bytes(range(32))
+    text = '{"keytype":"ed25519","keyval":{"public":"%s"},"scheme":"ed25519"}' % raw.hex()
+    assert dsse.keyid(raw) == hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("keyid, ok", [
+    ("", True), ("legacy", True), ("stock", True), ("other", False), ("STOCK", False),
+])
+def test_the_verifier_accepts_our_keyids_old_and_new_and_no_other(keyid: str, ok: bool) -> None:
+    """Bundles signed before the stock keyid carry SHA-256 hex of the raw key; they keep verifying."""
+    import hashlib
+
+    key = Ed25519PrivateKey.generate()
+    raw = _raw(key)
+    kid = {"": "", "legacy": hashlib.sha256(raw).hexdigest(), "stock": dsse.keyid(raw),
+           "other": dsse.keyid(os.urandom(32)), "STOCK": dsse.keyid(raw).upper()}[keyid]
+    env = dsse.sign(key, dsse.IN_TOTO_PAYLOAD_TYPE, b"{}")
+    relabelled = dsse.Envelope(env.payload_type, env.payload, ((kid, env.signatures[0][1]),))
+    assert dsse.verify(relabelled, raw) is ok

@@ -1,7 +1,8 @@
 """DSSE envelopes (secure-systems-lab/dsse, protocol v1) signed with Ed25519.
 
 The signature covers PAE(payloadType, payload) = "DSSEv1" SP len(type) SP type SP len(body) SP body,
-so the payload type cannot be swapped. keyid is the hex SHA-256 of the raw public key.
+so the payload type cannot be swapped. keyid is what a stock DSSE library computes by default for the
+key (`keyid` below), so securesystemslib's `Envelope.verify` matches our signatures without being told.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from verifier.errors import ParseError
-from verifier.models import b64d, b64e
+from verifier.models import b64d, b64e, canonical_json
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
@@ -29,7 +30,16 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def keyid(public_raw: bytes) -> str:
-    return hashlib.sha256(public_raw).hexdigest()
+    """securesystemslib's default keyid of an Ed25519 key (the TUF and in-toto convention): SHA-256 hex of
+    the canonical JSON `{"keytype": "ed25519", "keyval": {"public": hex(raw key)}, "scheme": "ed25519"}`."""
+    key = {"keytype": "ed25519", "keyval": {"public": public_raw.hex()}, "scheme": "ed25519"}
+    return hashlib.sha256(canonical_json(key)).hexdigest()
+
+
+def _keyids(public_raw: bytes) -> tuple[str, ...]:
+    """The keyids a signature by this key may carry: none (DSSE makes keyid optional), the default
+    above, or SHA-256 hex of the raw key, which bundles made before that default carry."""
+    return "", keyid(public_raw), hashlib.sha256(public_raw).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,9 @@ def verify(envelope: Envelope, public_raw: bytes) -> bool:
         pub = Ed25519PublicKey.from_public_bytes(public_raw)
     except ValueError:
         return False
-    kid = keyid(public_raw)
+    kids = _keyids(public_raw)
     for k, sig in envelope.signatures:
-        if k not in ("", kid):
+        if k not in kids:
             continue
         try:
             pub.verify(sig, pae(envelope.payload_type, envelope.payload))
