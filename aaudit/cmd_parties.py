@@ -98,12 +98,28 @@ def register(sub: argparse._SubParsersAction) -> None:
             o = rsub.add_parser("open-samples", help="decrypt and check the per-sample records of an audit",
                                 description="Decrypt the per-sample records the enclave encrypted to your samples "
                                 "key (output = \"aggregate+samples\"), check them against the signed statement "
-                                "(ciphertext hash, Merkle root, count) and write them as JSONL (mode 0600).")
-            o.add_argument("samples", type=Path, metavar="SAMPLES.enc")
-            o.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE.json")
-            o.add_argument("--key", type=Path, required=True, metavar="auditor.samples.key")
-            o.add_argument("--out", type=Path, required=True, metavar="SAMPLES.jsonl")
+                                "(ciphertext hash, Merkle root, count) and write them as JSONL (mode 0600). Each "
+                                "line, without its newline, is the record's RFC 8785 JSON: exactly a Merkle leaf.")
+            o.add_argument("samples", type=Path, metavar="SAMPLES.enc",
+                           help="the encrypted records `run` or `result` saved beside the bundle")
+            o.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE.json", help="the audit's bundle")
+            o.add_argument("--key", type=Path, required=True, metavar="auditor.samples.key",
+                           help="your samples key (`aaudit keygen --role auditor`)")
+            o.add_argument("--out", type=Path, required=True, metavar="SAMPLES.jsonl", help="where to write the records")
             o.set_defaults(func=_open_samples, role=role)
+
+            ds = rsub.add_parser("disclose-sample", help="write one per-sample record with its inclusion proof",
+                                 description="Check that SAMPLES.jsonl is exactly the records whose Merkle root "
+                                 "the bundle's signed statement carries, then write record INDEX (counted from 0) "
+                                 "with its RFC 9162 inclusion proof, for a third party to check with `aaudit-verify "
+                                 "sample`. It reveals that one record only (its task, document id, hashes of the "
+                                 "document and prompt, the model's response and metrics), not the others.")
+            ds.add_argument("index", type=int, metavar="INDEX", help="which record: its line in SAMPLES.jsonl, from 0")
+            ds.add_argument("--samples", type=Path, required=True, metavar="SAMPLES.jsonl",
+                            help="written by `aaudit auditor open-samples`")
+            ds.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE.json", help="the audit's bundle")
+            ds.add_argument("--out", type=Path, required=True, metavar="SAMPLE.json", help="where to write the disclosure")
+            ds.set_defaults(func=_disclose_sample, role=role)
 
     m = sub.add_parser("manifest", help="show a session's current run manifest",
                        description="Show a session's run manifest, approvals, problems and queue position. "
@@ -276,6 +292,7 @@ def _open_samples(args: argparse.Namespace) -> int:
     from sealing.identity import load_samples_key
     from sealing.secretfile import write_secret_file
     from verifier.inputs import load_json
+    from verifier.models import canonical_json
 
     try:
         bundle = load_json(args.bundle.read_bytes(), str(args.bundle))
@@ -286,8 +303,25 @@ def _open_samples(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UnusableInput(f"cannot read {args.samples}: {exc.strerror}") from None
     records = open_samples(ciphertext, bundle, load_samples_key(args.key))
-    write_secret_file(args.out, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records))
+    write_secret_file(args.out, b"".join(canonical_json(r) + b"\n" for r in records))  # each line is its leaf
     print(f"{len(records)} records match the statement's Merkle root; written to {args.out} (mode 0600)")
+    return 0
+
+
+def _disclose_sample(args: argparse.Namespace) -> int:
+    from aaudit.samples import disclose_sample, leaves_of
+    from verifier.inputs import load_json, read_file
+
+    bundle = load_json(read_file(args.bundle, "bundle"), str(args.bundle))
+    disclosure = disclose_sample(leaves_of(read_file(args.samples, "samples")), bundle, args.index)
+    try:
+        args.out.write_text(json.dumps(disclosure.to_json(), indent=2) + "\n")
+    except OSError as exc:
+        raise UnusableInput(f"cannot write {args.out}: {exc.strerror}") from None
+    record = disclosure.record
+    print(f"record {args.index} of {disclosure.tree_size} (task {record.get('task')}, doc {record.get('doc_id')}) "
+          f"with its inclusion proof written to {args.out}; a third party checks it with "
+          f"`aaudit-verify sample {args.out} --bundle {args.bundle} --policy POLICY.toml`")
     return 0
 
 

@@ -2,56 +2,89 @@
 
 The records are checked against the signed statement before they are trusted: the ciphertext's
 hash, the decryption context (Merkle root and enclave key), and the RFC 9162 root recomputed over
-the records. A single record can then be disclosed with an inclusion proof against that root.
+the records. `open-samples` writes each record as its RFC 8785 bytes, so every line of samples.jsonl
+is a leaf; a single record can then be disclosed with its inclusion proof (`disclose_sample`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 from typing import Any
 
 from sealing.keywrap import HpkeKeyPair
+from tlog.proofs import inclusion_ranges
 from verifier import dsse
 from verifier.binding import samples_info
-from verifier.errors import ParseError, VerificationError
-from verifier.merkle import root_hash
-from verifier.models import b64d, canonical_json
-from verifier.statement import parse_statement
+from verifier.bundle import AuditBundle
+from verifier.errors import ParseError, UnusableInput, VerificationError
+from verifier.inputs import load_json
+from verifier.merkle import leaf_hash, root_from_leaf_hashes, root_hash
+from verifier.models import b64e, canonical_json
+from verifier.sample import SampleDisclosure
+from verifier.statement import SamplesInfo, parse_statement, statement_digest
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def open_samples(ciphertext: bytes, bundle: dict[str, Any], key: HpkeKeyPair) -> list[dict[str, Any]]:
-    """Decrypt and check the records against `bundle`'s signed statement; returns them in order."""
-    try:
-        signing_pub = b64d(bundle["enclave"]["signingKey"]["public"], "enclave.signingKey.public")
-        envelope = dsse.Envelope.from_json(bundle["envelope"])
-    except (KeyError, TypeError):
-        raise ParseError("bundle: enclave key or envelope missing") from None
-    if len(signing_pub) != 32:
-        raise ParseError(f"bundle: enclave.signingKey.public is {len(signing_pub)} bytes, not an Ed25519 key (32)")
+def _signed(bundle: Any) -> tuple[bytes, bytes]:
+    """(the DSSE payload, the enclave signing key) of a bundle whose statement signature verifies."""
+    parsed = AuditBundle.from_json(bundle)
+    envelope, signing_pub = parsed.envelope, parsed.enclave.signing_key.public
     if not dsse.verify(envelope, signing_pub):
         raise VerificationError("the bundle's statement signature does not verify; run aaudit-verify bundle first")
-    samples = parse_statement(envelope.payload).predicate.samples
+    return envelope.payload, signing_pub
+
+
+def _samples(payload: bytes) -> SamplesInfo:
+    samples = parse_statement(payload).predicate.samples
+    if not _HEX64.fullmatch(samples.merkle_root):
+        raise ParseError("statement: predicate.samples.merkleRoot is not 64 hex digits")
+    return samples
+
+
+def open_samples(ciphertext: bytes, bundle: dict[str, Any], key: HpkeKeyPair) -> list[dict[str, Any]]:
+    """Decrypt and check the records against `bundle`'s signed statement; returns them in order."""
+    payload, signing_pub = _signed(bundle)
+    samples = _samples(payload)
     delivery = samples.delivery
     if delivery is None:
         raise VerificationError("the statement says no per-sample records were delivered (output = aggregate)")
     if hashlib.sha256(ciphertext).hexdigest() != delivery.ciphertext_sha256:
         raise VerificationError("these encrypted records are not the ones the statement names (sha256 differs)")
-    if base64.b64encode(key.public_bytes()).decode() != delivery.recipient:
+    if b64e(key.public_bytes()) != delivery.recipient:
         raise VerificationError("the records were encrypted to another samples key than this one")
-    if not _HEX64.fullmatch(samples.merkle_root):
-        raise ParseError("statement: predicate.samples.merkleRoot is not 64 hex digits")
     plaintext = key.open(ciphertext, samples_info(samples.merkle_root, signing_pub))
     try:
-        records = [json.loads(line) for line in plaintext.splitlines()]
-    except (ValueError, RecursionError):
-        raise VerificationError("decrypted records are not JSON lines") from None
+        records = [load_json(line, f"decrypted record {i}") for i, line in enumerate(plaintext.splitlines())]
+    except UnusableInput as exc:
+        raise VerificationError(f"decrypted records are not JSON lines: {exc}") from None
     root = root_hash([canonical_json(r) for r in records]).hex()
     if root != samples.merkle_root or len(records) != samples.count:
         raise VerificationError(f"records hash to {root} ({len(records)} records), the statement says "
                                 f"{samples.merkle_root} ({samples.count})")
     return records
+
+
+def leaves_of(jsonl: bytes) -> list[bytes]:
+    """The leaves of a samples.jsonl written by open-samples: each line without its newline."""
+    lines = jsonl.split(b"\n")
+    return lines[:-1] if lines[-1] == b"" else lines
+
+
+def disclose_sample(leaves: list[bytes], bundle: dict[str, Any], index: int) -> SampleDisclosure:
+    """Record `index` with its RFC 9162 inclusion proof, after checking that `leaves` are exactly the
+    records whose root `bundle`'s signed statement carries."""
+    payload, _ = _signed(bundle)
+    samples = _samples(payload)
+    hashes = [leaf_hash(leaf) for leaf in leaves]
+    root = root_from_leaf_hashes(hashes).hex()
+    if root != samples.merkle_root or len(leaves) != samples.count:
+        raise VerificationError(f"these {len(leaves)} lines hash to {root}, the statement signs {samples.merkle_root} "
+                                f"({samples.count} records): give the samples.jsonl that `aaudit auditor "
+                                "open-samples` wrote for this bundle, unchanged")
+    if not 0 <= index < len(leaves):
+        raise UnusableInput(f"INDEX {index} is out of range: the audit has {len(leaves)} records, 0 to {len(leaves) - 1}")
+    proof = tuple(root_from_leaf_hashes(hashes[lo:hi]) for lo, hi in inclusion_ranges(index, len(leaves)))
+    return SampleDisclosure(index=index, tree_size=len(leaves), record=load_json(leaves[index], f"line {index + 1}"),
+                            inclusion_proof=proof, samples_root=root, statement_digest=statement_digest(payload))

@@ -119,6 +119,67 @@ def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes],
         open_samples(ciphertext, bundle, HpkeKeyPair.generate())
 
 
+def test_open_samples_writes_leaves_an_independent_implementation_reproduces(job: tuple[dict, bytes], parties,
+                                                                            tmp_path: Path, capsys) -> None:
+    """Issue 11: each line of samples.jsonl is a leaf, and RFC 8785 + RFC 9162 written from the documents
+    alone (tests/test_samples.py, no project code) give the root the enclave signed."""
+    import re
+
+    from test_samples import jcs, mth
+
+    from aaudit.cli import main as aaudit_main
+
+    bundle, ciphertext = job
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    (tmp_path / "bundle.samples.enc").write_bytes(ciphertext)
+    assert aaudit_main(["auditor", "open-samples", str(tmp_path / "bundle.samples.enc"), "--bundle",
+                        str(tmp_path / "bundle.json"), "--key", str(parties.samples_key), "--out",
+                        str(tmp_path / "samples.jsonl")]) == 0
+    lines = (tmp_path / "samples.jsonl").read_bytes().split(b"\n")
+    assert lines.pop() == b""
+    assert [jcs(json.loads(line)) for line in lines] == lines
+    assert re.search(rb'"acc":[01][,}]', b"\n".join(lines)), "integral metrics are written as JavaScript does"
+    samples = parse_statement(base64.b64decode(bundle["envelope"]["payload"])).predicate.samples
+    assert (mth(lines).hex(), len(lines)) == (samples.merkle_root, samples.count)
+
+    # disclose one record of this real run; a third party verifies it, and not a changed copy
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(f'allow_simulated = true\n[sim]\nmeasurements = ["{code_identity()}"]\n[expect]\n'
+                           + "".join(f'{k}_digest = "{parties.sealed[k].digest}"\n' for k in KINDS))
+    from verifier.cli import main as verify_main
+
+    capsys.readouterr()
+    index = len(lines) - 1
+    assert aaudit_main(["auditor", "disclose-sample", str(index), "--samples", str(tmp_path / "samples.jsonl"),
+                        "--bundle", str(tmp_path / "bundle.json"), "--out", str(tmp_path / "sample.json")]) == 0
+    argv = ["sample", str(tmp_path / "sample.json"), "--bundle", str(tmp_path / "bundle.json"), "--policy",
+            str(policy_file), "--allow-unpinned", "--json"]
+    capsys.readouterr()
+    assert verify_main(argv) == 0
+    claims = json.loads(capsys.readouterr().out)["claims"]["sample"]
+    record = json.loads(lines[index])
+    assert claims == {"index": index, "task": record["task"], "doc_id": record["doc_id"], "filter": record["filter"],
+                      "metrics": record["metrics"]}
+    disclosure = json.loads((tmp_path / "sample.json").read_text())
+    disclosure["record"]["response"] = "a better answer"
+    (tmp_path / "sample.json").write_text(json.dumps(disclosure))
+    assert verify_main(argv) == 1
+    failed = [s["step"] for s in json.loads(capsys.readouterr().out)["steps"] if s["result"] == "failed"]
+    assert failed == ["sample: inclusion"]
+
+
+def test_a_stock_dsse_library_verifies_the_real_envelope(bundle: dict) -> None:
+    """securesystemslib, unchanged and told nothing but the enclave's public key, verifies the report."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import SSlibKey
+
+    key = SSlibKey.from_crypto(Ed25519PublicKey.from_public_bytes(
+        base64.b64decode(bundle["enclave"]["signingKey"]["public"])))
+    envelope = Envelope.from_dict(json.loads(json.dumps(bundle["envelope"])))  # from_dict rewrites its argument
+    assert set(envelope.verify([key], 1)) == {key.keyid}
+
+
 def test_thresholds_pass_and_fail_with_reasons(bundle: dict, parties) -> None:
     st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
     acc = st.results["aa_demo_mc"]["acc,none"]

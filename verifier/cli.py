@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", metavar="POLICY.toml")
     e.add_argument("--allow-debug", action="store_true", help="baseline only: accept debug-mode evidence")
     _common(e)
+
+    s = sub.add_parser("sample", help="verify one disclosed per-sample record against its audit bundle",
+                       description="Verify a record disclosed with `aaudit auditor disclose-sample`: the bundle "
+                       "verifies under the policy (every step of `aaudit-verify bundle`), the disclosure names that "
+                       "bundle's signed statement, and the record's RFC 8785 JSON is the leaf at its index under the "
+                       "statement's samples root, for the signed number of records. Prints the record's task, "
+                       "document and metrics when all holds.")
+    s.add_argument("sample", metavar="SAMPLE.json", help="written by `aaudit auditor disclose-sample`")
+    s.add_argument("--bundle", required=True, metavar="BUNDLE.json", help="the audit bundle the record belongs to")
+    s.add_argument("--policy", required=True, metavar="POLICY.toml", help="what the bundle must satisfy")
+    s.add_argument("--allow-unpinned", action="store_true", help="as for `bundle`: exit 0 even when the policy "
+                   "leaves a digest, the code identity or the log unpinned")
+    _common(s)
     return parser
 
 
@@ -101,10 +114,19 @@ def _bundle(args: argparse.Namespace) -> Verdict:
                               witness_state=args.witness_state)
 
 
+def _sample(args: argparse.Namespace) -> Verdict:
+    from verifier.sample import verify_sample_files
+
+    return verify_sample_files(args.sample, args.bundle, policy_mod.load(args.policy), at=parse_time(args.at))
+
+
+_COMMANDS = {"evidence": _evidence, "bundle": _bundle, "sample": _sample}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        verdict = _evidence(args) if args.command == "evidence" else _bundle(args)
+        verdict = _COMMANDS[args.command](args)
     except UnusableInput as exc:
         _report_error(args, str(exc))
         return EXIT_UNUSABLE
