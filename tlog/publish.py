@@ -30,11 +30,18 @@ def publish_bundle(backend: LogBackend, bundle: dict[str, Any], *, log_key: str 
         where = f" (entry {old.get('index')} of {old.get('origin')})" if isinstance(old, dict) else ""
         raise UnusableInput(f"the bundle is already published{where}; refresh its proof with "
                             "`aaudit log prove --bundle` instead of appending it again")
-    res = backend.append(log_entry_bytes(bundle))
-    entry = _checked_entry(backend, bundle, res.proof, res.checkpoint, log_key, from_size)
+    entry = publish_entry(backend, log_entry_bytes(bundle), log_key=log_key, from_size=from_size)
+    return {**bundle, LOG_ENTRY_KEY: entry.to_json()}
+
+
+def publish_entry(backend: LogBackend, data: bytes, *, log_key: str | None = None,
+                  from_size: int | None = None) -> LogEntry:
+    """Append `data` (a bundle's or a receipt batch's log bytes) and return its checked log entry."""
+    res = backend.append(data)
+    entry = _checked_entry(backend, data, res.proof, res.checkpoint, log_key, from_size)
     if entry.index != res.index:
         raise LogError(f"the log acknowledged index {res.index} but proved index {entry.index}")
-    return {**bundle, LOG_ENTRY_KEY: entry.to_json()}
+    return entry
 
 
 def refresh_bundle(backend: LogBackend, bundle: dict[str, Any], *, index: int | None = None,
@@ -54,7 +61,7 @@ def refresh_bundle(backend: LogBackend, bundle: dict[str, Any], *, index: int | 
     if note is None:
         raise LogError(f"the log never signed a checkpoint of size {proof.tree_size}; omit the tree size to "
                        "use the latest checkpoint")
-    entry = _checked_entry(backend, bundle, proof, note, log_key, from_size)
+    entry = _checked_entry(backend, log_entry_bytes(bundle), proof, note, log_key, from_size)
     return {**bundle, LOG_ENTRY_KEY: entry.to_json()}
 
 
@@ -69,13 +76,13 @@ def checkpoint_of(note: str, log_key: str | None) -> Checkpoint:
         raise LogError(f"the log's checkpoint is not acceptable: {exc}") from None
 
 
-def _checked_entry(backend: LogBackend, bundle: dict[str, Any], proof: InclusionProof, note: str,
+def _checked_entry(backend: LogBackend, data: bytes, proof: InclusionProof, note: str,
                    log_key: str | None, from_size: int | None) -> LogEntry:
     cp = checkpoint_of(note, log_key)
-    leaf = leaf_hash(log_entry_bytes(bundle))
+    leaf = leaf_hash(data)
     if cp.size != proof.tree_size or not verify_inclusion(leaf, proof.index, proof.tree_size, proof.hashes, cp.root):
-        raise LogError(f"the log's inclusion proof for index {proof.index} does not lead from this bundle to its "
-                       f"checkpoint (size {cp.size}); the log is faulty or this is not the bundle at that index")
+        raise LogError(f"the log's inclusion proof for index {proof.index} does not lead from this entry to its "
+                       f"checkpoint (size {cp.size}); the log is faulty or this is not the entry at that index")
     consistency: ConsistencyProof | None = None
     if from_size is not None:
         consistency = backend.consistency_proof(from_size, cp.size)
