@@ -148,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             table(exc.verdict, sys.stderr)
         raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would log who asked what, when
     sock = bind(args.listen)
     workdir = make_workdir(args.workdir, unsafe_allow_disk=args.unsafe_allow_disk_workdir)
     log_client = LogClient(args.log)

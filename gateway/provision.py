@@ -76,9 +76,12 @@ class Receiving:
             self.abort()
             raise ProvisionRefused(f"the upload exceeds this gateway's limit of {self.max_bytes} bytes")
         self._buffer += data
-        while len(self._buffer) > self._chunk:  # the last chunk is fed by finish: it may be full-size
-            self.unsealer.feed(bytes(self._buffer[:self._chunk]))
-            del self._buffer[:self._chunk]
+        view, start = memoryview(self._buffer), 0
+        while len(self._buffer) - start > self._chunk:  # the last chunk is fed by finish: it may be full-size
+            self.unsealer.feed(view[start:start + self._chunk])
+            start += self._chunk
+        view.release()
+        del self._buffer[:start]
 
     def finish(self) -> str:
         if self._buffer:

@@ -7,15 +7,17 @@ uvicorn through a memory-only file (memfd) that is closed once loaded: it never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import uvicorn
 
@@ -32,6 +34,15 @@ from verifier.receipt import AuditRef, payload_digest
 from verifier.statement import parse_statement
 
 log = logging.getLogger("aaudit.gateway")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it re-raises SIGTERM after shutting down, which would
+    kill the process before the engine is stopped and the model wiped. `run` handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class AuditNotServable(AAuditError):
@@ -117,9 +128,11 @@ def run(audit: ServedAudit, attester: CompositeAttester, code_identity: str, wor
                                  kwargs={"interval_s": batch_interval_s}, name="receipt-publisher", daemon=True)
     publisher.start()
     config = uvicorn.Config(build_app(gw), log_level="warning", access_log=False, limit_concurrency=limit_concurrency,
-                            timeout_keep_alive=30, ssl_context_factory=lambda *_: tls_context(keys.tls),
+                            timeout_keep_alive=30, timeout_graceful_shutdown=5, ssl_context_factory=lambda *_: tls_context(keys.tls),
                             lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
     if on_ready is not None:
         on_ready(gw)
     try:
