@@ -235,10 +235,10 @@ def _chat(args: argparse.Namespace) -> int:
         if args.stream:
             body["stream"] = True
         answer = client.ask("/v1/chat/completions", body, conv.last_receipt_digest())
-        print(answer.text)
         proof = client.receipt(answer.receipt_id, wait_logged_s=args.wait)
         n = conv.add(answer, proof)
-    print(f"receipt {answer.receipt_id}: exchange {n}, {_where(proof)}", file=sys.stderr)
+    print(f"answer: {answer.text}")
+    print(f"receipt {answer.receipt_id}: exchange {n}, {_where(proof)}; kept in {args.conversation}")
     return 0
 
 

@@ -272,7 +272,7 @@ def test_a_user_chats_discloses_and_the_conversation_chain_binds_every_exchange(
     common = ("--gateway", serving.target, "--policy", str(serving.policy_path), "--conversation", str(conv))
     first = _cli("user", "chat", "Hello there", *common, "--max-tokens", "6", "--seed", "1")
     assert first.returncode == 0, first.stderr
-    assert "logged (entry" in first.stderr
+    assert "logged (entry" in first.stdout and first.stdout.startswith("answer: ")
     second = _cli("user", "chat", "And again", *common, "--max-tokens", "6", "--stream")
     assert second.returncode == 0, second.stderr
     from aaudit.user import Conversation
