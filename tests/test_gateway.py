@@ -292,7 +292,15 @@ def test_a_user_chats_discloses_and_the_conversation_chain_binds_every_exchange(
     assert base64.b64decode(disclosure["exchanges"][0]["request"]) == (conv / "001.request.json").read_bytes()
     verify = subprocess.run([sys.executable, "-m", "verifier.cli", "disclosure", str(out), "--policy",
                              str(serving.policy_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
-    if "invalid choice: 'disclosure'" in verify.stderr:
-        pytest.skip("aaudit-verify disclosure is not merged yet")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "What the audit promised" in verify.stdout and "What was served" in verify.stdout
+    # one byte of a disclosed answer changed: the regulator's check names the step
+    response = bytearray(base64.b64decode(disclosure["exchanges"][1]["response"]))
+    response[len(response) // 2] ^= 1
+    disclosure["exchanges"][1]["response"] = base64.b64encode(bytes(response)).decode()
+    tampered = serving.root / "tampered.json"
+    tampered.write_text(json.dumps(disclosure))
+    verify = subprocess.run([sys.executable, "-m", "verifier.cli", "disclosure", str(tampered), "--policy",
+                             str(serving.policy_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 1 and "exchange 2: response bytes" in verify.stdout
 
