@@ -21,7 +21,8 @@ Counting: `prompt_tokens` is the length of the token ids the model saw; `complet
 every token the model produced, the end-of-sequence token and a token that completed a stop string
 included (as vLLM counts them).
 
-Chat prompts use the tokenizer's chat template when it has one. Otherwise, the fallback template is
+Chat prompts use the tokenizer's chat template when it has one (the `developer` role is given to it
+as `system`, the role templates know). Otherwise, the fallback template is
 one line per message, `System: ...`, `User: ...`, `Assistant: ...` (the `developer` role is written
 as `System`), each followed by a newline, then `Assistant:` for the answer.
 
@@ -53,7 +54,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import weakref
 from dataclasses import dataclass
@@ -195,12 +195,12 @@ def _messages(value: Any) -> tuple[tuple[str, str], ...]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise BadRequest(f"{where} must be an object with role and content", param=where)
-        extra = set(message) - {"role", "content", "name"}
+        extra = set(message) - {"role", "content"}
         if extra:
             raise BadRequest(f"{where} has unsupported field {sorted(extra)[0][:80]!r}; give role and content",
                              param=where)
         role, content = message.get("role"), message.get("content")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise BadRequest(f"{where}.role must be one of {', '.join(_ROLES)}", param=f"{where}.role")
         if isinstance(content, list):  # content parts: text only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -210,8 +210,6 @@ def _messages(value: Any) -> tuple[tuple[str, str], ...]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise BadRequest(f"{where}.content must be a string or a list of text parts", param=f"{where}.content")
-        if message.get("name") is not None and not isinstance(message["name"], str):
-            raise BadRequest(f"{where}.name must be a string", param=f"{where}.name")
         out.append((role, content))
     return tuple(out)
 
@@ -267,8 +265,8 @@ class _Failed:
 
 class _Detokenizer:
     """Incremental decoding: text for each new token once it forms whole characters. Each step
-    decodes a short window that starts a few tokens back, so tokenizers that change a token's text
-    by its neighbour (leading spaces) still give the same text as one decode of all tokens."""
+    decodes a short window that starts a token or more back, so tokenizers that change a token's
+    text by its neighbour (leading spaces) give the text a decode of the whole answer would."""
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok, self._ids, self._prefix, self._read = tokenizer, [], 0, 0
@@ -310,6 +308,8 @@ class TextModel:
         from enclave.runner import _load_model  # safetensors only, never the folder's own code
 
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise EngineError("--device cuda, but torch finds no CUDA device here; use --device cpu")
         if dtype == "auto":  # as the audit runner loads it, so served numerics match the audited ones
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         self.dtype = dtype
@@ -322,7 +322,9 @@ class TextModel:
             raise EngineError("the model's config gives no context length; pass --max-model-len")
         self.max_model_len: int = max_model_len or limit
         # The key-value cache argument (and output field) is `cache` from transformers 5, `past_key_values` before.
-        self._cache = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        params = inspect.signature(self.model.forward).parameters
+        self._cache = "cache" if "cache" in params else "past_key_values"
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                         *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}
@@ -376,7 +378,7 @@ class TextModel:
         detok, held, produced, reason, cut = _Detokenizer(self.tokenizer), "", 0, "length", None
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True,
-                             logits_to_keep=1)
+                             **self._last_logits_only)
             while produced < max_tokens and not cancel.is_set():
                 token = self._pick(out.logits[0, -1], sampling, generator)
                 produced += 1
@@ -524,8 +526,8 @@ def build_app(worker: _Worker, served_name: str, max_body_bytes: int) -> Any:
             raise
         if isinstance(first, BadRequest):
             raise first
-        if isinstance(first, _Failed):
-            raise RuntimeError(first.kind)
+        if isinstance(first, _Failed):  # the worker has logged its type
+            raise BadRequest("the engine failed to serve this request", status=500)
         return first.prompt_tokens, events, cancel
 
     def completion(chat: bool) -> Callable[[HTTPRequest], Any]:
@@ -698,23 +700,23 @@ class EngineProcess:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self._proc = proc
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
-        threading.Thread(target=self._drain, name=f"engine-{port}-output", daemon=True).start()
+        self._tail_lock = threading.Lock()
+        self._drainer = threading.Thread(target=_drain, args=(proc, self._tail, self._tail_lock),
+                                         name=f"engine-{port}-output", daemon=True)
+        self._drainer.start()
         self._finalizer = weakref.finalize(self, _stop_process, proc, STOP_GRACE_S)  # also at interpreter exit
 
     @property
     def pid(self) -> int:
         return self._proc.pid
 
-    def _drain(self) -> None:
-        """Keep the last lines of the engine's output in memory (never on disk); reading keeps the pipe
-        from filling up and blocking the engine."""
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._tail.append(line.decode("utf-8", "replace").rstrip())
-
     def output_tail(self) -> str:
-        """The engine's last output lines (its stderr and stdout; never prompt text)."""
-        return "\n".join(self._tail)
+        """The engine's last output lines (its stderr and stdout; never prompt text). After the
+        engine has ended, waits briefly for the lines still in the pipe."""
+        if self._proc.returncode is not None:
+            self._drainer.join(timeout=2)
+        with self._tail_lock:
+            return "\n".join(self._tail)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until GET /v1/models lists the served model. Raises `EngineError` (and stops the
@@ -727,7 +729,7 @@ class EngineProcess:
                 raise EngineError(f"the {self.kind} engine exited with {_describe_exit(code)} before it was ready; "
                                   f"its last output:\n{self.output_tail() or '(none)'}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                with _NO_PROXY.open(f"{self.base_url}/models", timeout=2) as response:
                     listed = json.loads(response.read())
                 names = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
                 if self.served_name in names:
@@ -757,6 +759,20 @@ class EngineProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+# Loopback only: an HTTP(S)_PROXY in the environment must not see, or answer for, the engine.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _drain(proc: subprocess.Popen, tail: collections.deque[str], lock: threading.Lock) -> None:
+    """Keep the engine's last output lines in memory (never on disk); reading keeps the pipe from
+    filling up and blocking the engine. The pipe is closed here, at its end, never under a reader."""
+    assert proc.stdout is not None
+    with proc.stdout as output:
+        for line in output:
+            with lock:
+                tail.append(line.decode("utf-8", "replace").rstrip())
 
 
 def _exit_code(proc: subprocess.Popen) -> int | None:
@@ -791,8 +807,6 @@ def _stop_process(proc: subprocess.Popen, grace_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):  # the leader, if still running, and any children it left
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def _free_port() -> int:

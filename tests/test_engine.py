@@ -233,6 +233,7 @@ def ok_chat(**kw) -> dict:
     (json.dumps(ok_chat(messages=[{"role": "tool", "content": "x"}])).encode(), "messages[0].role", None),
     (json.dumps(ok_chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}])).encode(),
      "messages[0].content", None),
+    (json.dumps(ok_chat(messages=[{"role": "user", "content": "x", "name": "bob"}])).encode(), "messages[0]", None),
     # Parameters the engine does not implement are refused by name, never silently ignored.
     (json.dumps(ok_chat(logprobs=True)).encode(), "logprobs", "unsupported_parameter"),
     (json.dumps(ok_chat(presence_penalty=1.0)).encode(), "presence_penalty", "unsupported_parameter"),
@@ -245,6 +246,21 @@ def ok_chat(**kw) -> dict:
 def test_bad_chat_requests_get_400(engine, body: bytes, param: str | None, code: str | None) -> None:
     error = refused(post(engine, "/chat/completions", body))
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+
+
+def test_wrong_types_anywhere_get_400_never_500(engine) -> None:
+    """Type confusion in any field is a clear refusal (or a valid request), never a server error."""
+    wrong = [[], {}, "x", 1.5, True, 10**30, [{}]]
+    with httpx.Client(base_url=engine.base_url, timeout=60) as http:
+        for path, good in (("/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 1}),
+                           ("/chat/completions", ok_chat(max_tokens=1))):
+            for key in [*good, "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user"]:
+                for value in wrong:
+                    response = http.post(path, json={**good, key: value})
+                    assert response.status_code in (200, 400), (path, key, value, response.text)
+        for message in ({"role": [], "content": "x"}, {"role": "user", "content": {}}, "x",
+                        {"role": "user", "content": [{"type": "text", "text": []}]}):
+            refused(http.post("/chat/completions", json=ok_chat(messages=[message])))
 
 
 def test_bad_completions_requests_get_400(engine) -> None:
@@ -308,6 +324,27 @@ def fake_vllm(tmp_path: Path, script: str, monkeypatch) -> None:
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(engine_mod, "_vllm_module_available", lambda: False)
+
+
+def test_vllm_from_this_interpreter(monkeypatch, model_dir) -> None:
+    """vLLM importable here runs from this interpreter; one too old to be quiet by default is told to be."""
+    monkeypatch.setattr(engine_mod, "_vllm_module_available", lambda: True)
+    monkeypatch.setattr(engine_mod, "_vllm_version_ok", lambda: False)
+    command = engine_mod._command("vllm", model_dir, NAME, 8123, ["--data-parallel-size", "2"])
+    assert command == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--host",
+                       "127.0.0.1", "--port", "8123", "--served-model-name", NAME, "--disable-uvicorn-access-log",
+                       "--disable-log-requests", "--data-parallel-size", "2"]
+
+
+def test_readiness_ignores_proxy_settings(engine) -> None:
+    """A proxy in the environment would see (or fake) the engine's answers; readiness never uses one."""
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "",
+           "no_proxy": ""}
+    code = "import sys, urllib.request, gateway.engine as e; print({}(sys.argv[1]).status)"
+    for opener, works in (("e._NO_PROXY.open", True), ("urllib.request.urlopen", False)):
+        out = subprocess.run([sys.executable, "-c", code.format(opener), f"{engine.base_url}/models"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert (out.stdout.strip() == "200") is works, (opener, out.stderr[-300:])
 
 
 def test_vllm_command_and_early_exit(monkeypatch, tmp_path, model_dir) -> None:
