@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
-from verifier.errors import AAuditError, ParseError
+from verifier.errors import AAuditError, ParseError, UnusableInput
 from verifier.inputs import load_json
 
 __all__ = ["EngineError", "EngineProcess", "start_engine", "main"]
@@ -82,7 +82,7 @@ class EngineError(AAuditError):
     """The engine could not be started or stopped as asked."""
 
 
-class BadRequest(Exception):
+class BadRequest(UnusableInput):
     """A request the engine refuses: answered with an OpenAI-style JSON error."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400) -> None:

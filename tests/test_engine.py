@@ -395,9 +395,12 @@ def test_engine_refuses_a_public_address(model_dir) -> None:
     out = subprocess.run([sys.executable, "-m", "gateway.engine", "--model", str(model_dir), "--served-model-name",
                           NAME, "--port", "8000", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not a loopback address" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "gateway.engine", "--help"], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0 and "--served-model-name" in out.stdout
+
+
+def test_an_engine_that_cannot_start_says_why(tmp_path) -> None:
+    proc = start_engine("embedded", tmp_path / "absent", NAME, ready_timeout_s=60)
+    with pytest.raises(EngineError, match=r"exited with code 2 before it was ready(.|\n)*absent is not a folder"):
+        proc.wait_ready()
 
 
 def test_stop_leaves_no_process(engine, client) -> None:
