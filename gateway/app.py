@@ -197,7 +197,7 @@ class Gateway:
             self._http = httpx.AsyncClient(base_url=self.engine.base_url.rstrip("/").removesuffix("/v1"),
                                            timeout=httpx.Timeout(self.settings.engine_timeout_s, connect=10.0),
                                            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-                                           headers={"accept-encoding": "identity"})
+                                           headers={"accept-encoding": "identity"}, trust_env=False)
         return self._http
 
     def close(self) -> None:
