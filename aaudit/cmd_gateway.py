@@ -90,6 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`aaudit-verify disclosure`.")
     d.add_argument("--conversation", required=True, type=Path, metavar="DIR")
     d.add_argument("--out", required=True, type=Path, metavar="DISCLOSURE.json")
+    d.add_argument("--log", default=None, metavar="HOST:PORT",
+                   help="re-prove the audit's and every receipt batch's log entry under the log's latest checkpoint, "
+                   "so a regulator's witness checks one tree (needs --log-key)")
+    d.add_argument("--log-key", default=None, metavar="KEY", help="the log's verifier key (the policy's [log] key)")
     d.set_defaults(func=_disclose)
 
 
@@ -271,9 +275,16 @@ def _refresh(args: argparse.Namespace) -> int:
 
 
 def _disclose(args: argparse.Namespace) -> int:
-    from aaudit.user import Conversation
+    from aaudit.user import Conversation, reprove
 
     disclosure = Conversation(args.conversation).disclosure()
+    if args.log is not None:
+        if args.log_key is None:
+            raise UnusableInput("--log needs --log-key: the log's answers are checked against it")
+        from tlog.client import LogClient
+
+        with LogClient(args.log) as log:
+            disclosure = reprove(disclosure, log, args.log_key)
     try:
         args.out.write_text(json.dumps(disclosure.to_json(), indent=1) + "\n")
     except OSError as exc:

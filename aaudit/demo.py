@@ -187,7 +187,8 @@ def run_demo(out: Path) -> int:
         gateway = ["--gateway", f"127.0.0.1:{(out / 'run/gateway.port').read_text().strip()}", *policy]
         _step("14. the provider attests the gateway and uploads the sealed model into it")
         _aaudit("provider", "provision", str(out / "sealed/provider"), *gateway, "--identity", pkey)
-        _step("15. a user asks two questions (the second streamed); each answer comes with a logged receipt")
+        _step("15. a user asks two questions (the second streamed); each answer comes with a logged receipt "
+              "(the tiny model has random weights: its answers are noise)")
         conversation = ["--conversation", str(out / "conversation")]
         _aaudit("user", "chat", "What is the capital of France?", *gateway, *conversation, "--max-tokens", "12",
                 "--seed", str(SEED))

@@ -12,7 +12,7 @@ import json
 import os
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -301,4 +301,24 @@ class Conversation:
         serving = ServingEvidence.from_json(load_json(self._read("serving.json"), "serving.json"))
         bundle = load_json(self._read("audit-bundle.json"), "audit-bundle.json")
         return Disclosure(tuple(exchanges), serving, bundle)
+
+
+def reprove(disclosure: Disclosure, backend: Any, log_key: str) -> Disclosure:
+    """The same disclosure with the bundle's and every batch's log entry proven under one (the latest)
+    checkpoint, so a regulator's witness sees one tree size, not several to reconcile."""
+    from tlog.publish import prove_entry, refresh_bundle
+    from verifier.logentry import LogEntry
+    from verifier.receipt import batch_log_entry_bytes
+
+    bundle = refresh_bundle(backend, disclosure.bundle, log_key=log_key)
+    size = LogEntry.from_json(bundle["logEntry"]).tree_size
+    exchanges = []
+    for ex in disclosure.exchanges:
+        batch = ex.proof.batch
+        if batch is None or batch.log_entry is None:
+            raise UnusableInput(f"receipt {ex.proof.id} is not in the log yet; run `aaudit user refresh` first")
+        entry = prove_entry(backend, batch_log_entry_bytes(batch.envelope), batch.log_entry.index, tree_size=size,
+                            log_key=log_key)
+        exchanges.append(replace(ex, proof=replace(ex.proof, batch=replace(batch, log_entry=entry))))
+    return replace(disclosure, exchanges=tuple(exchanges), bundle=bundle)
 

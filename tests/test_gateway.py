@@ -294,6 +294,16 @@ def test_a_user_chats_discloses_and_the_conversation_chain_binds_every_exchange(
                              str(serving.policy_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "What the audit promised" in verify.stdout and "What was served" in verify.stdout
+    # re-proven under one checkpoint, the disclosure also passes a regulator's witness
+    log_key = policies.load(serving.policy_path).log.public_key
+    res = _cli("user", "disclose", "--conversation", str(conv), "--out", str(out), "--log", serving.log_target,
+               "--log-key", log_key)
+    assert res.returncode == 0, res.stderr
+    verify = subprocess.run([sys.executable, "-m", "verifier.cli", "disclosure", str(out), "--policy",
+                             str(serving.policy_path), "--witness-state", str(serving.root / "witness.json")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    disclosure = json.loads(out.read_text())
     # one byte of a disclosed answer changed: the regulator's check names the step
     response = bytearray(base64.b64decode(disclosure["exchanges"][1]["response"]))
     response[len(response) // 2] ^= 1
