@@ -117,7 +117,7 @@ def _error(exc: grpc.RpcError) -> EnclaveError:
     return EnclaveError(f"enclave refused ({code.name}): {detail}")
 
 
-def fetch_certificate(target: str, timeout: float) -> bytes:
+def fetch_certificate(target: str, timeout: float, alpn: tuple[str, ...] = ("h2",)) -> bytes:
     """The PEM certificate the server at `target` presents. Not trusted by itself: the client trusts
     it only once an attestation binds its key (`EnclaveClient.attest`)."""
     host, sep, port = target.rpartition(":")
@@ -126,7 +126,7 @@ def fetch_certificate(target: str, timeout: float) -> bytes:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # pinned below, after attestation, not by a CA
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(list(alpn))
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock, \
                 context.wrap_socket(sock, server_hostname=TLS_NAME) as tls:

@@ -94,6 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(r, role, identity=False)
         r.set_defaults(func=_result, role=role)
 
+        if role == "provider":
+            from aaudit.cmd_gateway import register_provision
+
+            register_provision(rsub)
         if role == "auditor":
             o = rsub.add_parser("open-samples", help="decrypt and check the per-sample records of an audit",
                                 description="Decrypt the per-sample records the enclave encrypted to your samples "

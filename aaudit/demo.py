@@ -2,8 +2,10 @@
 
 Builds a tiny seeded Llama and two small benchmarks written for this project, starts the enclave
 and the transparency log as servers, runs the provider and the auditor as separate client
-processes, verifies the bundle as a third party would, and leaves everything in the output folder
-so anyone can re-run the verification or stock `lm_eval` on the plaintext and compare.
+processes, verifies the bundle as a third party would; then serves the audited model through the
+receipt gateway, lets a user ask questions and disclose the answers with their receipts, and
+checks that disclosure as a regulator would. Everything stays in the output folder, so anyone can
+re-run the verifications or stock `lm_eval` on the plaintext and compare.
 """
 
 from __future__ import annotations
@@ -120,8 +122,9 @@ def run_demo(out: Path) -> int:
         servers.append(_start(["log", "serve", "--db", str(out / "log/log.db"), "--listen", "127.0.0.1:0"],
                               out / "run/log.port", out / "run/log.txt"))
         log_addr = f"127.0.0.1:{(out / 'run/log.port').read_text().strip()}"
-        servers.append(_start(["enclave", "serve", "--tee", "sim", "--gpu-evidence", "none",
-                               "--listen", "127.0.0.1:0"], out / "run/enclave.port", out / "run/enclave.txt"))
+        enclave_proc = _start(["enclave", "serve", "--tee", "sim", "--gpu-evidence", "none",
+                               "--listen", "127.0.0.1:0"], out / "run/enclave.port", out / "run/enclave.txt")
+        servers.append(enclave_proc)
         enclave = f"127.0.0.1:{(out / 'run/enclave.port').read_text().strip()}"
 
         from enclave.measure import code_identity
@@ -166,27 +169,57 @@ def run_demo(out: Path) -> int:
         _step("11. the bundle is published to the transparency log")
         _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
         log_key = load_or_create(out / "log/log.db").verifier_key
-    finally:
-        for proc in servers:
-            proc.terminate()
-        for proc in servers:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        servers.remove(enclave_proc)
+        _stop([enclave_proc])
 
-    _step("12. a third party verifies the bundle against the regulator's policy (policy.toml)")
-    parties = {role: (out / f"keys/{role}.pub").read_text().strip() for role in ("provider", "auditor")}
-    (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, parties, log_key))
-    verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"),
-                             "--policy", str(out / "policy.toml")], text=True, stdout=subprocess.PIPE)
-    print(verify.stdout)
+        _step("12. a third party verifies the bundle against the regulator's policy (policy.toml)")
+        parties = {role: (out / f"keys/{role}.pub").read_text().strip() for role in ("provider", "auditor")}
+        (out / "policy.toml").write_text(_third_party_policy(code_identity(), digests, parties, log_key))
+        policy = ["--policy", str(out / "policy.toml")]
+        verify = subprocess.run([PY, "-m", "verifier.cli", "bundle", str(out / "bundle.json"), *policy],
+                                text=True, stdout=subprocess.PIPE)
+        print(verify.stdout)
+
+        _step("13. the operator starts the receipt gateway on the audited model (it verifies the bundle first)")
+        servers.append(_start(["gateway", "serve", "--bundle", str(out / "bundle.json"), *policy, "--log", log_addr,
+                               "--tee", "sim", "--gpu-evidence", "none", "--listen", "127.0.0.1:0",
+                               "--batch-seconds", "0.5"], out / "run/gateway.port", out / "run/gateway.txt"))
+        gateway = ["--gateway", f"127.0.0.1:{(out / 'run/gateway.port').read_text().strip()}", *policy]
+        _step("14. the provider attests the gateway and uploads the sealed model into it")
+        _aaudit("provider", "provision", str(out / "sealed/provider"), *gateway, "--identity", pkey)
+        _step("15. a user asks two questions (the second streamed); each answer comes with a logged receipt "
+              "(the tiny model has random weights: its answers are noise)")
+        conversation = ["--conversation", str(out / "conversation")]
+        _aaudit("user", "chat", "What is the capital of France?", *gateway, *conversation, "--max-tokens", "12",
+                "--seed", str(SEED))
+        _aaudit("user", "chat", "Say it again, please.", *gateway, *conversation, "--max-tokens", "12", "--stream")
+        _step("16. the user packs the conversation, receipts and proofs for a regulator")
+        _aaudit("user", "disclose", *conversation, "--out", str(out / "disclosure.json"))
+    finally:
+        _stop(servers)
+
+    _step("17. the regulator checks the disclosure end to end")
+    disclosure = subprocess.run([PY, "-m", "verifier.cli", "disclosure", str(out / "disclosure.json"), *policy],
+                                text=True, stdout=subprocess.PIPE)
+    print(disclosure.stdout)
     tasks = " ".join(t.name for t in spec.tasks)
-    print(f"Re-run the check: .venv/bin/aaudit-verify bundle {out.name}/bundle.json --policy {out.name}/policy.toml")
+    print(f"Re-run the checks: .venv/bin/aaudit-verify bundle {out.name}/bundle.json --policy {out.name}/policy.toml")
+    print(f"                   .venv/bin/aaudit-verify disclosure {out.name}/disclosure.json --policy "
+          f"{out.name}/policy.toml")
     print(f"Compare with stock lm-eval: cd {out.name} && lm_eval --model hf --model_args pretrained=model "
           f"--include_path tasks --tasks {tasks.replace(' ', ',')} --seed {SEED}")
     print(f"demo finished in {time.monotonic() - t0:.0f} s")
-    return verify.returncode
+    return verify.returncode or disclosure.returncode
+
+
+def _stop(servers: list[subprocess.Popen]) -> None:
+    for proc in servers:
+        proc.terminate()
+    for proc in servers:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _third_party_policy(code_id: str, digests: dict[str, str], parties: dict[str, str], log_key: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from verifier.models import canonical_json
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("aaudit", "benchmarks", "enclave", "protos", "sealing", "tlog", "verifier")
+PACKAGES = ("aaudit", "benchmarks", "enclave", "gateway", "protos", "sealing", "tlog", "verifier")
 LOCK_FILES = ("requirements.lock", "requirements-gpu.lock")
 
 

@@ -254,6 +254,33 @@ class AuditSession:
         self.tasks, self.problems = (), ()
 
 
+class NonceBook:
+    """The attestation nonces one boot issued and what each already served (a session creation, one
+    upload per kind). Attesting a known nonce again never reopens it; the oldest are evicted first,
+    and an evicted nonce is refused like one never issued."""
+
+    def __init__(self, capacity: int = MAX_OPEN_NONCES) -> None:
+        self.capacity = capacity
+        self._used: dict[bytes, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, nonce: bytes) -> None:
+        with self._lock:
+            self._used.setdefault(nonce, set())
+            while len(self._used) > self.capacity:
+                del self._used[next(iter(self._used))]
+
+    def use(self, nonce: bytes, purpose: str) -> None:
+        with self._lock:
+            used = self._used.get(nonce)
+            if used is None:
+                raise SessionError("attest_nonce was not issued by this enclave boot (or expired): attest again, "
+                                   "then retry")
+            if purpose in used:
+                raise SessionError(f"attest_nonce was already used for a {purpose} (a replay?); attest again")
+            used.add(purpose)
+
+
 class Sessions:
     """Every session of one enclave boot, the attestation nonces it issued, and the shared budgets."""
 
@@ -268,26 +295,12 @@ class Sessions:
         self.tmpfs = ByteBudget("decrypted model bytes on tmpfs", self.limits.max_tmpfs_bytes)
         self._lock = threading.RLock()
         self._sessions: dict[str, AuditSession] = {}
-        # nonce -> what it already served ("create", "model", "dataset", "spec"); evicted oldest first,
-        # and an evicted nonce is refused like one never issued.
-        self._nonces: dict[bytes, set[str]] = {}
+        self.nonces = NonceBook()
 
     # --- attestation nonces --------------------------------------------------------------------
     def note_attestation(self, nonce: bytes) -> None:
         """Remember a nonce this boot attested to; each serves one session creation and one upload per kind."""
-        with self._lock:
-            self._nonces.setdefault(nonce, set())  # attesting a known nonce again never reopens it
-            while len(self._nonces) > MAX_OPEN_NONCES:
-                del self._nonces[next(iter(self._nonces))]
-
-    def _use_nonce_locked(self, nonce: bytes, purpose: str) -> None:
-        used = self._nonces.get(nonce)
-        if used is None:
-            raise SessionError("attest_nonce was not issued by this enclave boot (or expired): attest again, "
-                               "then retry")
-        if purpose in used:
-            raise SessionError(f"attest_nonce was already used for a {purpose} (a replay?); attest again")
-        used.add(purpose)
+        self.nonces.issue(nonce)
 
     # --- sessions ------------------------------------------------------------------------------
     def create(self, attest_nonce: bytes, provider: bytes, auditor: bytes, creator_role: str,
@@ -317,7 +330,7 @@ class Sessions:
             if len(self._sessions) >= self.limits.max_sessions:
                 raise LimitReached(f"this enclave holds its limit of {self.limits.max_sessions} sessions; "
                                    "close a session you own or retry later")
-            self._use_nonce_locked(attest_nonce, "session creation")
+            self.nonces.use(attest_nonce, "session creation")
             session = AuditSession(secrets.token_hex(SESSION_ID_BYTES), secrets.token_bytes(32), parties,
                                    {creator_role})
             self._sessions[session.id] = session
@@ -401,7 +414,7 @@ class Sessions:
                                 "for this session, kind, digest, stream and nonce (altered or replayed from "
                                 "elsewhere)")
             self._require_open_locked(session, f"{kind} upload")
-            self._use_nonce_locked(attest_nonce, f"{kind} upload")
+            self.nonces.use(attest_nonce, f"{kind} upload")
             session.touch()
         try:
             data_key = self.keys.hpke.unwrap(wrapped_key, wrap_info(kind, digest, self.keys.signing_public, party_key,

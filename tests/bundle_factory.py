@@ -79,15 +79,19 @@ class Made:
 
 
 def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, Ed25519PrivateKey] | None = None,
-                edit_payload: Callable[[bytes], bytes] | None = None) -> Made:
+                edit_payload: Callable[[bytes], bytes] | None = None, provider: Ed25519PrivateKey | None = None,
+                model_digest: str | None = None) -> Made:
     """A bundle of one sim-attested audit; `approvers` overrides who signs each role's approval
-    (the manifest still names the real parties)."""
+    (the manifest still names the real parties); `provider` and `model_digest` name a real provider
+    key and model instead of random ones."""
     signing = Ed25519PrivateKey.generate()
     signing_pub = _raw(signing)
     hpke_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
     nonce = os.urandom(32)
-    provider, auditor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    provider, auditor = provider or Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     digests = {kind: "sha256:" + os.urandom(32).hex() for kind in ("model", "dataset", "spec")}
+    if model_digest is not None:
+        digests["model"] = model_digest
     manifest = RunManifest(
         session=SessionRef("ab" * 16, os.urandom(32), 1),
         enclave=EnclaveRef("sim", CODE_IDENTITY, signing_pub),

@@ -17,7 +17,7 @@ import pytest
 from verifier.errors import AAuditError, UnusableInput, VerificationError
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("aaudit", "benchmarks", "enclave", "sealing", "tlog", "verifier")  # protos: generated code
+PACKAGES = ("aaudit", "benchmarks", "enclave", "gateway", "sealing", "tlog", "verifier")  # protos: generated code
 
 
 def _modules() -> list[tuple[str, ast.Module]]:

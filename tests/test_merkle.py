@@ -8,6 +8,7 @@ import pytest
 
 from verifier.merkle import (
     EMPTY_ROOT,
+    inclusion_path,
     leaf_hash,
     node_hash,
     root_hash,
@@ -101,6 +102,21 @@ def test_inclusion_vectors_and_corruptions(index: int, size: int, proof: list[by
         probes.append((index, size, leaf, [proof[0], SOME_HASH] + proof[1:], root))
     accepted = [p for p in probes if verify_inclusion(p[2], p[0], p[1], p[3], p[4])]
     assert not accepted
+
+
+@pytest.mark.parametrize("index,size,proof", INCLUSION)
+def test_inclusion_path_reproduces_the_reference_proofs(index: int, size: int, proof: list[bytes]) -> None:
+    assert inclusion_path([leaf_hash(d) for d in LEAVES[:size]], index) == proof
+
+
+def test_inclusion_path_verifies_for_every_leaf_of_every_small_tree() -> None:
+    hashes = [leaf_hash(bytes([i])) for i in range(33)]
+    for size in range(1, 34):
+        root = root_hash([bytes([i]) for i in range(size)])
+        for index in range(size):
+            assert verify_inclusion(hashes[index], index, size, inclusion_path(hashes[:size], index), root)
+    with pytest.raises(ValueError):
+        inclusion_path(hashes[:3], 3)
 
 
 def test_inclusion_degenerate_cases() -> None:

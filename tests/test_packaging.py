@@ -29,7 +29,8 @@ def test_generated_protos_are_fresh(tmp_path: Path) -> None:
 
 def test_console_scripts_have_help() -> None:
     for module, sub in (("aaudit.cli", []), ("verifier.cli", []), ("verifier.cli", ["bundle"]),
-                        ("verifier.cli", ["evidence"]), ("aaudit.cli", ["enclave", "serve"])):
+                        ("verifier.cli", ["evidence"]), ("aaudit.cli", ["enclave", "serve"]),
+                        ("gateway.engine", [])):
         proc = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert "usage:" in proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Sequence
@@ -12,7 +13,7 @@ from verifier.errors import AAuditError, UnusableInput
 from verifier.evidence import verify_evidence
 from verifier.inputs import decode_blob, parse_hex, parse_time, read_certs, read_file
 from verifier.models import PLATFORMS, Evidence, Verdict
-from verifier.render import as_json, table, verdict_line
+from verifier.render import as_json, disclosure_report, table, verdict_line
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -33,7 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="aaudit-verify", description="Verify attestable audit bundles and TEE evidence, offline.",
+    parser = _Parser(prog="aaudit-verify",
+                     description="Verify attestable audit bundles, disclosures and TEE evidence, offline.",
                      epilog="Exit status: 0 verified, 1 verification failed, 2 unusable input.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -50,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset or spec digest, the code identity or the log unpinned (the verdict then says "
                    "VERIFIED (UNPINNED: ...))")
     _common(b)
+
+    d = sub.add_parser("disclosure", help="verify a user's disclosure: audit bundle, serving evidence, receipts",
+                       description="Verify a disclosure (docs/RECEIPTS.md): the audit bundle under the policy, the "
+                       "serving evidence binding the gateway's keys, and per exchange the receipt's signature, the "
+                       "exact request and response bytes, the sampling parameters, code identity, model digest and "
+                       "audit reference, the receipt's batch and its transparency-log entry; then that the "
+                       "conversation is disclosed from its first exchange with none left out. Prints what the audit "
+                       "promised beside what was served.")
+    d.add_argument("disclosure", metavar="DISCLOSURE.json")
+    d.add_argument("--policy", required=True, metavar="POLICY.toml", help="the policy the audit bundle and the "
+                   "serving evidence must satisfy ([expect] code_identity also pins the gateway)")
+    d.add_argument("--witness-state", metavar="FILE", help="remember the newest log checkpoint seen here and "
+                   "demand consistency with it (the bundle's and each batch's log entry)")
+    d.add_argument("--allow-unpinned", action="store_true", help="exit 0 even when the policy leaves the model, "
+                   "dataset or spec digest, the code identity or the log unpinned")
+    _common(d)
 
     e = sub.add_parser("evidence", help="verify one piece of platform attestation evidence",
                        description="Verify raw TEE evidence. Evidence may be raw bytes, hex or base64 text; "
@@ -114,19 +132,24 @@ def _bundle(args: argparse.Namespace) -> Verdict:
                               witness_state=args.witness_state)
 
 
+def _disclosure(args: argparse.Namespace) -> Verdict:
+    from verifier.disclosure import verify_disclosure_file
+
+    return verify_disclosure_file(args.disclosure, policy_mod.load(args.policy), at=parse_time(args.at),
+                                  witness_state=args.witness_state)
+
+
 def _sample(args: argparse.Namespace) -> Verdict:
     from verifier.sample import verify_sample_files
 
     return verify_sample_files(args.sample, args.bundle, policy_mod.load(args.policy), at=parse_time(args.at))
 
 
-_COMMANDS = {"evidence": _evidence, "bundle": _bundle, "sample": _sample}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        verdict = _COMMANDS[args.command](args)
+        verdict = {"evidence": _evidence, "bundle": _bundle, "disclosure": _disclosure, "sample": _sample}[
+            args.command](args)
     except UnusableInput as exc:
         _report_error(args, str(exc))
         return EXIT_UNUSABLE
@@ -140,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             platform = verdict.claims.get("platform", verdict.subject)
             as_json(verdict, sys.stdout, platform=platform, simulated=platform == "sim", verified=accepted,
                     checks_passed=verdict.verified, summary=verdict_line(verdict, allow_unpinned=allow_unpinned))
+        elif args.command == "disclosure":  # the step table, then what was promised beside what was served
+            shown = {k: v for k, v in verdict.claims.items() if k not in ("audit", "promised", "served")}
+            table(dataclasses.replace(verdict, claims=shown), sys.stdout, allow_unpinned=allow_unpinned)
+            disclosure_report(verdict.claims, sys.stdout)
         else:
             table(verdict, sys.stdout, allow_unpinned=allow_unpinned)
         sys.stdout.flush()

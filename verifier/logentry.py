@@ -8,6 +8,7 @@
      "logKey": "<verifier key>",                       # optional, informational only
      "consistencyProof": {"fromSize": 3, "hashes": [...]}}   # optional: tree(3) is a prefix of tree(9)
 
+`check_log_entry` checks the same entry for any logged record (the gateway's receipt batches too).
 Inclusion proves the log committed to this exact bundle, under a checkpoint signed by the key in
 the verifier's policy. It cannot prove the log shows everyone the same tree: for that a witness
 keeps the newest checkpoint it has seen (a small JSON file) and demands that every later one
@@ -270,7 +271,7 @@ def witness_update(state_path: str | os.PathLike[str], checkpoint_note: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# The bundle check.
+# The check of a log entry: a bundle's, or any other record's.
 
 
 def policy_log_key(log_policy: "LogPolicy") -> NoteVerifier:
@@ -289,56 +290,71 @@ def verify_log_entry(bundle: dict[str, Any], log_policy: "LogPolicy | None", ver
     the checkpoint's root) and "log witness" (consistency with the witness state, if given).
     A damaged witness state file raises UnusableInput: it is the verifier's own input.
     """
-    raw = bundle.get(LOG_ENTRY_KEY)
+    logged = check_log_entry(log_entry_bytes(bundle), bundle.get(LOG_ENTRY_KEY), log_policy, verdict, witness_state,
+                             what="bundle",
+                             missing_hint="publish it with `aaudit log publish BUNDLE.json --log HOST:PORT`")
+    if logged is not None:
+        verdict.claims["log"] = logged
+
+
+def check_log_entry(entry_bytes: bytes, raw: Any, log_policy: "LogPolicy | None", verdict: Verdict,
+                    witness_state: str | None, *, prefix: str = "", what: str = "bundle",
+                    missing_hint: str = "") -> dict[str, Any] | None:
+    """The log steps for any logged record (a bundle, a receipt batch): `raw` is its "logEntry" JSON
+    (None when it has none), `entry_bytes` the exact bytes the log stores for it. Step names are
+    `prefix` + "log entry" / "log checkpoint" / "log inclusion" / "log witness"; `what` names the
+    record in reasons. Returns the checked position (origin, index, treeSize, root) once inclusion is
+    proven, else None. Raises only for the verifier's own inputs (policy key, witness state file)."""
     if raw is None:
         if log_policy is not None and log_policy.require_inclusion:
-            verdict.fail("log entry", "the policy requires a transparency-log entry and the bundle has none; "
-                         "publish it with `aaudit log publish BUNDLE.json --log HOST:PORT`")
+            verdict.fail(prefix + "log entry", f"the policy requires a transparency-log entry and the {what} has "
+                         f"none; {missing_hint}")
         else:
-            verdict.skip("log entry", "bundle is not in a transparency log and the policy does not require it")
-        return
+            verdict.skip(prefix + "log entry", f"{what} is not in a transparency log and the policy does not "
+                         "require it")
+        return None
     if log_policy is None:
-        verdict.skip("log entry", "the policy has no [log] table with the log's public_key: the log entry was "
-                     "not checked")
-        return
+        verdict.skip(prefix + "log entry", "the policy has no [log] table with the log's public_key: the log entry "
+                     "was not checked")
+        return None
     log_key = policy_log_key(log_policy)
     try:
         entry = LogEntry.from_json(raw)
     except ParseError as exc:
-        verdict.fail("log entry", f"malformed: {exc}")
-        return
-    verdict.ok("log entry", f"entry {entry.index} of log {entry.origin} (tree size {entry.tree_size})")
+        verdict.fail(prefix + "log entry", f"malformed: {exc}")
+        return None
+    verdict.ok(prefix + "log entry", f"entry {entry.index} of log {entry.origin} (tree size {entry.tree_size})")
 
     try:
         cp = verify_checkpoint(entry.checkpoint, log_key)
     except (ParseError, VerificationError) as exc:
         hint = f" (the entry names log key {entry.log_key})" if entry.log_key and \
             entry.log_key != log_policy.public_key else ""
-        verdict.fail("log checkpoint", f"{exc}{hint}")
-        return
+        verdict.fail(prefix + "log checkpoint", f"{exc}{hint}")
+        return None
     if (cp.origin, cp.size) != (entry.origin, entry.tree_size):
-        verdict.fail("log checkpoint", f"the entry claims {entry.origin} size {entry.tree_size}, its checkpoint "
-                     f"says {cp.origin} size {cp.size}")
-        return
-    verdict.ok("log checkpoint", f"signed by {cp.origin}: size {cp.size}, root {b64e(cp.root)}")
+        verdict.fail(prefix + "log checkpoint", f"the entry claims {entry.origin} size {entry.tree_size}, its "
+                     f"checkpoint says {cp.origin} size {cp.size}")
+        return None
+    verdict.ok(prefix + "log checkpoint", f"signed by {cp.origin}: size {cp.size}, root {b64e(cp.root)}")
 
-    leaf = leaf_hash(log_entry_bytes(bundle))
-    if not verdict.check("log inclusion",
+    leaf = leaf_hash(entry_bytes)
+    if not verdict.check(prefix + "log inclusion",
                          verify_inclusion(leaf, entry.index, entry.tree_size, entry.inclusion_proof, cp.root),
-                         f"the bundle is entry {entry.index} of the checkpoint's tree",
-                         f"the inclusion proof does not lead from this bundle's leaf hash {leaf.hex()} at index "
-                         f"{entry.index} to the checkpoint root: the bundle or its proof was altered"):
-        return
-    verdict.claims["log"] = {"origin": cp.origin, "index": entry.index, "treeSize": cp.size,
-                             "root": b64e(cp.root)}
+                         f"the {what} is entry {entry.index} of the checkpoint's tree",
+                         f"the inclusion proof does not lead from this {what}'s leaf hash {leaf.hex()} at index "
+                         f"{entry.index} to the checkpoint root: the {what} or its proof was altered"):
+        return None
+    logged = {"origin": cp.origin, "index": entry.index, "treeSize": cp.size, "root": b64e(cp.root)}
 
     if witness_state is None:
-        verdict.skip("log witness", "no witness state given: consistency with earlier checkpoints was not "
+        verdict.skip(prefix + "log witness", "no witness state given: consistency with earlier checkpoints was not "
                      "checked, so a log showing different histories to different people is not detected")
-        return
+        return logged
     try:
         result = witness_update(witness_state, entry.checkpoint, entry.consistency, log_key)
     except VerificationError as exc:
-        verdict.fail("log witness", str(exc))
-        return
-    verdict.ok("log witness", result.message)
+        verdict.fail(prefix + "log witness", str(exc))
+        return logged
+    verdict.ok(prefix + "log witness", result.message)
+    return logged

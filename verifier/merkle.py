@@ -40,6 +40,23 @@ def root_hash(leaves: Sequence[bytes]) -> bytes:
     return root_from_leaf_hashes([leaf_hash(d) for d in leaves])
 
 
+def inclusion_path(hashes: Sequence[bytes], index: int) -> list[bytes]:
+    """The RFC 9162 §2.1.3.1 inclusion proof PATH(index, D[n]) for a tree given by its leaf hashes."""
+    if not 0 <= index < len(hashes):
+        raise ValueError(f"index {index} is outside a tree of {len(hashes)} leaves")
+    path: list[bytes] = []
+    lo, hi = 0, len(hashes)
+    while hi - lo > 1:
+        k = 1 << ((hi - lo - 1).bit_length() - 1)  # the largest power of two below the subtree's size
+        if index - lo < k:
+            path.append(root_from_leaf_hashes(hashes[lo + k:hi]))
+            hi = lo + k
+        else:
+            path.append(root_from_leaf_hashes(hashes[lo:lo + k]))
+            lo += k
+    return path[::-1]
+
+
 def _hashes_ok(*hashes: bytes) -> bool:
     return all(isinstance(h, bytes) and len(h) == HASH_SIZE for h in hashes)
 

@@ -59,3 +59,43 @@ def _claims(claims: dict[str, Any], out: TextIO, indent: str) -> None:
 
 def as_json(verdict: Verdict, out: TextIO, **extra: Any) -> None:
     out.write(json.dumps({**verdict.to_json(), **extra}, indent=2, default=str) + "\n")
+
+
+SHOWN = 300  # characters of a prompt or answer shown in the text report
+
+
+def disclosure_report(claims: dict[str, Any], out: TextIO) -> None:
+    """A disclosure's two sections side by side: the audit's headline results, then each exchange's
+    prompt and answer (shortened; `--json` has them whole)."""
+    promised = claims.get("promised", {})
+    out.write("\nWhat the audit promised\n")
+    for label, key in (("model", "model_digest"), ("dataset", "dataset_digest"), ("spec", "spec_digest"),
+                       ("statement", "statement_digest"), ("logged as", "log"), ("finished", "finished_at")):
+        out.write(f"  {label:<10} {promised.get(key) or '-'}\n")
+    results = promised.get("results") or {}
+    for task, metrics in results.items():
+        out.write(f"  {task}: " + ", ".join(f"{m} {v:.4g}" for m, v in metrics.items()) + "\n")
+    if not results:
+        out.write("  (no results: the audit statement could not be read)\n")
+    out.write("\nWhat was served\n")
+    for ex in claims.get("served", []):
+        head = f"  exchange {ex['exchange']}"
+        if "receipt" in ex:
+            head += (f": receipt {ex['receipt']}, sequence {ex['sequence']}, {ex['time']}, POST {ex['path']}"
+                     + (" (streamed)" if ex["stream"] else "") + (f", status {ex['status']}" if ex["status"] != 200
+                                                                  else ""))
+            s = ex["sampling"]
+            applied = (f"temperature {s['temperature']:g}, top_p {s['top_p']:g}, max_tokens {s['max_tokens']}, "
+                       f"seed {s['seed']}, stop {s['stop']}")
+        out.write(head + "\n")
+        if "receipt" in ex:
+            out.write(f"    applied  {applied}\n")
+        out.write(f"    prompt   {_short(ex.get('prompt'))}\n")
+        out.write(f"    answer   {_short(ex.get('answer'))}\n")
+
+
+def _short(text: str | None) -> str:
+    if text is None:
+        return "(none found)"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SHOWN else flat[:SHOWN - 1] + "…"
