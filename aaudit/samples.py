@@ -13,31 +13,31 @@ import re
 from typing import Any
 
 from sealing.keywrap import HpkeKeyPair
-from tlog.proofs import inclusion_ranges
 from verifier import dsse
 from verifier.binding import samples_info
 from verifier.bundle import AuditBundle
 from verifier.errors import ParseError, UnusableInput, VerificationError
 from verifier.inputs import load_json
-from verifier.merkle import leaf_hash, root_from_leaf_hashes, root_hash
+from verifier.merkle import inclusion_path, leaf_hash, root_from_leaf_hashes, root_hash
 from verifier.models import b64e, canonical_json
 from verifier.sample import SampleDisclosure
-from verifier.statement import SamplesInfo, parse_statement, statement_digest
+from verifier.receipt import payload_digest
+from verifier.statement import SamplesInfo, parse_statement
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _signed(bundle: Any) -> tuple[bytes, bytes]:
-    """(the DSSE payload, the enclave signing key) of a bundle whose statement signature verifies."""
+def _signed(bundle: Any) -> tuple[dsse.Envelope, bytes]:
+    """(the DSSE envelope, the enclave signing key) of a bundle whose statement signature verifies."""
     parsed = AuditBundle.from_json(bundle)
     envelope, signing_pub = parsed.envelope, parsed.enclave.signing_key.public
     if not dsse.verify(envelope, signing_pub):
         raise VerificationError("the bundle's statement signature does not verify; run aaudit-verify bundle first")
-    return envelope.payload, signing_pub
+    return envelope, signing_pub
 
 
-def _samples(payload: bytes) -> SamplesInfo:
-    samples = parse_statement(payload).predicate.samples
+def _samples(envelope: dsse.Envelope) -> SamplesInfo:
+    samples = parse_statement(envelope.payload).predicate.samples
     if not _HEX64.fullmatch(samples.merkle_root):
         raise ParseError("statement: predicate.samples.merkleRoot is not 64 hex digits")
     return samples
@@ -45,8 +45,8 @@ def _samples(payload: bytes) -> SamplesInfo:
 
 def open_samples(ciphertext: bytes, bundle: dict[str, Any], key: HpkeKeyPair) -> list[dict[str, Any]]:
     """Decrypt and check the records against `bundle`'s signed statement; returns them in order."""
-    payload, signing_pub = _signed(bundle)
-    samples = _samples(payload)
+    envelope, signing_pub = _signed(bundle)
+    samples = _samples(envelope)
     delivery = samples.delivery
     if delivery is None:
         raise VerificationError("the statement says no per-sample records were delivered (output = aggregate)")
@@ -75,8 +75,8 @@ def leaves_of(jsonl: bytes) -> list[bytes]:
 def disclose_sample(leaves: list[bytes], bundle: dict[str, Any], index: int) -> SampleDisclosure:
     """Record `index` with its RFC 9162 inclusion proof, after checking that `leaves` are exactly the
     records whose root `bundle`'s signed statement carries."""
-    payload, _ = _signed(bundle)
-    samples = _samples(payload)
+    envelope, _ = _signed(bundle)
+    samples = _samples(envelope)
     hashes = [leaf_hash(leaf) for leaf in leaves]
     root = root_from_leaf_hashes(hashes).hex()
     if root != samples.merkle_root or len(leaves) != samples.count:
@@ -85,6 +85,6 @@ def disclose_sample(leaves: list[bytes], bundle: dict[str, Any], index: int) -> 
                                 "open-samples` wrote for this bundle, unchanged")
     if not 0 <= index < len(leaves):
         raise UnusableInput(f"INDEX {index} is out of range: the audit has {len(leaves)} records, 0 to {len(leaves) - 1}")
-    proof = tuple(root_from_leaf_hashes(hashes[lo:hi]) for lo, hi in inclusion_ranges(index, len(leaves)))
     return SampleDisclosure(index=index, tree_size=len(leaves), record=load_json(leaves[index], f"line {index + 1}"),
-                            inclusion_proof=proof, samples_root=root, statement_digest=statement_digest(payload))
+                            inclusion_proof=tuple(inclusion_path(hashes, index)), samples_root=root,
+                            statement_digest=payload_digest(envelope))

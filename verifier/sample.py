@@ -22,7 +22,8 @@ from verifier.inputs import load_json, read_file
 from verifier.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from verifier.models import Verdict, canonical_json
 from verifier.policy import Policy
-from verifier.statement import parse_statement, statement_digest
+from verifier.receipt import payload_digest
+from verifier.statement import parse_statement
 
 MEDIA_TYPE = "application/vnd.attestable-audits.sample.v1+json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -72,8 +73,8 @@ def verify_sample(disclosure: Any, bundle: Any, policy: Policy, *, at: datetime)
     sample = SampleDisclosure.from_json(disclosure)
     verdict = verify_bundle(bundle, policy, at=at)
     verdict.subject = f"sample {sample.index} of the audit bundle"
-    payload = AuditBundle.from_json(bundle).envelope.payload
-    digest = statement_digest(payload)
+    envelope = AuditBundle.from_json(bundle).envelope
+    payload, digest = envelope.payload, payload_digest(envelope)
     verdict.check("sample: statement", sample.statement_digest == digest,
                   f"the disclosure names this bundle's statement {digest}",
                   f"the disclosure names statement {sample.statement_digest}, this bundle's is {digest}: "

@@ -6,7 +6,6 @@ can never disagree on a field.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -161,8 +160,3 @@ def parse_statement(payload: bytes) -> AuditStatement:
         raise ParseError(f"statement: platform code identity {st.predicate.platform.code_identity} differs from the "
                          f"manifest's {st.manifest.enclave.code_identity}")
     return st
-
-
-def statement_digest(payload: bytes) -> str:
-    """`sha256:<hex>` of the DSSE payload: the name of one signed statement, as disclosures carry it."""
-    return "sha256:" + hashlib.sha256(payload).hexdigest()
