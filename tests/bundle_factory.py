@@ -111,7 +111,7 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
             platform=PlatformInfo("sim", True, CODE_IDENTITY),
             results=RESULTS if results is None else results,
             n_samples={}, configs={}, seeds={},
-            samples=SamplesInfo("00" * 32, 0, "RFC9162-SHA256", "canonical JSON", None),
+            samples=SamplesInfo("00" * 32, 0, "RFC9162-SHA256", "RFC 8785 JSON", None),
             runtime=Runtime({}, "cpu", "float32"),
             started_at=now, finished_at=now, nonce=nonce.hex(), party_nonces={},
         ),

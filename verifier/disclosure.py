@@ -110,7 +110,8 @@ def _audit(bundle: dict[str, Any], policy: Policy, at: datetime, witness_state: 
     verdict.unpinned = list(audit.unpinned)
     verdict.claims["audit"] = audit.claims
 
-    payload = AuditBundle.from_json(bundle).envelope.payload   # verify_bundle parsed it already
+    envelope = AuditBundle.from_json(bundle).envelope   # verify_bundle parsed it already
+    payload = envelope.payload
     try:
         statement = parse_statement(payload)
     except ParseError:      # the "audit: statement" step says why
@@ -119,7 +120,7 @@ def _audit(bundle: dict[str, Any], policy: Policy, at: datetime, witness_state: 
         entry = LogEntry.from_json(bundle[LOG_ENTRY_KEY]) if LOG_ENTRY_KEY in bundle else None
     except ParseError:      # the "audit: log entry" step says why
         entry = None
-    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    digest = payload_digest(envelope)
     ref = None if entry is None else AuditRef(digest, entry.origin, entry.index)
     if statement is None:
         return _Audit(ref, digest, None)

@@ -43,7 +43,9 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 # What `cryptography` raises for a certificate it cannot decode; only ValueError is documented, the
 # others are not ValueErrors and come from versions, duplicate extensions, names and key types.
-_DECODE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+# TypeError: cryptography's name parsing raises it for some corrupt attribute values (found by
+# tests/test_nitro.py's byte-flip fuzzing of a real Nitro document).
+_DECODE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension,
                   x509.UnsupportedGeneralNameType, UnsupportedAlgorithm)
 
 
