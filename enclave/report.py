@@ -27,7 +27,7 @@ from verifier.statement import (
     Runtime,
     SamplesDelivery,
     SamplesInfo,
-    Subject,
+    model_subjects,
 )
 
 
@@ -46,9 +46,8 @@ def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool,
     if samples_ciphertext is not None:
         delivery = SamplesDelivery(job.spec.samples_recipient, DEFAULT_SUITE,
                                    hashlib.sha256(samples_ciphertext).hexdigest())
-    model_sha = job.manifest.assets["model"].digest.removeprefix("sha256:")
     return AuditStatement(
-        subject=(Subject("model", {"sha256": model_sha}),),
+        subject=model_subjects(job.model_listing),
         predicate=AuditPredicate(
             manifest=job.manifest,
             manifest_digest=job.manifest_digest,

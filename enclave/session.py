@@ -156,6 +156,7 @@ class Asset:
     reserved: int
     files: dict[str, bytes] | None = field(default=None, repr=False)  # dataset / spec
     folder: Path | None = None                                          # model, on tmpfs
+    listing: list[dict[str, Any]] = field(default_factory=list, repr=False)  # per file: path, sha256, size
 
     def drop(self) -> None:
         if self.folder is not None:
@@ -216,6 +217,7 @@ class JobInputs:
     datasets: dict[str, bytes]
     manifest: RunManifest
     manifest_digest: str
+    model_listing: list[dict[str, Any]]   # the model's files as unsealed: the statement's subjects
     approvals: dict[str, bytes]   # role -> Ed25519 signature over the manifest digest
     party_nonces: dict[str, str]
     deadline_s: int
@@ -446,7 +448,8 @@ class Sessions:
             up.abort()
             raise
         size = sum(len(v) for v in files.values()) if files is not None else _folder_size(up.folder)
-        asset = Asset(up.kind, digest, size, up.party_key, up.attest_nonce, up.budget, up.received, files, up.folder)
+        asset = Asset(up.kind, digest, size, up.party_key, up.attest_nonce, up.budget, up.received, files, up.folder,
+                      up.unsealer.manifest)
         up.received = 0  # the reservation moves to the asset
         session = up.session
         while True:
@@ -587,6 +590,7 @@ class Sessions:
                 datasets=session.assets["dataset"].files or {},
                 manifest=manifest,
                 manifest_digest=manifest.digest(),
+                model_listing=session.assets["model"].listing,
                 approvals={r: session.approvals[r] for r in ROLES},
                 party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in session.assets.items()},
                 deadline_s=manifest.limits.deadline_seconds,

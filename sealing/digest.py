@@ -27,9 +27,8 @@ from typing import Any, Iterator
 
 from sealing.errors import SealError
 from verifier.errors import UnusableInput
-from verifier.models import canonical_json
+from verifier.models import digest_of_listing
 
-DIGEST_PREFIX = "sha256:"
 MAX_PATH_BYTES = 4096
 READ_BLOCK = 1 << 20
 
@@ -58,12 +57,6 @@ def path_problem(path: str) -> str | None:
     except UnicodeEncodeError:
         return "not valid UTF-8"
     return None
-
-
-def digest_of_listing(entries: list[dict[str, Any]]) -> str:
-    """The digest string of a listing (entries are sorted here, so callers cannot get it wrong)."""
-    ordered = sorted(entries, key=lambda e: e["path"])
-    return DIGEST_PREFIX + hashlib.sha256(canonical_json(ordered)).hexdigest()
 
 
 class ListingBuilder:

@@ -22,7 +22,7 @@ from enclave.tee.sim import SimAttester
 from verifier import dsse
 from verifier.binding import key_binding, statement_binding
 from verifier.bundle import MEDIA_TYPE
-from verifier.models import b64e, canonical_json
+from verifier.models import b64e, canonical_json, digest_of_listing
 from verifier.manifest import AssetRef, EnclaveRef, Parties, RunManifest, SessionRef, approval_message
 from verifier.statement import (
     Approval,
@@ -31,7 +31,7 @@ from verifier.statement import (
     PlatformInfo,
     Runtime,
     SamplesInfo,
-    Subject,
+    model_subjects,
 )
 
 CODE_IDENTITY = "c0de" * 16
@@ -49,12 +49,19 @@ def pem(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
 
+def random_model_listing() -> list[dict[str, Any]]:
+    """The listing of a made-up model folder: what an honest enclave would have unsealed."""
+    return [{"path": path, "sha256": os.urandom(32).hex(), "size": size}
+            for path, size in (("config.json", 512), ("model.safetensors", 1 << 20), ("tokenizer.json", 2048))]
+
+
 @dataclass
 class Made:
     bundle: dict[str, Any]
     provider: Ed25519PrivateKey
     auditor: Ed25519PrivateKey
     digests: dict[str, str] = field(default_factory=dict)  # asset kind -> digest
+    model_listing: list[dict[str, Any]] = field(default_factory=list)  # the files the subjects name
 
     def write(self, folder: Path) -> Path:
         import json
@@ -80,18 +87,20 @@ class Made:
 
 def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, Ed25519PrivateKey] | None = None,
                 edit_payload: Callable[[bytes], bytes] | None = None, provider: Ed25519PrivateKey | None = None,
-                model_digest: str | None = None) -> Made:
+                model_listing: list[dict[str, Any]] | None = None) -> Made:
     """A bundle of one sim-attested audit; `approvers` overrides who signs each role's approval
-    (the manifest still names the real parties); `provider` and `model_digest` name a real provider
-    key and model instead of random ones."""
+    (the manifest still names the real parties); `provider` and `model_listing` (a real model's
+    `sealing.digest.file_listing`) name a real provider key and model instead of random ones. The
+    subjects are the model's files and the manifest's model digest is their listing's, as an
+    honest enclave writes them."""
     signing = Ed25519PrivateKey.generate()
     signing_pub = _raw(signing)
     hpke_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
     nonce = os.urandom(32)
     provider, auditor = provider or Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    digests = {kind: "sha256:" + os.urandom(32).hex() for kind in ("model", "dataset", "spec")}
-    if model_digest is not None:
-        digests["model"] = model_digest
+    listing = random_model_listing() if model_listing is None else model_listing
+    digests = {"model": digest_of_listing(listing),
+               **{kind: "sha256:" + os.urandom(32).hex() for kind in ("dataset", "spec")}}
     manifest = RunManifest(
         session=SessionRef("ab" * 16, os.urandom(32), 1),
         enclave=EnclaveRef("sim", CODE_IDENTITY, signing_pub),
@@ -103,7 +112,7 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
     signers = {"provider": provider, "auditor": auditor, **(approvers or {})}
     now = datetime.now(timezone.utc).isoformat()
     statement = AuditStatement(
-        subject=(Subject("model", {"sha256": digests["model"].removeprefix("sha256:")}),),
+        subject=model_subjects(listing),
         predicate=AuditPredicate(
             manifest=manifest, manifest_digest=digest,
             approvals=tuple(Approval(role, _raw(key), key.sign(approval_message(digest)))
@@ -129,7 +138,7 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
         "evidence": attester.attest(key_binding(signing_pub, SUITE, hpke_pub, TLS_PUB, nonce)).to_json(),
         "finalEvidence": attester.attest(statement_binding(signing_pub, payload)).to_json(),
     }
-    return Made(bundle, provider, auditor, digests)
+    return Made(bundle, provider, auditor, digests, listing)
 
 
 def publish(made: Made, db: Path) -> str:

@@ -7,8 +7,11 @@ service between jobs, as a real enclave would be used.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +85,7 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
     verdict = verify_bundle(bundle, _third_party_policy(parties), at=datetime.now(timezone.utc))
     assert verdict.verified, [f"{s.name}: {s.reason}" for s in verdict.failures]
     names = {s.name for s in verdict.steps if s.status.value == "ok"}
-    for required in ("report signature", "provider approval", "auditor approval", "model digest",
+    for required in ("report signature", "provider approval", "auditor approval", "model subjects", "model digest",
                      "dataset digest", "spec digest", "statement nonce", "evidence: report data",
                      "final evidence: report data"):
         assert required in names, required
@@ -96,6 +99,39 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
     assert AuditBundle.from_json(bundle).to_json() == bundle, "the bundle too"
     with pytest.raises(ParseError, match="unknown field"):
         AuditBundle.from_json({**bundle, "extra": 1})
+
+
+def test_subjects_are_the_plaintext_model_files(bundle: dict, parties) -> None:
+    """One in-toto subject per file of the provider's folder, with that file's sha256 and size."""
+    folder = parties.root / "model"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    expected_subjects = [{"name": "model/" + p.relative_to(folder).as_posix(),
+                          "digest": {"sha256": hashlib.sha256(p.read_bytes()).hexdigest()},
+                          "annotations": {"size": p.stat().st_size}} for p in files]
+    st = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
+    assert len(files) > 1 and sorted(st.to_json()["subject"], key=lambda s: s["name"]) == \
+        sorted(expected_subjects, key=lambda s: s["name"])
+    assert st.subject_digest == st.digest_of("model") == parties.sealed["model"].digest
+
+
+@pytest.mark.skipif(not (shutil.which("jq") and shutil.which("sha256sum")), reason="needs jq and sha256sum")
+def test_documented_sha256sum_check_passes_and_names_a_changed_file(bundle: dict, parties) -> None:
+    """docs/FORMATS.md's shell check, run as written on the real bundle and a copy of the model (on
+    the provider's side of the test, where the plaintext search below does not look)."""
+    tmp_path = Path(tempfile.mkdtemp(dir=parties.root))
+    docs = (REPO / "docs" / "FORMATS.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", docs, flags=re.S) if "sha256sum" in b]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    shutil.copytree(parties.root / "model", tmp_path / "model")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True)
+    files = sum(1 for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert proc.returncode == 0 and proc.stdout.count(": OK") == files, proc.stdout + proc.stderr
+    weights = tmp_path / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "model.safetensors: FAILED" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_auditor_opens_samples_checked_against_the_root(job: tuple[dict, bytes], parties) -> None:

@@ -28,6 +28,7 @@ from aaudit.user import GatewayClient, GatewayError, answer_text
 from benchmarks.demo_assets import build_tiny_model
 from enclave.measure import code_identity
 from gateway.provision import UPLOAD_HEADER, ProvisionHeader
+from sealing.digest import file_listing
 from sealing.identity import generate_identity, load_identity
 from sealing.stream import SealedReader, seal
 from tests.bundle_factory import CODE_IDENTITY, make_bundle, pem
@@ -94,7 +95,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     _, stranger_key, _ = generate_identity(root / "stranger", "provider")
     sealed = seal(model, root / "sealed", "model", chunk_size=1 << 16)  # several chunks: one can be cut
     seal(other, root / "other-sealed", "model")
-    made = make_bundle(provider=provider._key, model_digest=sealed.digest)
+    made = make_bundle(provider=provider._key, model_listing=file_listing(model))
+    assert made.digests["model"] == sealed.digest
     with running_log(root / "log.db") as log:
         made.bundle = publish_bundle(log.client, made.bundle, log_key=log.key)
         bundle_path = made.write(root)

@@ -141,7 +141,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         verdict.skip("transparency log", "bundle has no log entry and the policy does not require one")
     verdict.claims.update(
         platform=evidence.platform,
-        model_digest=statement.subject_digest,
+        model_digest=statement.digest_of("model"),
         dataset_digest=statement.digest_of("dataset"),
         spec_digest=statement.digest_of("spec"),
         results=statement.results,
@@ -166,9 +166,11 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
     digest = st.manifest.digest()
     verdict.check("manifest digest", digest == st.manifest_digest, f"{digest}",
                   f"manifest hashes to {digest}, statement says {st.manifest_digest}")
-    verdict.check("model subject", st.subject_digest == st.digest_of("model"),
-                  "statement subject is the manifest's model",
-                  f"subject {st.subject_digest} is not the manifest's model {st.digest_of('model')}")
+    files = f"{len(st.subject)} model file{'s' if len(st.subject) != 1 else ''}"
+    verdict.check("model subjects", st.subject_digest == st.digest_of("model"),
+                  f"the subjects name {files} whose listing hashes to the manifest's model digest",
+                  f"the subjects ({files}) hash to {st.subject_digest}, but the manifest's model is "
+                  f"{st.digest_of('model')}: subjects and model digest disagree")
     verdict.check("manifest names this enclave", st.manifest.enclave.signing_key == signing_pub,
                   "approvals were given to this enclave boot key", "manifest names another enclave key")
     for role in ROLES:

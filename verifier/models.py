@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -108,6 +109,15 @@ def canonical_json(obj: Any) -> bytes:
         raise ParseError(f"no RFC 8785 canonical form: {exc}") from None
     except RecursionError:
         raise ParseError("structure nested too deeply to have a canonical form") from None
+
+
+def digest_of_listing(entries: list[dict[str, Any]]) -> str:
+    """An asset's canonical digest from its listing (`{"path", "sha256", "size"}` per file, the
+    format `sealing/digest.py` defines): "sha256:" + hex SHA-256 of the canonical JSON of the
+    entries sorted by path. Entries are sorted here, so callers cannot get it wrong; the verifier
+    recomputes a model digest from the statement's subjects with it."""
+    ordered = sorted(entries, key=lambda e: e["path"])
+    return "sha256:" + hashlib.sha256(canonical_json(ordered)).hexdigest()
 
 
 LOG_ENTRY_KEY = "logEntry"

@@ -2,10 +2,19 @@
 
 The enclave builds these records and the verifier parses them with this one module, so the two
 can never disagree on a field.
+
+Its subjects are the model's files, one in-toto ResourceDescriptor each, in listing order:
+`{"name": "model/<path>", "digest": {"sha256": <file sha256>}, "annotations": {"size": <bytes>}}`.
+Any tool that matches subjects by sha256 (and anyone holding the files and `sha256sum`) can check
+them; the project's own model digest stays the run manifest's `assets.model.digest`, and the
+subjects recomputed into the canonical listing must hash to it (`AuditStatement.subject_digest`,
+checked by the verifier's "model subjects" step), so the two can never disagree.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,15 +23,50 @@ from verifier import wire
 from verifier.errors import ParseError
 from verifier.inputs import load_json
 from verifier.manifest import RunManifest
+from verifier.models import digest_of_listing
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://attestable-audits.github.io/predicate/audit/v1"
+MODEL_SUBJECT_PREFIX = "model/"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_JSON_INT = 2**53 - 1   # RFC 8785 represents integers exactly up to here
 
 
 @dataclass(frozen=True)
 class Subject:
     name: str
     digest: dict[str, str]
+
+
+@dataclass(frozen=True)
+class FileAnnotations:
+    """The in-toto `annotations` of a model file subject: its size, which the canonical listing
+    (and so the model digest) includes besides path and sha256."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class FileSubject:
+    """One model file as an in-toto ResourceDescriptor: "model/<relative path>", sha256, size."""
+
+    name: str
+    digest: dict[str, str]
+    annotations: FileAnnotations
+
+    @property
+    def path(self) -> str:
+        return self.name.removeprefix(MODEL_SUBJECT_PREFIX)
+
+    def listing_entry(self) -> dict[str, Any]:
+        """This file's entry in the canonical listing (`sealing/digest.py`)."""
+        return {"path": self.path, "sha256": self.digest["sha256"], "size": self.annotations.size}
+
+
+def model_subjects(listing: Iterable[Mapping[str, Any]]) -> tuple[FileSubject, ...]:
+    """The statement's subjects for a model's canonical listing, in listing order."""
+    return tuple(FileSubject(MODEL_SUBJECT_PREFIX + e["path"], {"sha256": e["sha256"]}, FileAnnotations(e["size"]))
+                 for e in sorted(listing, key=lambda e: e["path"]))
 
 
 @dataclass(frozen=True)
@@ -86,7 +130,7 @@ class AuditPredicate:
 class AuditStatement:
     """The in-toto Statement v1 the enclave signs. Built by `enclave/report.py`, parsed here."""
 
-    subject: tuple[Subject, ...]
+    subject: tuple[FileSubject, ...]
     predicate: AuditPredicate
     type: str = field(default=STATEMENT_TYPE, metadata={"json": "_type"})
     predicate_type: str = PREDICATE_TYPE
@@ -123,8 +167,15 @@ class AuditStatement:
         return self.predicate.platform.code_identity
 
     @property
+    def model_listing(self) -> list[dict[str, Any]]:
+        """The model's canonical listing, read back from the subjects."""
+        return [s.listing_entry() for s in self.subject]
+
+    @property
     def subject_digest(self) -> str:
-        return "sha256:" + self.subject[0].digest["sha256"]
+        """The project's model digest of the files the subjects name; a statement that verifies has
+        it equal to the manifest's model digest (the "model subjects" step)."""
+        return digest_of_listing(self.model_listing)
 
     @property
     def finished_at(self) -> datetime:
@@ -147,14 +198,32 @@ def _time(text: str, what: str) -> datetime:
     return when
 
 
+def _check_subjects(subjects: tuple[FileSubject, ...]) -> None:
+    """Subjects are model files, each with one sha256 and a size, named in strict listing order
+    (so one listing has exactly one encoding and no file is named twice)."""
+    if not subjects:
+        raise ParseError("statement: no subject; expected one per model file")
+    previous = ""
+    for i, s in enumerate(subjects):
+        where = f"statement: subject[{i}]"
+        if not s.name.startswith(MODEL_SUBJECT_PREFIX) or s.name == MODEL_SUBJECT_PREFIX:
+            raise ParseError(f"{where}: name must be {MODEL_SUBJECT_PREFIX}<path of a model file>")
+        if set(s.digest) != {"sha256"} or not _HEX64.fullmatch(s.digest["sha256"]):
+            raise ParseError(f"{where}: digest must be exactly {{\"sha256\": <64 lowercase hex>}}")
+        if not 0 <= s.annotations.size <= _MAX_JSON_INT:
+            raise ParseError(f"{where}: annotations.size must be a byte count from 0 to 2**53 - 1")
+        if s.name <= previous:
+            raise ParseError(f"{where}: subjects must be sorted by name, each file once")
+        previous = s.name
+
+
 def parse_statement(payload: bytes) -> AuditStatement:
     st = wire.from_json(AuditStatement, load_json(payload, "statement: payload"), "statement")
     if st.type != STATEMENT_TYPE:
         raise ParseError(f"statement: _type is not {STATEMENT_TYPE}")
     if st.predicate_type != PREDICATE_TYPE:
         raise ParseError(f"statement: predicateType is not {PREDICATE_TYPE}")
-    if len(st.subject) != 1 or not isinstance(st.subject[0].digest.get("sha256"), str):
-        raise ParseError("statement: expected exactly one subject (the model) with a sha256 digest")
+    _check_subjects(st.subject)
     st.finished_at  # noqa: B018 - parses the time or raises ParseError
     if st.predicate.platform.code_identity != st.manifest.enclave.code_identity:
         raise ParseError(f"statement: platform code identity {st.predicate.platform.code_identity} differs from the "
