@@ -122,7 +122,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     except ParseError as exc:
         verdict.fail("statement", str(exc))
         return verdict
-    verdict.ok("statement", "in-toto Statement v1 with the audit/v1 predicate")
+    verdict.ok("statement", "in-toto Statement v1 with the audit/v2 predicate")
     verdict.check("statement nonce", statement.nonce == nonce.hex(),
                   "statement carries the run nonce", f"statement nonce {statement.nonce} is not the bundle's {nonce.hex()}")
     verdict.check("statement platform", statement.platform == evidence.platform,

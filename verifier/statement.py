@@ -26,7 +26,7 @@ from verifier.manifest import RunManifest
 from verifier.models import digest_of_listing
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://attestable-audits.github.io/predicate/audit/v1"
+PREDICATE_TYPE = "https://attestable-audits.github.io/predicate/audit/v2"
 MODEL_SUBJECT_PREFIX = "model/"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_JSON_INT = 2**53 - 1   # RFC 8785 represents integers exactly up to here
