@@ -3,11 +3,14 @@
 On a terminal: one bar per stage, redrawn in place (tqdm), with the stage's detail (counts, rate)
 beside it. When the output is a file or a pipe: one line when a stage starts, then a line whenever
 the stage has moved on by `step` or `every_s` seconds have passed since the last line, so a log of a
-long run never goes quiet for long and never fills with redraws.
+long run never goes quiet for long and never fills with redraws. Lines are written as updates come:
+the enclave repeats a job's last progress every 2 s while nothing happens (enclave.service.HEARTBEAT_S),
+so a piped `aaudit auditor run` writes a line at least every 10 s (tests/test_progress_cli.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -18,11 +21,8 @@ class Progress:
                  clock: Callable[[], float] = time.monotonic, tty: bool | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        if self.tty:
-            try:
-                import tqdm  # noqa: F401 - comes with the `enclave` extra; without it, lines as when piped
-            except ModuleNotFoundError:
-                self.tty = False
+        if self.tty and importlib.util.find_spec("tqdm") is None:
+            self.tty = False  # tqdm comes with the `enclave` extra; without it, lines as when piped
         self.every_s, self.step, self.clock = every_s, step, clock
         self._stage: str | None = None
         self._bar: Any = None
@@ -48,7 +48,7 @@ class Progress:
             self.close()
             self._stage = stage
             self._bar = tqdm(total=1000, desc=stage, file=self.stream, leave=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
         self._bar.n = int(1000 * fraction)
         self._bar.set_postfix_str(message, refresh=False)
         self._bar.refresh()
