@@ -335,7 +335,8 @@ def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
 
     verdict = verify_bundle(bundle, policy.load(args.policy), at=datetime.now(timezone.utc))
     for task, metrics in verdict.claims.get("results", {}).items():
-        shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k)
+        shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k)
         print(f"  {task}: {shown}")
     if not verdict.verified:
         for s in verdict.failures:
