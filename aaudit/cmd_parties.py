@@ -242,11 +242,11 @@ def _approve(args: argparse.Namespace) -> int:
     from sealing.identity import load_identity, load_public_raw
     from verifier.inputs import asset_digest
 
-    identity = load_identity(args.identity)
     other = _other(args.role)
+    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}") for kind in ROLE_KINDS[other]}
+    identity = load_identity(args.identity)
     digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
-    digests.update({kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}")
-                    for kind in ROLE_KINDS[other]})
+    digests.update(agreed)
     expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
     with _client(args) as client:
         enclave = _attested(client, args)
