@@ -134,7 +134,7 @@ def fetch_certificate(target: str, timeout: float) -> bytes:
                 context.wrap_socket(sock, server_hostname=TLS_NAME) as tls:
             der = tls.getpeercert(binary_form=True)
     except ssl.SSLError as exc:
-        raise EnclaveError(f"{target} does not answer with TLS ({exc.reason}), so it is not an aaudit enclave "
+        raise EnclaveError(f"{target}: TLS handshake failed ({exc.reason}), so it is not an aaudit enclave "
                            "serving attested TLS: is it the transparency log? (An enclave started with "
                            "--insecure-plaintext-loopback needs that flag here too.)") from None
     except (OSError, ValueError, OverflowError) as exc:
