@@ -28,11 +28,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmarks.dataset import DatasetError, parse_jsonl, record_line  # noqa: F401 (run_audit raises DatasetError)
+from benchmarks.dataset import DatasetError, parse_jsonl, record_line
 from benchmarks.spec import AuditSpec, lm_eval_task_config
 from benchmarks.templates import TemplateUndefined, limited_environment
 from verifier.merkle import root_hash
 from verifier.models import canonical_json
+
+__all__ = ["AuditRun", "DatasetError", "InMemoryDataset", "ProgressFn", "TemplateUndefined", "run_audit"]
 
 # Environment of a run. Hugging Face libraries read their offline switches when imported (and
 # `_enforce_offline` covers those imported earlier); lm-eval reads DISABLE_MULTIPROC when it
