@@ -239,7 +239,7 @@ class EnclaveClient:
             raise VerificationError("refusing to join: " + "; ".join(problems))
         signature = identity.sign(join_message(enclave.signing_public, session_id, m.session.nonce, role))
         return self._call(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id, role=role,
-                                                                   signature=signature), timeout=self.timeout)
+                                                                        signature=signature), timeout=self.timeout)
 
     def upload(self, enclave: AttestedEnclave, session_id: str, asset: SealedAsset, identity: Any,
                on_progress: Callable[[int], None] | None = None) -> pb.UploadResult:
@@ -300,9 +300,9 @@ class EnclaveClient:
                             "allow_samples (--allow-samples) if you agreed to that")
         if problems:
             raise VerificationError("refusing to approve: " + "; ".join(problems))
-        return self._call(self._stub.Approve, pb.Approval(session_id=session_id, role=role, manifest_digest=view.digest,
-                                                     signature=identity.sign(approval_message(view.digest))),
-                     timeout=self.timeout)
+        approval = pb.Approval(session_id=session_id, role=role, manifest_digest=view.digest,
+                               signature=identity.sign(approval_message(view.digest)))
+        return self._call(self._stub.Approve, approval, timeout=self.timeout)
 
     # --- jobs ----------------------------------------------------------------------------------
     def run(self, enclave: AttestedEnclave, session_id: str, role: str, identity: Any, nonce: bytes,

@@ -8,9 +8,12 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from verifier.errors import UnusableInput
+
+if TYPE_CHECKING:
+    from verifier.policy import Policy
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
 
@@ -167,7 +170,7 @@ def _policy_first(command: Callable[[argparse.Namespace], int]) -> Callable[[arg
     return run
 
 
-def policy_warnings(pol, path: Path, role: str) -> list[str]:  # noqa: ANN001
+def policy_warnings(pol: Policy, path: Path, role: str) -> list[str]:
     """WARNING lines for an enclave policy that would trust enclaves it should not: one per accepted
     platform whose launch measurement it does not pin (any image on that platform would get this
     party's secrets), and one for `allow_simulated = true`."""
