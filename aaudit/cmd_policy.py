@@ -32,11 +32,11 @@ NITRO_NO_GPU = ("AWS Nitro Enclaves have no GPU: an enclave gets vCPUs, memory a
 
 @dataclass(frozen=True)
 class Key:
-    """One allow-list key of a platform table: its size in bytes (None: a version string) and what
-    it pins, written above it in the file."""
+    """One allow-list key of a platform table: the size in bytes of each value (hex in the file) and
+    what it pins, written above it in the file."""
 
     name: str
-    nbytes: int | None
+    nbytes: int
     note: str
 
 
@@ -174,8 +174,8 @@ def _init(args: argparse.Namespace) -> int:
         raise UnusableInput(f"{args.out} exists; pass --force to replace it")
     values = collect(args)
     text = render(values)
+    pol = policy.parse(tomllib.loads(text), str(args.out))  # what we write must load, or nothing is written
     _write(args.out, text)
-    pol = policy.load(args.out)  # what we wrote must load
     gpu = " with NVIDIA GPU evidence required" if values.gpu else ""
     print(f"wrote {args.out}: accepts {values.platform} evidence{gpu}", file=sys.stderr)
     if values.platform == "sim":
@@ -258,7 +258,7 @@ def _reference_values(path: Path, values: Values) -> None:
                                 f"writes (known: {', '.join(keys)})")
         if not (isinstance(items, list) and items and all(isinstance(v, str) for v in items)):
             raise UnusableInput(f"--reference-values {path}: {name} must be a non-empty list of hex strings")
-        values.add(name, [hex_value(v, f"{path}: {name}", keys[name].nbytes or 48) for v in items])
+        values.add(name, [hex_value(v, f"{path}: {name}", keys[name].nbytes) for v in items])
     values.sources.append(f"{path.name} (sha256 {_sha256(path)})")
 
 
@@ -358,7 +358,7 @@ def render(v: Values) -> str:
         if key.name in v.table:
             out.append(f"{key.name} = {_list(v.table[key.name])}")
         else:
-            out.append(f"# {key.name} = [\"<{2 * (key.nbytes or 0)} hex digits>\"]")
+            out.append(f"# {key.name} = [\"<{2 * key.nbytes} hex digits>\"]")
     for note, line in _OTHER[platform]:
         out += _comment(note) + [f"# {line}"]
     out.append("")
