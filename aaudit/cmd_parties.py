@@ -158,16 +158,23 @@ def _sealed(folder: Path, kind: str):  # noqa: ANN202
 
 
 def _policy_first(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Load --policy once, before anything else, and say loudly what it leaves open."""
+    """Load --policy before anything else, so its warnings come before any other output."""
     def run(args: argparse.Namespace) -> int:
+        _enclave_policy(args)
+        return command(args)
+
+    return run
+
+
+def _enclave_policy(args: argparse.Namespace) -> Policy:
+    """--policy, loaded once per command; the first load says loudly what it leaves open."""
+    if getattr(args, "enclave_policy", None) is None:
         from verifier import policy
 
         args.enclave_policy = policy.load(args.policy)
         for line in policy_warnings(args.enclave_policy, args.policy, args.role):
             print(line, file=sys.stderr)
-        return command(args)
-
-    return run
+    return args.enclave_policy
 
 
 def policy_warnings(pol: Policy, path: Path, role: str) -> list[str]:
@@ -187,7 +194,7 @@ def policy_warnings(pol: Policy, path: Path, role: str) -> list[str]:
 
 
 def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    enclave = client.attest(args.enclave_policy)
+    enclave = client.attest(_enclave_policy(args))
     sim = " (SIMULATED)" if enclave.platform == "sim" else ""
     channel = "plaintext channel (INSECURE)" if client.insecure_plaintext else "TLS key pinned"
     print(f"enclave {args.enclave}: {enclave.platform}{sim} evidence verified for our nonce; {channel}; "
@@ -327,7 +334,7 @@ def _open_samples(args: argparse.Namespace) -> int:
 def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
     from verifier.bundle import verify_bundle
 
-    verdict = verify_bundle(bundle, args.enclave_policy, at=datetime.now(timezone.utc))
+    verdict = verify_bundle(bundle, _enclave_policy(args), at=datetime.now(timezone.utc))
     for task, metrics in verdict.claims.get("results", {}).items():
         shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "stderr" not in k)
         print(f"  {task}: {shown}")
