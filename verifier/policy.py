@@ -108,13 +108,16 @@ class Policy:
     def accepts(self, platform: str) -> bool:
         return platform in self.platforms
 
+    def pins_measurement(self, platform: str) -> bool:
+        """Whether the policy pins the launch measurement of `platform`'s evidence (the hardware's
+        own record of the image it started), as opposed to the code identity the enclave reports."""
+        return platform in self.platforms and platforms.get(platform).is_pinned(self.platforms[platform])
+
     def unpinned(self, platform: str) -> list[str]:
         """What this policy leaves open for a bundle whose evidence is from `platform`: any model
         that any auditor ran on any code would pass these checks."""
         out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect]
-        code_pinned = self.code_identities is not None or (
-            platform in self.platforms and platforms.get(platform).is_pinned(self.platforms[platform]))
-        if not code_pinned:
+        if self.code_identities is None and not self.pins_measurement(platform):
             out.append("code identity")
         if self.log is None or not self.log.require_inclusion:
             out.append("log")
