@@ -193,18 +193,17 @@ def _enclave_policy(args: argparse.Namespace) -> Policy:
         from verifier import policy
 
         args.enclave_policy = policy.load(args.policy)
-        for line in policy_warnings(args.enclave_policy, args.policy, args.role):
+        for line in policy_warnings(args.enclave_policy, args.policy, " and ".join(ROLE_KINDS[args.role])):
             print(line, file=sys.stderr)
     return args.enclave_policy
 
 
-def policy_warnings(pol: Policy, path: Path, role: str) -> list[str]:
-    """WARNING lines for an enclave policy that would trust enclaves it should not: one per accepted
-    platform whose launch measurement it does not pin (any image on that platform would get this
-    party's secrets), and one for `allow_simulated = true`."""
+def policy_warnings(pol: Policy, path: Path, secrets: str) -> list[str]:
+    """WARNING lines for a policy that would trust enclaves it should not: one per accepted platform
+    whose launch measurement it does not pin (any image on that platform would get `secrets`: "model",
+    "dataset and spec", "prompts"), and one for `allow_simulated = true`."""
     from verifier.models import CPU_PLATFORMS
 
-    secrets = " and ".join(ROLE_KINDS[role])
     out = [f"WARNING: {path} pins no measurement for {name}: any enclave image would be trusted with your {secrets} "
            f"(add it: `aaudit policy init`, docs/POLICY.md)"
            for name in CPU_PLATFORMS if name in pol.platforms and not pol.pins_measurement(name)]

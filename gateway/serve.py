@@ -27,6 +27,7 @@ from gateway.app import Gateway, Settings, build_app
 from gateway.receipts import publish_loop
 from verifier.bundle import AuditBundle, verify_bundle
 from verifier.errors import AAuditError, UnusableInput
+from verifier.inputs import host_port
 from verifier.logentry import LogEntry
 from verifier.models import Verdict
 from verifier.policy import Policy
@@ -100,9 +101,7 @@ def tls_context(tls: TlsIdentity) -> ssl.SSLContext:
 
 
 def bind(listen: str) -> socket.socket:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UnusableInput(f"--listen {listen!r} must be HOST:PORT (e.g. 127.0.0.1:8443)")
+    host, _, port = host_port(listen, "--listen", "127.0.0.1:8443", listen=True).rpartition(":")
     host = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
