@@ -262,16 +262,17 @@ class Level:
     def report(self) -> None:
         a_tp = statistics.median(a.throughput for a, _ in self.pairs)
         b_tp = statistics.median(b.throughput for _, b in self.pairs)
-        ratio = statistics.median(b.throughput / a.throughput for a, b in self.pairs)
+        ratios = [b.throughput / a.throughput for a, b in self.pairs]
         a_lat = statistics.median(x for a, _ in self.pairs for x in a.latencies_s) * 1000
         b_lat = statistics.median(x for _, b in self.pairs for x in b.latencies_s) * 1000
-        added = statistics.median((statistics.median(b.latencies_s) - statistics.median(a.latencies_s)) * 1000
-                                  for a, b in self.pairs)
+        adds = [(statistics.median(b.latencies_s) - statistics.median(a.latencies_s)) * 1000 for a, b in self.pairs]
+        ratio, added = statistics.median(ratios), statistics.median(adds)
         cost = 1 - ratio
         print(f"\n{self.concurrency} concurrent client(s), {len(self.pairs)} A/B pairs of {self.requests} requests:")
         print(f"  throughput  A engine {a_tp:7.1f} req/s   B gateway {b_tp:7.1f} req/s   median B/A {ratio:.3f}  "
-              f"(cost {cost * 100:.1f}%)")
-        print(f"  latency     A engine {a_lat:7.2f} ms      B gateway {b_lat:7.2f} ms      median added {added:.2f} ms")
+              f"(cost {cost * 100:.1f}%; pairs {min(ratios):.3f} to {max(ratios):.3f})")
+        print(f"  latency     A engine {a_lat:7.2f} ms      B gateway {b_lat:7.2f} ms      median added {added:.2f} ms  "
+              f"(pairs {min(adds):.2f} to {max(adds):.2f})")
         print("  CPU per response (A / B): " + ", ".join(f"{name} {a:.2f} / {b:.2f} ms"
                                                         for name, (a, b) in self.cpu_ms.items()))
         print(f"  target: throughput cost at most {MAX_COST * 100:.0f}%: {'met' if cost <= MAX_COST else 'NOT met'}")
