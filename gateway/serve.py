@@ -131,7 +131,7 @@ def run(audit: ServedAudit, attester: CompositeAttester, code_identity: str, wor
     publisher.start()
     config = uvicorn.Config(build_app(gw), log_level="warning", access_log=False, limit_concurrency=limit_concurrency,
                             timeout_keep_alive=30, timeout_graceful_shutdown=5, ssl_context_factory=lambda *_: tls_context(keys.tls),
-                            lifespan="off")
+                            lifespan="on")
     server = _Server(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: setattr(server, "should_exit", True))

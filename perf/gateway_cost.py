@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                      "folder, or leave --model out to use the demo's tiny model")
     from aaudit.user import GatewayClient
     from benchmarks.demo_assets import build_tiny_model
+    from sealing.digest import file_listing
     from sealing.identity import generate_identity
     from sealing.stream import seal
     from tests.bundle_factory import gateway_policy_toml, make_bundle
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         model = args.model or build_tiny_model(tmp / "model")
         provider, provider_key, _ = generate_identity(tmp / "keys", "provider")
         sealed = seal(model, tmp / "sealed", "model")
-        made = make_bundle(provider=provider._key, model_digest=sealed.digest)
+        made = make_bundle(provider=provider._key, model_listing=file_listing(model))
         with running_log(tmp / "log.db") as log:
             made.bundle = publish_bundle(log.client, made.bundle, log_key=log.key)
             bundle_path = made.write(tmp)
