@@ -124,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
     from enclave.tee.select import make_attester
     from enclave.workdir import make_workdir, wipe
     from gateway.app import Settings
-    from gateway.engine import start_engine
+    from gateway.engine import check_options, start_engine
     from gateway.serve import AuditNotServable, bind, check_audit, run
     from tlog.client import LogClient
     from tlog.publish import publish_entry
@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_tokens < 1 or args.max_tokens_limit < args.max_tokens or args.batch_max < 1 or args.batch_seconds <= 0:
         raise UnusableInput("--max-tokens, --max-tokens-limit and --batch-max must be at least 1, "
                             "--max-tokens-limit at least --max-tokens, --batch-seconds above 0")
+    check_options(args.engine, args.engine_arg)  # at boot, not when the model arrives
     attester = make_attester(args.tee, args.gpu_evidence)
     policy = policies.load(args.policy)
     log_key = args.log_key or (policy.log.public_key if policy.log is not None else None)
@@ -241,8 +242,10 @@ def _chat(args: argparse.Namespace) -> int:
                 body[key] = value
         if args.stream:
             body["stream"] = True
-        answer = client.ask("/v1/chat/completions", body, conv.last_receipt_digest())
+        previous = conv.last_receipt_digest()
+        answer = client.ask("/v1/chat/completions", body, previous)
         proof = client.receipt(answer.receipt_id, wait_logged_s=args.wait)
+        client.check_receipt(attested, answer, proof, previous)
         n = conv.add(answer, proof)
     print(f"answer: {answer.text}")
     print(f"receipt {answer.receipt_id}: exchange {n}, {_where(proof)}; kept in {args.conversation}")

@@ -8,6 +8,7 @@ channel trusts exactly the certificate whose key that evidence binds: no certifi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
@@ -24,14 +25,17 @@ from gateway.app import CONVERSATION_HEADER, RECEIPT_EVENT, RECEIPT_HEADER
 from gateway.provision import UPLOAD_HEADER, ProvisionHeader
 from sealing import keywrap
 from sealing.stream import SealedAsset, SealedReader, read_key_file
-from verifier.binding import NONCE_LEN, key_binding, upload_message, wrap_info
-from verifier.bundle import verify_bundle
+from verifier.binding import NONCE_LEN, serving_binding, upload_message, wrap_info
+from verifier import dsse
+from verifier.bundle import AuditBundle, verify_bundle
+from verifier.disclosure import answer_text
 from verifier.errors import AAuditError, UnusableInput
 from verifier.evidence import verify_evidence
 from verifier.inputs import host_port, load_json
+from verifier.logentry import LogEntry
 from verifier.models import CPU_PLATFORMS, Verdict
 from verifier.policy import Policy
-from verifier.receipt import Disclosure, Exchange, ReceiptProof, ServingEvidence, payload_digest
+from verifier.receipt import Disclosure, Exchange, ReceiptProof, ServingEvidence, parse_receipt, payload_digest
 
 MAX_RESPONSE = 64 << 20
 
@@ -52,30 +56,12 @@ class Answer:
     response: bytes
     receipt_id: str
     status: int
+    path: str
+    stream: bool
 
     @property
     def text(self) -> str:
-        return answer_text(self.request, self.response)
-
-
-def answer_text(request: bytes, response: bytes) -> str:
-    """The answer a response carries: a chat message, a completion, or a stream's deltas joined."""
-    if response.lstrip().startswith(b"data:") or b"\ndata:" in response[:64]:
-        parts = []
-        for line in response.split(b"\n"):
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            try:
-                choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-            except (ValueError, AttributeError):
-                continue
-            parts.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
-        return "".join(parts)
-    try:
-        choice = (json.loads(response).get("choices") or [{}])[0]
-    except (ValueError, AttributeError):
-        return ""
-    return (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        return answer_text(self.path, self.stream, self.response) or ""
 
 
 class GatewayClient:
@@ -125,7 +111,7 @@ class GatewayClient:
                       "the attested TLS key is the one this channel is pinned to",
                       "the attested TLS key is not the key of this channel's certificate (a machine in the middle?)")
         verify_evidence(serving.evidence, at=at or datetime.now(timezone.utc), policy=policy, verdict=verdict,
-                        expected_report_data=key_binding(keys.signing_key.public, keys.hpke.suite, keys.hpke.public,
+                        expected_report_data=serving_binding(keys.signing_key.public, keys.hpke.suite, keys.hpke.public,
                                                          keys.tls.public, nonce))
         if not verdict.verified:
             raise AttestationRefused(verdict)
@@ -141,7 +127,29 @@ class GatewayClient:
             raise GatewayError(f"the audit this gateway serves under does not verify under the policy ({reasons})")
         if verdict.claims.get("model_digest") != serving.model.digest:
             raise GatewayError("the gateway serves a model other than the one its audit bundle measured")
+        parsed = AuditBundle.from_json(bundle)
+        entry = LogEntry.from_json(parsed.log_entry) if parsed.log_entry is not None else None
+        if entry is None or (payload_digest(parsed.envelope), entry.origin, entry.index) != \
+                (serving.audit.statement_digest, serving.audit.log_origin, serving.audit.log_index):
+            raise GatewayError("the audit bundle the gateway hands out is not the audit its evidence names")
         return bundle
+
+    @staticmethod
+    def check_receipt(attested: Attested, answer: "Answer", proof: ReceiptProof, conversation: str) -> None:
+        """Check a receipt the moment it arrives, not at disclosure: signed by the attested key, over
+        exactly the bytes we sent and got, for this model and audit, continuing our conversation."""
+        s = attested.serving
+        if not dsse.verify(proof.receipt, s.gateway.signing_key.public):
+            raise GatewayError(f"receipt {proof.id} is not signed by the attested gateway key")
+        r = parse_receipt(proof.receipt).predicate
+        problems = [what for what, ok in (
+            ("id", r.id == answer.receipt_id == proof.id),
+            ("request bytes", r.request.sha256 == hashlib.sha256(answer.request).hexdigest()),
+            ("response bytes", r.response.sha256 == hashlib.sha256(answer.response).hexdigest()),
+            ("model", r.model == s.model), ("audit", r.audit == s.audit), ("conversation", r.conversation == conversation),
+        ) if not ok]
+        if problems:
+            raise GatewayError(f"receipt {proof.id} does not match this exchange ({', '.join(problems)})")
 
     # --- provider: the model -------------------------------------------------------------------
     def provision(self, attested: Attested, asset: SealedAsset, identity: Any,
@@ -202,7 +210,7 @@ class GatewayClient:
             if cut < 0:
                 raise GatewayError("the stream ended without its receipt event")
             data = data[:cut + 2]
-        return Answer(raw, data, rid, resp.status_code)
+        return Answer(raw, data, rid, resp.status_code, path, bool(body.get("stream")))
 
     def receipt(self, receipt_id: str, *, wait_logged_s: float = 0.0) -> ReceiptProof:
         """The receipt and its proofs; with `wait_logged_s`, poll until its batch is in the log."""
@@ -282,9 +290,8 @@ class Conversation:
             request = load_json(self._read(f"{n:03d}.request.json"), "request")
             if isinstance(request, dict) and "messages" in request:
                 messages = list(request["messages"])
-                messages.append({"role": "assistant",
-                                 "content": answer_text(self._read(f"{n:03d}.request.json"),
-                                                        self._read(f"{n:03d}.response"))})
+                messages.append({"role": "assistant", "content": answer_text(
+                    "/v1/chat/completions", bool(request.get("stream")), self._read(f"{n:03d}.response")) or ""})
         return messages
 
     def disclosure(self) -> Disclosure:

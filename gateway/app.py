@@ -10,6 +10,8 @@ provider or of anything but the audited model, and a nonce used twice.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -31,7 +33,7 @@ from enclave.keys import BootKeys
 from enclave.tee import CompositeAttester
 from gateway.provision import UPLOAD_HEADER, ProvisionHeader, Provisioner
 from gateway.receipts import ReceiptChain, ReceiptStoreFull
-from verifier.binding import NONCE_LEN, key_binding
+from verifier.binding import NONCE_LEN, serving_binding
 from verifier.bundle import EnclaveKeys, HpkeKey, SigningKey, TlsKey
 from verifier.errors import AAuditError, ParseError, UnusableInput
 from verifier.inputs import load_json
@@ -64,6 +66,8 @@ class Settings:
     max_messages: int = 256
     max_upload_bytes: int = 1 << 40
     engine_timeout_s: float = 600.0
+    body_timeout_s: float = 30.0      # a request body must arrive this soon (slow senders hold a slot)
+    per_client: int = 64              # requests one client address may have in flight
 
 
 def _error(message: str, status: int = 400, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -124,7 +128,8 @@ def _messages(value: Any, settings: Settings) -> list[dict[str, str]]:
         raise BadRequest(f"messages must be a list of 1 to {settings.max_messages} messages", "messages")
     out = []
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or set(m) - {"role", "content", "name"} or m.get("role") not in _ROLES \
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or not isinstance(m.get("role"), str) \
+                or m["role"] not in _ROLES \
                 or not isinstance(m.get("content"), str):
             raise BadRequest(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}",
                              "messages")
@@ -176,7 +181,7 @@ class Gateway:
         self.provisioner.nonces.issue(nonce)
         hpke_pub = self.keys.hpke.public_bytes()
         with self._attest_slots:
-            evidence = self.attester.attest(key_binding(self.keys.signing_public, self.keys.hpke.suite, hpke_pub,
+            evidence = self.attester.attest(serving_binding(self.keys.signing_public, self.keys.hpke.suite, hpke_pub,
                                                         self.keys.tls.public_der, nonce))
         keys = EnclaveKeys(SigningKey("ed25519", self.keys.signing_public), HpkeKey(self.keys.hpke.suite, hpke_pub),
                            TlsKey(self.keys.tls.public_der))
@@ -216,20 +221,53 @@ class Gateway:
             self.engine = None
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def _body(request: Request, limit: int, timeout_s: float) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise BadRequest(f"request body larger than {limit} bytes", status=413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"request body larger than {limit} bytes", status=413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(f"request body larger than {limit} bytes", status=413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"the request body did not arrive within {timeout_s:g} s", status=408) from None
     return b"".join(chunks)
 
 
-def build_app(gw: Gateway) -> Starlette:
+class _Guard:
+    """The outermost layer. One client address holds at most `per_client` requests at once, and an
+    exception never reaches uvicorn's log with its message and traceback (they may quote a prompt):
+    Starlette has answered 500 by then; only the exception's type is logged."""
+
+    def __init__(self, app: Any, per_client: int) -> None:
+        self.app, self.per_client = app, per_client
+        self._active: collections.Counter[str] = collections.Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("?", 0))[0]
+        if self._active[client] >= self.per_client:
+            await _error(f"more than {self.per_client} requests in flight from one address; wait for answers",
+                         429, kind="rate_limit_error")(scope, receive, send)
+            return
+        self._active[client] += 1
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 - logged by type only, see the docstring
+            log.error("request failed: %s", type(exc).__name__)
+        finally:
+            self._active[client] -= 1
+            if not self._active[client]:
+                del self._active[client]
+
+
+def build_app(gw: Gateway) -> Any:
     async def attestation(request: Request) -> Response:
         try:
             nonce = bytes.fromhex(request.query_params.get("nonce", ""))
@@ -291,7 +329,7 @@ def build_app(gw: Gateway) -> Starlette:
                           "`aaudit provider provision`", 503, kind="service_unavailable")
         path = request.url.path
         try:
-            raw = await _body(request, gw.settings.max_request_bytes)
+            raw = await _body(request, gw.settings.max_request_bytes, gw.settings.body_timeout_s)
             try:
                 body = load_json(raw, "request body")
             except ParseError as exc:
@@ -299,10 +337,17 @@ def build_app(gw: Gateway) -> Starlette:
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
             forward, sampling = applied(path, body, gw.settings)
+            if not gw.chain.has_room():
+                raise BadRequest("too many receipts wait for the transparency log; retry later", status=503)
             conversation = request.headers.get(CONVERSATION_HEADER, "")
-            if conversation and not gw.chain.knows(conversation):
-                raise BadRequest(f"{CONVERSATION_HEADER} names no receipt this gateway boot issued (or it was "
-                                 "forgotten); start a new conversation", CONVERSATION_HEADER)
+            if conversation:
+                claimed = gw.chain.continue_conversation(conversation)
+                if claimed is None:
+                    raise BadRequest(f"{CONVERSATION_HEADER} names no receipt this gateway boot issued (or it was "
+                                     "forgotten); start a new conversation", CONVERSATION_HEADER)
+                if claimed == "taken":
+                    raise BadRequest(f"{CONVERSATION_HEADER}: that exchange was already continued; a conversation "
+                                     "cannot fork (continue its latest exchange)", CONVERSATION_HEADER, 409)
         except BadRequest as exc:
             return _error(str(exc), exc.status, exc.param)
         rid = secrets.token_hex(16)
@@ -317,7 +362,7 @@ def build_app(gw: Gateway) -> Starlette:
                 upstream.release()
             try:
                 gw.chain.issue(rid, request_ref, ResponseRef(upstream.status, hashlib.sha256(content).hexdigest(),
-                                                             False), sampling, conversation)
+                                                             forward["stream"]), sampling, conversation)
             except ReceiptStoreFull as exc:
                 return _error(str(exc), 503, kind="service_unavailable")
             return Response(content, upstream.status, headers=headers,
@@ -332,15 +377,19 @@ def build_app(gw: Gateway) -> Starlette:
                 complete = True
             finally:
                 upstream.release()
-            if complete:  # a stream the client abandoned gets no receipt: nobody holds its bytes
-                try:
-                    envelope, _ = gw.chain.issue(rid, request_ref, ResponseRef(200, digest.hexdigest(), True),
-                                                 sampling, conversation)
-                except ReceiptStoreFull as exc:
-                    yield b"event: error\ndata: " + json.dumps({"error": {"message": str(exc)}}).encode() + b"\n\n"
-                    return
+                if not complete:  # the client left mid-stream: what was sent still gets its receipt
+                    _issue_quietly(ResponseRef(200, digest.hexdigest(), True, complete=False))
+            envelope = _issue_quietly(ResponseRef(200, digest.hexdigest(), True))
+            if envelope is not None:
                 event = json.dumps({"id": rid, "receipt": envelope.to_json()}, separators=(",", ":")).encode()
                 yield RECEIPT_EVENT + event + b"\n\n"
+
+        def _issue_quietly(response: ResponseRef) -> Any:
+            try:
+                return gw.chain.issue(rid, request_ref, response, sampling, conversation)[0]
+            except ReceiptStoreFull:  # checked before the engine was asked; only a race gets here
+                log.error("a streamed answer went out without a receipt: the receipt store filled meanwhile")
+                return None
 
         return StreamingResponse(relay(), 200, headers=headers, media_type="text/event-stream")
 
@@ -369,7 +418,7 @@ def build_app(gw: Gateway) -> Starlette:
         yield
         await gw.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={404: not_found, 405: not_found, aiohttp.ClientError: unreachable,
-                                         Exception: failed})
+    return _Guard(Starlette(routes=routes, lifespan=lifespan,
+                            exception_handlers={404: not_found, 405: not_found, aiohttp.ClientError: unreachable,
+                                                Exception: failed}), gw.settings.per_client)
 

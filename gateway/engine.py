@@ -73,7 +73,6 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/compl
 DEFAULT_READY_TIMEOUT_S = 600.0  # a large model under vLLM can take minutes to load
 STOP_GRACE_S = 10.0  # between SIGTERM and SIGKILL
 VLLM_QUIET_SINCE = (0, 10, 1)  # vLLM logs no requests by default from this version on
-VLLM_LOGGING_FLAGS = ("--enable-log-requests", "--enable-log-outputs")
 
 _log = logging.getLogger("gateway.engine")
 
@@ -831,15 +830,46 @@ def _vllm_version_ok() -> bool:
     return found >= VLLM_QUIET_SINCE
 
 
+# The engine options an operator may pass: how the audited model runs, never which weights, tokenizer,
+# template, adapters, dtype or quantisation it runs with (those would serve something the audit did
+# not measure while every receipt names the audited digest).
+ALLOWED_OPTIONS = {
+    "embedded": frozenset({"--device", "--max-model-len", "--threads", "--max-body-bytes"}),
+    "vllm": frozenset({"--tensor-parallel-size", "--data-parallel-size", "--pipeline-parallel-size",
+                       "--max-model-len", "--gpu-memory-utilization", "--max-num-seqs", "--max-num-batched-tokens",
+                       "--enforce-eager", "--swap-space", "--block-size", "--enable-prefix-caching"}),
+}
+# The engine's environment: what it needs to find its libraries and devices, nothing an operator
+# could use to point it at other weights or code.
+_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "TERM", "CUDA_VISIBLE_DEVICES", "CUDA_HOME",
+                        "LD_LIBRARY_PATH", "OMP_NUM_THREADS"})
+_ENV_PREFIXES = ("LC_", "NCCL_", "NVIDIA_")
+
+
+def check_options(kind: str, extra: Sequence[str]) -> None:
+    """Refuse engine options outside `ALLOWED_OPTIONS[kind]`, and stray values."""
+    allowed = ALLOWED_OPTIONS.get(kind, frozenset())
+    value_may_follow = False
+    for arg in extra:
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name not in allowed:
+                raise EngineError(f"engine option {name[:60]!r} is not allowed: it could change what is served "
+                                  f"without the receipts showing it; allowed for {kind}: {', '.join(sorted(allowed))}")
+            value_may_follow = "=" not in arg
+        elif value_may_follow:
+            value_may_follow = False
+        else:
+            raise EngineError(f"engine argument {arg[:60]!r} is not the value of an allowed option")
+
+
 def _command(kind: str, model_dir: Path, served_name: str, port: int, extra: Sequence[str]) -> list[str]:
+    check_options(kind, extra)
     if kind == "embedded":
         return [sys.executable, "-m", "gateway.engine", "--model", str(model_dir), "--served-model-name", served_name,
                 "--host", "127.0.0.1", "--port", str(port), *extra]
     if kind != "vllm":
         raise EngineError(f"unknown engine kind {kind!r}; use 'embedded' or 'vllm'")
-    logging_flags = [a for a in extra if a.split("=")[0] in VLLM_LOGGING_FLAGS]
-    if logging_flags:
-        raise EngineError(f"{logging_flags[0]} would log prompts or answers; leave it out")
     if _vllm_module_available():
         base = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
         if not _vllm_version_ok():
@@ -867,8 +897,8 @@ def start_engine(kind: str, model_dir: Path, served_name: str, *, port: int | No
     port = _free_port() if port is None else port
     command = _command(kind, Path(model_dir), served_name, port, [str(a) for a in extra])
     here = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join(
-        [here, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])}
+    env = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    env.update(OFFLINE_ENV, PYTHONPATH=here)
     if kind == "vllm":
         env["VLLM_LOGGING_LEVEL"] = "INFO"  # at DEBUG vLLM writes prompts to its log
     try:

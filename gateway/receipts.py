@@ -94,6 +94,7 @@ class ReceiptChain:
         self._order: collections.deque[_Issued] = collections.deque()  # oldest first
         self._pending: list[_Issued] = []                               # issued, not yet in a batch
         self._unlogged: collections.deque[_Batch] = collections.deque()  # cut, not yet in the log
+        self._continued: set[str] = set()                              # receipt digests a later exchange continued
         self._waiting = 0                                               # receipts not yet in the log
         self.log_error: str | None = None
         self.batch_max = 1024
@@ -122,10 +123,22 @@ class ReceiptChain:
                 self.batch_ready.notify_all()
             return envelope, digest
 
-    def knows(self, digest: str) -> bool:
-        """Whether `digest` names a receipt of this boot still held (a conversation may continue it)."""
+    def has_room(self) -> bool:
+        """Whether a receipt can be issued now: checked before the engine is asked, so no answer goes
+        out that could not get a receipt."""
         with self._lock:
-            return digest in self._by_digest
+            return self._waiting < self.max_unlogged
+
+    def continue_conversation(self, digest: str) -> str | None:
+        """Claim `digest` (a receipt of this boot) as the previous exchange of a new one; None when it
+        is unknown, "taken" when another exchange already continued it: a conversation cannot fork."""
+        with self._lock:
+            if digest not in self._by_digest:
+                return None
+            if digest in self._continued:
+                return "taken"
+            self._continued.add(digest)
+            return digest
 
     def wait_for_batch(self, timeout: float, stop: threading.Event) -> None:
         """Return after `timeout`, or sooner when a full batch waits or `stop` is set."""
@@ -177,6 +190,7 @@ class ReceiptChain:
             old = self._order.popleft()
             del self._by_id[old.id]
             del self._by_digest[old.digest]
+            self._continued.discard(old.digest)
 
     # --- proofs --------------------------------------------------------------------------------
     def proof(self, receipt_id: str) -> ReceiptProof | None:

@@ -34,7 +34,7 @@ from tlog.proofs import inclusion_ranges
 from tlog.publish import publish_bundle, publish_entry
 from verifier import dsse
 from verifier import receipt as rc
-from verifier.binding import key_binding
+from verifier.binding import serving_binding
 from verifier.bundle import EnclaveKeys, HpkeKey, SigningKey, TlsKey
 from verifier.merkle import leaf_hash, root_from_leaf_hashes
 from verifier.models import canonical_json
@@ -224,7 +224,7 @@ def make_disclosure(folder: Path, *, turns: tuple[Turn, ...] | None = None,
 
     serving = ServingEvidence(
         nonce=nonce.hex(),
-        evidence=SimAttester(CODE_IDENTITY).attest(key_binding(gateway_pub, SUITE, hpke_pub, tls_pub, nonce)),
+        evidence=SimAttester(CODE_IDENTITY).attest(serving_binding(gateway_pub, SUITE, hpke_pub, tls_pub, nonce)),
         gateway=EnclaveKeys(SigningKey("ed25519", gateway_pub), HpkeKey(SUITE, hpke_pub), TlsKey(tls_pub)),
         code_identity=CODE_IDENTITY, platform="sim", serving_id=os.urandom(16).hex(), state="serving",
         model=model, audit=audit_ref)

@@ -356,8 +356,22 @@ def test_vllm_command_and_early_exit(monkeypatch, tmp_path, model_dir) -> None:
     assert "exited with code 3 before it was ready" in message
     assert (f"vllm got: serve {model_dir} --host 127.0.0.1 --port {proc.port} --served-model-name {NAME} "
             "--disable-uvicorn-access-log --tensor-parallel-size 2") in message
-    with pytest.raises(EngineError, match="would log prompts"):
+    with pytest.raises(EngineError, match="not allowed"):
         start_engine("vllm", model_dir, NAME, extra=["--enable-log-requests"])
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("embedded", ["--model=/host/other-model"]), ("embedded", ["--model", "/host/other-model"]),
+    ("embedded", ["--dtype=float16"]), ("embedded", ["--served-model-name", "x"]),
+    ("vllm", ["--tokenizer", "/host/tok"]), ("vllm", ["--chat-template=/host/t.jinja"]),
+    ("vllm", ["--lora-modules", "a=/host/lora"]), ("vllm", ["--quantization", "awq"]),
+    ("vllm", ["--trust-remote-code"]), ("vllm", ["--hf-overrides", "{}"]), ("embedded", ["/host/other-model"]),
+])
+def test_engine_options_that_would_change_what_is_served_are_refused(model_dir, kind: str, extra: list[str]) -> None:
+    """A host operator's --engine-arg must never choose the weights, tokenizer, template, adapters, dtype
+    or quantisation: every receipt would still name the audited model."""
+    with pytest.raises(EngineError, match="not allowed|not the value of an allowed option"):
+        start_engine(kind, model_dir, NAME, extra=extra)
 
 
 def test_stop_kills_a_stubborn_engine_and_its_children(monkeypatch, tmp_path, model_dir) -> None:

@@ -26,7 +26,7 @@ import httpx
 import openai
 import pytest
 
-from aaudit.user import GatewayClient, GatewayError, answer_text
+from aaudit.user import GatewayClient, GatewayError
 from benchmarks.demo_assets import build_tiny_model
 from gateway.provision import UPLOAD_HEADER, ProvisionHeader
 from gateway.serve import bind
@@ -256,7 +256,7 @@ def test_a_stream_ends_with_its_receipt_over_the_exact_bytes_sent(serving: World
     receipt = parse_receipt(proof.receipt).predicate
     assert receipt.response.stream and receipt.response.sha256 == hashlib.sha256(answer.response).hexdigest()
     assert receipt.request.sha256 == hashlib.sha256(answer.request).hexdigest()
-    assert receipt.sampling.seed == 3 and answer_text(answer.request, answer.response)
+    assert receipt.sampling.seed == 3 and answer.text
 
 
 def test_requests_the_receipt_could_not_bind_are_refused_by_name(serving: World, client: GatewayClient) -> None:
@@ -277,6 +277,8 @@ def test_requests_the_receipt_could_not_bind_are_refused_by_name(serving: World,
                headers={"aaudit-conversation": "sha256:" + "00" * 32})
     assert res.status_code == 400 and "start a new conversation" in res.json()["error"]["message"]
     assert client._http.get("/v1/receipts/" + "00" * 16).status_code == 404
+    res = post("/v1/chat/completions", json={"model": "audited-model", "messages": [{"role": ["user"], "content": "x"}]})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "messages"
     assert client._http.get("/v1/attestation", params={"nonce": "zz"}).status_code == 400
 
 
@@ -285,7 +287,7 @@ def test_seeds_are_applied_explicitly_so_answers_are_reproducible(serving: World
     first = client.ask("/v1/completions", body)
     seed = parse_receipt(client.receipt(first.receipt_id).receipt).predicate.sampling.seed
     again = client.ask("/v1/completions", {**body, "seed": seed})
-    assert answer_text(b"", again.response) == answer_text(b"", first.response)
+    assert again.text == first.text
 
 
 def test_a_user_chats_discloses_and_the_conversation_chain_binds_every_exchange(serving: World) -> None:
@@ -302,6 +304,11 @@ def test_a_user_chats_discloses_and_the_conversation_chain_binds_every_exchange(
     p1, p2 = c.proof(1), c.proof(2)
     assert parse_receipt(p2.receipt).predicate.conversation == payload_digest(p1.receipt)
     assert parse_receipt(p1.receipt).predicate.conversation == ""
+    # the conversation cannot fork: exchange 1 was continued by exchange 2 already
+    with GatewayClient(serving.target) as c:
+        fork = c._http.post("/v1/chat/completions", json={"model": "audited-model", "messages": [
+            {"role": "user", "content": "x"}]}, headers={"aaudit-conversation": payload_digest(p1.receipt)})
+    assert fork.status_code == 409 and "cannot fork" in fork.json()["error"]["message"]
     request2 = json.loads((conv / "002.request.json").read_bytes())
     assert [m["role"] for m in request2["messages"]] == ["user", "assistant", "user"]
     assert oct((conv / "001.response").stat().st_mode & 0o777) == "0o600"

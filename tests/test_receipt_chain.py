@@ -56,7 +56,9 @@ def test_receipts_form_a_signed_chain() -> None:
         assert (receipt.predicate.sequence, receipt.predicate.previous) == (n, previous)
         assert digest == payload_digest(envelope)
         previous = digest
-    assert chain.knows(issued[2][1]) and not chain.knows("sha256:" + "00" * 32)
+    assert chain.continue_conversation("sha256:" + "00" * 32) is None
+    assert chain.continue_conversation(issued[2][1]) == issued[2][1]
+    assert chain.continue_conversation(issued[2][1]) == "taken"  # a conversation cannot fork
 
 
 def test_batches_prove_each_receipt_at_its_sequence_and_reach_the_log(tmp_path: Path) -> None:
@@ -123,6 +125,7 @@ def test_unlogged_receipts_are_bounded_and_logged_ones_forgotten_oldest_first() 
     chain, _ = _chain(keep=2, max_unlogged=3)
     for n in range(1, 4):
         _issue(chain, n)
+    assert not chain.has_room()  # the gateway asks before it asks the engine
     with pytest.raises(ReceiptStoreFull, match="wait for the transparency log"):
         _issue(chain, 4)
     chain.cut_batch()
@@ -131,4 +134,5 @@ def test_unlogged_receipts_are_bounded_and_logged_ones_forgotten_oldest_first() 
 
     chain.logged(batch, LogEntry("o", 0, 1, (), "note"))
     assert chain.proof(f"{1:032x}") is None and chain.proof(f"{3:032x}") is not None
+    assert chain.has_room()
     _issue(chain, 4)  # room again once the log caught up

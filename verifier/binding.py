@@ -39,14 +39,25 @@ def _lp(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
-def key_binding(signing_public: bytes, hpke_suite: str, hpke_public: bytes, tls_public: bytes, nonce: bytes) -> bytes:
+def key_binding(signing_public: bytes, hpke_suite: str, hpke_public: bytes, tls_public: bytes, nonce: bytes,
+                *, label: bytes = _KEYS) -> bytes:
     """What an attestation for a client's `nonce` commits to: every key of this enclave boot,
     including the TLS key a client pins for the channel (empty only in plaintext development)."""
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"client nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
     return hashlib.sha512(
-        _KEYS + _lp(signing_public) + _lp(hpke_suite.encode()) + _lp(hpke_public) + _lp(tls_public) + _lp(nonce)
+        label + _lp(signing_public) + _lp(hpke_suite.encode()) + _lp(hpke_public) + _lp(tls_public) + _lp(nonce)
     ).digest()
+
+
+_SERVING_KEYS = b"attestable-audits/v1/serving-keys\x00"
+
+
+def serving_binding(signing_public: bytes, hpke_suite: str, hpke_public: bytes, tls_public: bytes,
+                    nonce: bytes) -> bytes:
+    """`key_binding` for a receipt gateway, under its own label: an audit enclave's evidence can never
+    stand in as a gateway's, nor the reverse."""
+    return key_binding(signing_public, hpke_suite, hpke_public, tls_public, nonce, label=_SERVING_KEYS)
 
 
 def statement_binding(signing_public: bytes, payload: bytes) -> bytes:

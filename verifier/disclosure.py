@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier import dsse
-from verifier.binding import key_binding
+from verifier.binding import serving_binding
 from verifier.bundle import AuditBundle, verify_bundle
 from verifier.errors import ParseError, UnusableInput
 from verifier.evidence import verify_evidence
@@ -86,6 +86,7 @@ def verify_disclosure(obj: Any, policy: Policy, *, at: datetime, witness_state: 
         receipts.append(receipt)
         served.append(_served(n, exchange, receipt, logged))
     _chain([e.proof.receipt for e in disclosure.exchanges], receipts, verdict)
+    _history(disclosure.exchanges, receipts, verdict)
     verdict.claims.update(
         platform=platform,
         promised={"model_digest": audit.model_digest, "dataset_digest": audit.dataset_digest,
@@ -135,7 +136,7 @@ def _serving(serving: ServingEvidence, audit: _Audit, policy: Policy, at: dateti
     if ev.platform not in CPU_PLATFORMS:
         verdict.fail("serving: evidence platform", f"{ev.platform} evidence cannot stand alone; a CPU TEE must vouch")
     verify_evidence(ev, at=at, policy=policy, verdict=verdict, prefix="serving: ",
-                    expected_report_data=key_binding(key, keys.hpke.suite, keys.hpke.public, keys.tls.public,
+                    expected_report_data=serving_binding(key, keys.hpke.suite, keys.hpke.public, keys.tls.public,
                                                      serving.nonce_bytes))
     for name in policy.unpinned(ev.platform):
         if name not in verdict.unpinned:
@@ -345,6 +346,57 @@ def _chain(envelopes: list[dsse.Envelope], receipts: list[Receipt | None], verdi
     seqs = ", ".join(str(pr.sequence) for pr in preds)
     verdict.check("receipt sequence", not problems, f"sequences {seqs} in the gateway's order, consecutive ones "
                   "chained", "; ".join(problems))
+
+
+def _history(exchanges: tuple[Exchange, ...], receipts: list[Receipt | None], verdict: Verdict) -> None:
+    """What the model was shown is what it said: exchange 1 carries no answer of the model's that no
+    receipt backs, and each later request repeats the one before, with the answer it got, unchanged."""
+    if any(r is None for r in receipts):
+        verdict.fail("conversation history", "a receipt could not be read")
+        return
+    problems = []
+    previous: tuple[Any, str | None] | None = None
+    for n, (ex, receipt) in enumerate(zip(exchanges, receipts), 1):
+        r = receipt.predicate  # type: ignore[union-attr]
+        request = _json_or_none(ex.request)
+        answer = answer_text(r.request.path, r.response.stream, ex.response)
+        context = _context(request)
+        if context is None:
+            problems.append(f"exchange {n}'s request holds no messages or prompt")
+        elif previous is None:
+            if isinstance(context, list) and any(m.get("role") == "assistant" for m in context):
+                problems.append("exchange 1 puts words in the model's mouth: it carries assistant turns no "
+                                "disclosed receipt backs")
+        else:
+            before, said = previous
+            expected = (before + [{"role": "assistant", "content": said}] if isinstance(before, list)
+                        else None if before is None else before + (said or ""))
+            if isinstance(context, list) and isinstance(expected, list):
+                grew = [{"role": m.get("role"), "content": _content(m.get("content"))} for m in context]
+                ok = grew[:len(expected)] == expected and len(grew) > len(expected)
+            else:
+                ok = isinstance(context, str) and isinstance(expected, str) and context.startswith(expected)
+            if not ok:
+                problems.append(f"exchange {n}'s request does not repeat exchange {n - 1}'s request and the answer "
+                                "it got unchanged: the conversation shown to the model differs from the one "
+                                "disclosed")
+        if context is not None:
+            previous = ([{"role": m.get("role"), "content": _content(m.get("content"))} for m in context]
+                        if isinstance(context, list) else context, answer)
+    verdict.check("conversation history", not problems,
+                  "each request carries the conversation so far exactly as disclosed, answers included",
+                  "; ".join(problems))
+
+
+def _context(request: Any) -> list[dict[str, Any]] | str | None:
+    if not isinstance(request, dict):
+        return None
+    if isinstance(request.get("prompt"), str):
+        return request["prompt"]
+    messages = request.get("messages")
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        return messages
+    return None
 
 
 # --- what a regulator reads ----------------------------------------------------------------------

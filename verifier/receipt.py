@@ -70,6 +70,7 @@ class ResponseRef:
     status: int
     sha256: str
     stream: bool
+    complete: bool = True   # False: a stream the client left before its end; sha256 covers the bytes sent
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ def table(verdict: Verdict, out: TextIO, *, allow_unpinned: bool = False) -> Non
     out.write(f"{'step':<{name_w}}  {'result':<7}  reason\n")
     out.write(f"{'-' * name_w}  {'-' * 7}  {'-' * min(reason_w, 40)}\n")
     for s in verdict.steps:
-        lines = textwrap.wrap(s.reason, reason_w) or [""]
-        out.write(f"{s.name:<{name_w}}  {_MARK[s.status]:<7}  {lines[0]}\n")
+        lines = textwrap.wrap(printable(s.reason), reason_w) or [""]
+        out.write(f"{printable(s.name):<{name_w}}  {_MARK[s.status]:<7}  {lines[0]}\n")
         for extra in lines[1:]:
             out.write(f"{'':<{name_w}}  {'':<7}  {extra}\n")
     if verdict.claims:
@@ -47,14 +47,14 @@ def verdict_line(verdict: Verdict, *, allow_unpinned: bool = False) -> str:
 def _claims(claims: dict[str, Any], out: TextIO, indent: str) -> None:
     for key, value in claims.items():
         if isinstance(value, dict):
-            out.write(f"{indent}{key}:\n")
+            out.write(f"{indent}{printable(str(key))}:\n")
             _claims(value, out, indent + "  ")
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for i, v in enumerate(value):
-                out.write(f"{indent}{key}[{i}]:\n")
+                out.write(f"{indent}{printable(str(key))}[{i}]:\n")
                 _claims(v, out, indent + "  ")
         else:
-            out.write(f"{indent}{key}: {value}\n")
+            out.write(f"{indent}{printable(str(key))}: {printable(str(value))}\n")
 
 
 def as_json(verdict: Verdict, out: TextIO, **extra: Any) -> None:
@@ -71,10 +71,10 @@ def disclosure_report(claims: dict[str, Any], out: TextIO) -> None:
     out.write("\nWhat the audit promised\n")
     for label, key in (("model", "model_digest"), ("dataset", "dataset_digest"), ("spec", "spec_digest"),
                        ("statement", "statement_digest"), ("logged as", "log"), ("finished", "finished_at")):
-        out.write(f"  {label:<10} {promised.get(key) or '-'}\n")
+        out.write(f"  {label:<10} {printable(str(promised.get(key) or '-'))}\n")
     results = promised.get("results") or {}
     for task, metrics in results.items():
-        out.write(f"  {task}: " + ", ".join(f"{m} {v:.4g}" for m, v in metrics.items()) + "\n")
+        out.write(printable(f"  {task}: " + ", ".join(f"{m} {v:.4g}" for m, v in metrics.items())) + "\n")
     if not results:
         out.write("  (no results: the audit statement could not be read)\n")
     out.write("\nWhat was served\n")
@@ -87,15 +87,21 @@ def disclosure_report(claims: dict[str, Any], out: TextIO) -> None:
             s = ex["sampling"]
             applied = (f"temperature {s['temperature']:g}, top_p {s['top_p']:g}, max_tokens {s['max_tokens']}, "
                        f"seed {s['seed']}, stop {s['stop']}")
-        out.write(head + "\n")
+        out.write(printable(head) + "\n")
         if "receipt" in ex:
-            out.write(f"    applied  {applied}\n")
+            out.write(f"    applied  {printable(applied)}\n")
         out.write(f"    prompt   {_short(ex.get('prompt'))}\n")
         out.write(f"    answer   {_short(ex.get('answer'))}\n")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape sequences, other controls)
+    written as an escape: disclosed answers and reasons quote input a stranger wrote."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _short(text: str | None) -> str:
     if text is None:
         return "(none found)"
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= SHOWN else flat[:SHOWN - 1] + "…"
