@@ -436,10 +436,19 @@ def test_published_bundle_needs_its_inclusion_proof(bundle: dict, parties, tmp_p
 
 
 def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict) -> None:
-    """After a job: the service's work folder, the temp dir and HF caches hold none of the plaintext."""
+    """A finished job's session keeps its model on the enclave's tmpfs for its next job; once the
+    parties close their sessions, the service's work folder, the temp dir and HF caches hold none
+    of the plaintext."""
     needles = [parties.marker]
     weights = next((parties.root / "model").glob("*.safetensors")).read_bytes()
     needles.append(weights[len(weights) // 2: len(weights) // 2 + 256])
+    held = [p for p in enclave.workdir.rglob("*.safetensors") if needles[1] in p.read_bytes()]
+    assert held, "the session keeps its decrypted model on tmpfs until it is closed"
+    with enclave.client() as c:
+        e = c.attest(parties.enclave_policy)
+        for sid in list(enclave.service.sessions._sessions):  # the test's view of every session it opened
+            c.session_action(e, "close", sid, "provider", parties.provider)
+    assert not enclave.service.sessions._sessions and not any(p.exists() for p in held)
     roots = [enclave.workdir.parent, Path(tempfile.gettempdir()), Path.home() / ".cache" / "huggingface"]
     roots += [Path(os.environ[v]) for v in ("HF_HOME", "HF_DATASETS_CACHE") if v in os.environ]
     pytest_tmp = parties.root
