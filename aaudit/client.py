@@ -170,7 +170,7 @@ class EnclaveClient:
             self._channel = grpc.secure_channel(target, creds,
                                                 options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)])
         self._stub = pb_grpc.EnclaveStub(self._channel)
-        self.samples: bytes | None = None  # encrypted per-sample records of the last run/result
+        self.samples: bytearray | None = None  # encrypted per-sample records of the last run/result
 
     def close(self) -> None:
         self._channel.close()
@@ -314,24 +314,9 @@ class EnclaveClient:
         if problems:
             raise VerificationError("refusing to run: " + "; ".join(problems))
         signature = identity.sign(run_message(enclave.signing_public, session_id, view.digest, nonce))
-        bundle = None
-        self.samples = None
-        try:
-            for event in self._stub.RunAudit(pb.RunRequest(session_id=session_id, role=role, nonce=nonce,
-                                                           manifest_digest=view.digest, signature=signature)):
-                kind = event.WhichOneof("event")
-                if kind == "progress":
-                    if on_progress:
-                        on_progress(event.progress)
-                elif kind == "samples":
-                    self.samples = event.samples
-                else:
-                    bundle = event.bundle
-        except grpc.RpcError as exc:
-            raise EnclaveError(f"audit run failed: {_error(exc, self.target)}") from None
-        if bundle is None:
-            raise EnclaveError("the enclave ended the run without a bundle")
-        result = _bundle_json(bundle)
+        events = self._stub.RunAudit(pb.RunRequest(session_id=session_id, role=role, nonce=nonce,
+                                                   manifest_digest=view.digest, signature=signature))
+        result = self._follow(events, "audit run", on_progress)
         if result.get("nonce") != nonce.hex():
             raise VerificationError("the bundle does not carry the nonce this run was started with (a replay?)")
         return result
@@ -351,9 +336,35 @@ class EnclaveClient:
 
     def result(self, session_id: str) -> dict[str, Any]:
         """The session's last bundle (encrypted samples, if any, in `self.samples`)."""
-        res = self._call(self._stub.GetResult, pb.ResultRequest(session_id=session_id), timeout=self.timeout)
-        self.samples = res.samples or None
-        return _bundle_json(res.bundle)
+        return self._follow(self._stub.GetResult(pb.ResultRequest(session_id=session_id), timeout=self.timeout),
+                            "fetching the result")
+
+    def _follow(self, events: Iterator[pb.RunEvent], what: str,
+                on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:
+        """Read a job's event stream: progress, the samples ciphertext in chunks (appended in place,
+        so the records are held once), then the bundle, which must come last."""
+        bundle = None
+        self.samples = None
+        try:
+            for event in events:
+                kind = event.WhichOneof("event")
+                if bundle is not None:
+                    raise EnclaveError(f"{what}: the enclave sent {kind} after the bundle")
+                if kind == "progress":
+                    if on_progress:
+                        on_progress(event.progress)
+                elif kind == "samples_chunk":
+                    if self.samples is None:
+                        self.samples = bytearray()
+                    self.samples += event.samples_chunk
+                else:
+                    bundle = event.bundle
+        except grpc.RpcError as exc:
+            raise EnclaveError(f"{what} failed: {_error(exc, self.target)}") from None
+        if bundle is None:
+            self.samples = None
+            raise EnclaveError(f"{what}: the enclave ended the stream without a bundle")
+        return _bundle_json(bundle)
 
 
 def _other(role: str) -> str:

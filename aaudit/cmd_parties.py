@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(run, role)
         run.set_defaults(func=_policy_first(_run), role=role)
 
-        for action, text in (("cancel", "cancel the session's queued or running job (its inputs are dropped)"),
-                             ("close", "close the session: cancel its job and drop every asset it holds")):
+        for action, text in (("cancel", "cancel the session's queued or running job (the assets stay)"),
+                             ("close", "close the session: cancel its job and wipe every asset it holds")):
             x = rsub.add_parser(action, help=text, description=text[0].upper() + text[1:] + "; signed by you.")
             _session(x)
             _common(x, role)

@@ -34,7 +34,10 @@ from verifier.statement import (
 def encrypt_samples(run: Any, recipient_b64: str, keys: BootKeys) -> bytes:
     """The per-sample records as JSONL, HPKE-encrypted to the auditor's samples key; only the
     auditor can read them, and `aaudit auditor open-samples` checks them against the Merkle root."""
-    plaintext = b"".join(canonical_json(r) + b"\n" for r in run.records)
+    plaintext = bytearray()  # appended in place: the JSONL is held once next to its ciphertext
+    for record in run.records:
+        plaintext += canonical_json(record)
+        plaintext += b"\n"
     return seal_to(plaintext, base64.b64decode(recipient_b64), DEFAULT_SUITE,
                    samples_info(run.samples_root, keys.signing_public))
 

@@ -4,6 +4,8 @@ Pure state and rules, no gRPC, so every rule is testable directly. An enclave ho
 sessions. A session is created by one party naming both parties' identity keys and joined by the
 other's signature; from then on only those two keys act in it, each by signing what it asks for
 (verifier/binding.py). A stranger can create sessions of its own but never reach into another.
+A session keeps its assets across jobs (one upload, many audits); each job has its own manifest
+(its number in it), approvals and bundle, and closing the session wipes the plaintext.
 
 Attacks this module refuses (tests/test_session.py, tests/test_sessions_attacks.py):
 - a captured upload replayed under another key, into another session, or after its job: the header
@@ -137,7 +139,7 @@ class ByteBudget:
         with self._lock:
             if self.used + n > self.limit:
                 raise LimitReached(f"the enclave holds {self.used} bytes of {self.name} and its limit is "
-                                   f"{self.limit}; retry when other jobs have finished or ask the operator")
+                                   f"{self.limit}; retry when other sessions have closed or ask the operator")
             self.used += n
 
     def release(self, n: int) -> None:
@@ -209,7 +211,8 @@ class Upload:
 
 @dataclass
 class JobInputs:
-    """What one job needs; the session keeps ownership of the secrets until `end_job`."""
+    """What one job needs; the session keeps ownership of the secrets, and holds them for its next
+    jobs until it is closed."""
 
     session_id: str
     model_dir: Path
@@ -609,9 +612,10 @@ class Sessions:
             return True
 
     def end_job(self, session_id: str, job: int, result: tuple[bytes, bytes | None] | None) -> None:
-        """Drop every secret of job number `job` (decrypted files, dataset bytes, spec, approvals),
-        keep its result, and open the session for its next job, whose manifest has the next number.
-        A job that was already ended (cancelled while queued) changes nothing."""
+        """Keep job number `job`'s result and open the session for its next job: the assets stay
+        (one upload, many audits) until a party closes the session, it idles out or the enclave
+        stops; the approvals go, and the next manifest has the next number, so no approval carries
+        over. A job that was already ended (cancelled while queued) changes nothing."""
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None or session.job != job:
@@ -622,7 +626,7 @@ class Sessions:
             self._next_job_locked(session, result)
 
     def _next_job_locked(self, session: AuditSession, result: tuple[bytes, bytes | None] | None) -> None:
-        session.drop_assets()
+        session.approvals.clear()
         if result is not None:
             session.result = result
         session.job += 1
@@ -643,7 +647,7 @@ class Sessions:
             session = self._signed_action_locked("cancel", session_id, role, digest, signature)
             if session.state not in (State.QUEUED, State.RUNNING):
                 raise SessionError(f"session {session.id} has no queued or running job to cancel")
-            session.cancel.set()  # a running job's process is killed; its end opens the next job
+            session.cancel.set()  # a running job's process is killed; its end opens the next job (assets kept)
             if session.state is State.QUEUED:
                 self._next_job_locked(session, None)
             return session

@@ -193,25 +193,17 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("progress", "bundle", "samples")
+    __slots__ = ("progress", "bundle", "samples_chunk")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_CHUNK_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     bundle: bytes
-    samples: bytes
-    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ..., samples: _Optional[bytes] = ...) -> None: ...
+    samples_chunk: bytes
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., bundle: _Optional[bytes] = ..., samples_chunk: _Optional[bytes] = ...) -> None: ...
 
 class ResultRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
-
-class ResultResponse(_message.Message):
-    __slots__ = ("bundle", "samples")
-    BUNDLE_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
-    bundle: bytes
-    samples: bytes
-    def __init__(self, bundle: _Optional[bytes] = ..., samples: _Optional[bytes] = ...) -> None: ...

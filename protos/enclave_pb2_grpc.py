@@ -79,10 +79,10 @@ class EnclaveStub:
                 request_serializer=protos_dot_enclave__pb2.SessionAction.SerializeToString,
                 response_deserializer=protos_dot_enclave__pb2.SessionInfo.FromString,
                 _registered_method=True)
-        self.GetResult = channel.unary_unary(
+        self.GetResult = channel.unary_stream(
                 '/aaudit.enclave.v1.Enclave/GetResult',
                 request_serializer=protos_dot_enclave__pb2.ResultRequest.SerializeToString,
-                response_deserializer=protos_dot_enclave__pb2.ResultResponse.FromString,
+                response_deserializer=protos_dot_enclave__pb2.RunEvent.FromString,
                 _registered_method=True)
 
 
@@ -150,7 +150,7 @@ class EnclaveServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetResult(self, request, context):
-        """The bundle of the session's last finished job.
+        """The session's last finished job again: its samples chunks (if any), then its bundle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,10 +204,10 @@ def add_EnclaveServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_enclave__pb2.SessionAction.FromString,
                     response_serializer=protos_dot_enclave__pb2.SessionInfo.SerializeToString,
             ),
-            'GetResult': grpc.unary_unary_rpc_method_handler(
+            'GetResult': grpc.unary_stream_rpc_method_handler(
                     servicer.GetResult,
                     request_deserializer=protos_dot_enclave__pb2.ResultRequest.FromString,
-                    response_serializer=protos_dot_enclave__pb2.ResultResponse.SerializeToString,
+                    response_serializer=protos_dot_enclave__pb2.RunEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,12 +474,12 @@ class Enclave:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/aaudit.enclave.v1.Enclave/GetResult',
             protos_dot_enclave__pb2.ResultRequest.SerializeToString,
-            protos_dot_enclave__pb2.ResultResponse.FromString,
+            protos_dot_enclave__pb2.RunEvent.FromString,
             options,
             channel_credentials,
             insecure,

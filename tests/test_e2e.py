@@ -436,10 +436,19 @@ def test_published_bundle_needs_its_inclusion_proof(bundle: dict, parties, tmp_p
 
 
 def test_no_plaintext_left_on_disk(enclave: RunningEnclave, parties, bundle: dict) -> None:
-    """After a job: the service's work folder, the temp dir and HF caches hold none of the plaintext."""
+    """A finished job's session keeps its model on the enclave's tmpfs for its next job; once the
+    parties close their sessions, the service's work folder, the temp dir and HF caches hold none
+    of the plaintext."""
     needles = [parties.marker]
     weights = next((parties.root / "model").glob("*.safetensors")).read_bytes()
     needles.append(weights[len(weights) // 2: len(weights) // 2 + 256])
+    held = [p for p in enclave.workdir.rglob("*.safetensors") if needles[1] in p.read_bytes()]
+    assert held, "the session keeps its decrypted model on tmpfs until it is closed"
+    with enclave.client() as c:
+        e = c.attest(parties.enclave_policy)
+        for sid in list(enclave.service.sessions._sessions):  # the test's view of every session it opened
+            c.session_action(e, "close", sid, "provider", parties.provider)
+    assert not enclave.service.sessions._sessions and not any(p.exists() for p in held)
     roots = [enclave.workdir.parent, Path(tempfile.gettempdir()), Path.home() / ".cache" / "huggingface"]
     roots += [Path(os.environ[v]) for v in ("HF_HOME", "HF_DATASETS_CACHE") if v in os.environ]
     pytest_tmp = parties.root
@@ -478,7 +487,7 @@ def test_missing_approval_and_reupload_void(enclave: RunningEnclave, parties, bu
 
 def test_jobs_queue_and_the_other_party_fetches_the_result(enclave: RunningEnclave, parties) -> None:
     """Two sessions' jobs: one runs, the other waits its turn (its queue position is reported); a
-    running session accepts no upload; afterwards its secrets are gone and the job number moves on."""
+    running session accepts no upload; afterwards its assets stay for the next job, whose number moves on."""
     from verifier.binding import run_message
 
     with enclave.client() as c:
@@ -507,8 +516,9 @@ def test_jobs_queue_and_the_other_party_fetches_the_result(enclave: RunningEncla
         assert stages
         assert json.loads(events[-1].bundle) == c.result(sids[1])  # anyone in the session can fetch it
         view = c.manifest(sids[1])
-    assert view.manifest.assets == {} and view.approved_by == [] and not view.complete, "secrets dropped after a job"
-    assert view.manifest.session.job == 2, "the next job has its own manifest, so old approvals never carry over"
+    assert set(view.manifest.assets) == set(KINDS) and view.complete, "the assets stay for the session's next job"
+    assert view.approved_by == [] and view.manifest.session.job == 2, \
+        "the next job has its own manifest, so old approvals never carry over"
 
 
 def test_provider_refuses_to_join_a_session_with_another_auditor(enclave: RunningEnclave, parties,
@@ -530,3 +540,80 @@ def test_provider_refuses_to_join_a_session_with_another_auditor(enclave: Runnin
         with pytest.raises(VerificationError, match="per-sample records"):
             c.approve(e, sid, "auditor", parties.auditor, ExpectedRun({k: a.digest for k, a in parties.sealed.items()},
                                                                       {"provider": parties.provider.public_raw()}))
+
+
+def test_two_audits_on_one_upload_each_with_its_own_approvals(enclave: RunningEnclave, parties,
+                                                                tmp_path: Path) -> None:
+    """One upload, many audits: model and dataset are sent once; job 1 runs the first spec, then the
+    auditor uploads only a second spec and both parties approve job 2's manifest. Each bundle
+    verifies on its own and names its own job and spec; job 1's approvals neither approve nor run
+    job 2 (its manifest has the next job number)."""
+    import grpc
+
+    from aaudit.client import _call
+    from benchmarks.demo_assets import demo_spec_toml
+    from protos import enclave_pb2 as pb
+    from sealing.stream import seal
+    from verifier.binding import run_message
+    from verifier.manifest import approval_message
+
+    recipient = (parties.root / "keys" / "auditor.samples.pub").read_text().strip()
+    (tmp_path / "second.toml").write_text(demo_spec_toml(seed=4321, samples_recipient=recipient))
+    spec2 = seal(tmp_path / "second.toml", tmp_path / "sealed", "spec")
+    assert spec2.digest != parties.sealed["spec"].digest
+    with enclave.client() as c:
+        sid = open_session(c, parties)
+        provision(c, parties, sid)
+        approve_both(c, parties, sid)
+        digest1 = c.manifest(sid).digest
+        first = run(c, parties, sid)
+
+        view = c.manifest(sid)
+        assert view.manifest.session.job == 2 and view.approved_by == [] and view.complete
+        assert {k: a.digest for k, a in view.manifest.assets.items()} == {k: parties.sealed[k].digest for k in KINDS}
+        e = c.attest(parties.enclave_policy)
+        for role, who in (("provider", parties.provider), ("auditor", parties.auditor)):
+            old = who.sign(approval_message(digest1))  # what each party sent for job 1 (Ed25519 is deterministic)
+            for digest, refusal in ((digest1, "FAILED_PRECONDITION.*current manifest is"),
+                                    (view.digest, "PERMISSION_DENIED.*does not verify")):
+                with pytest.raises(EnclaveError, match=refusal):
+                    _call(c._stub.Approve, pb.Approval(session_id=sid, role=role, manifest_digest=digest,
+                                                       signature=old), timeout=30)
+        with pytest.raises(EnclaveError, match="no approval from provider and auditor"):
+            run(c, parties, sid)
+        n = nonce()  # a run request signed for job 1's manifest
+        with pytest.raises(grpc.RpcError) as refused:
+            list(c._stub.RunAudit(pb.RunRequest(
+                session_id=sid, role="auditor", nonce=n, manifest_digest=digest1,
+                signature=parties.auditor.sign(run_message(e.signing_public, sid, digest1, n)))))
+        assert "not session" in refused.value.details() and "current one" in refused.value.details()
+
+        c.upload(e, sid, spec2, parties.auditor)  # only the spec: model and dataset stay
+        digests2 = {**{k: parties.sealed[k].digest for k in KINDS}, "spec": spec2.digest}
+        for role, who, other in (("provider", parties.provider, parties.auditor),
+                                 ("auditor", parties.auditor, parties.provider)):
+            c.approve(e, sid, role, who, ExpectedRun(digests2, {"auditor" if role == "provider" else "provider":
+                                                                other.public_raw()}, True))
+        second = run(c, parties, sid)
+        assert c.manifest(sid).manifest.session.job == 3
+
+    statements = []
+    for bundle, spec_digest in ((first, parties.sealed["spec"].digest), (second, spec2.digest)):
+        pol = _third_party_policy(parties, expect={"model_digest": parties.sealed["model"].digest,
+                                                   "dataset_digest": parties.sealed["dataset"].digest,
+                                                   "spec_digest": spec_digest, "code_identity": [code_identity()]})
+        verdict = verify_bundle(bundle, pol, at=datetime.now(timezone.utc))
+        assert verdict.verified, [f"{s.name}: {s.reason}" for s in verdict.failures]
+        statements.append(parse_statement(base64.b64decode(bundle["envelope"]["payload"])).predicate)
+    one, two = statements
+    assert (one.manifest.session.job, two.manifest.session.job) == (1, 2)
+    assert one.manifest.session.id == two.manifest.session.id == sid
+    assert one.manifest.assets["model"] == two.manifest.assets["model"]
+    assert one.manifest.assets["dataset"] == two.manifest.assets["dataset"]
+    assert one.manifest.assets["spec"].digest != two.manifest.assets["spec"].digest
+    assert one.party_nonces["provider"] == two.party_nonces["provider"], "the model was uploaded once"
+    assert one.party_nonces["auditor"] != two.party_nonces["auditor"], "the spec was uploaded again"
+    assert {a.signature for a in one.approvals}.isdisjoint({a.signature for a in two.approvals})
+    wrong = _third_party_policy(parties, expect={"spec_digest": parties.sealed["spec"].digest,
+                                                 "code_identity": [code_identity()]})
+    assert "spec digest" in {s.name for s in verify_bundle(second, wrong, at=datetime.now(timezone.utc)).failures}

@@ -257,7 +257,8 @@ def test_either_party_cancels_a_running_job(parties, tmp_path: Path) -> None:
             assert not runner.is_alive() and time.monotonic() - t0 < 10
             assert failure and "CANCELLED" in str(failure[0]), failure
             view = c.manifest(sid)
-            assert view.state == "open" and view.manifest.assets == {} and view.manifest.session.job == 2
+            assert view.state == "open" and view.manifest.session.job == 2 and view.approved_by == []
+            assert set(view.manifest.assets) == {"model", "dataset", "spec"}, "a cancelled job keeps the assets"
     finally:
         enclave.stop()
 

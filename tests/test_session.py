@@ -177,7 +177,9 @@ def test_wrapped_key_is_bound_to_party_session_and_nonce(world: World) -> None:
 
 
 def test_after_a_job_nothing_replays(world: World) -> None:
-    """Review finding (c): after a job ends, the same uploads and approvals cannot rebuild a run."""
+    """Review finding (c): after a job ends, the same uploads and approvals cannot rebuild a run.
+    The assets stay for the next job, but its manifest has the next number: job 1's approvals
+    neither approve nor run job 2."""
     sid = world.open()
     sent = world.provision(sid)
     old_digest = world.approve_both(sid)
@@ -189,12 +191,68 @@ def test_after_a_job_nothing_replays(world: World) -> None:
     for h in sent.values():
         with pytest.raises(SessionError, match="already used"):
             world.send(h)
-    world.provision(sid)  # the honest parties upload again for job 2
-    manifest, _, _, _ = world.sessions.manifest(sid)
+    manifest, approved, problems, _ = world.sessions.manifest(sid)
     assert manifest.session.job == 2 and manifest.digest() != old_digest
+    assert manifest.assets == job.manifest.assets and not problems, "the assets stay for the next job"
+    assert approved == [], "job 1's approvals do not carry over"
     for role, sig in old_approvals.items():
         with pytest.raises(SessionError, match="current manifest is"):
             world.sessions.approve(sid, role, old_digest, sig)
+        with pytest.raises(NotAParty, match="does not verify"):  # a job-1 signature over the job-2 digest
+            world.sessions.approve(sid, role, manifest.digest(), sig)
+    with pytest.raises(SessionError, match="not session .* current one"):
+        world.sessions.queue_job(sid, "auditor", old_digest, bytes(32), _run_sig(world, sid, old_digest), 0)
+    with pytest.raises(SessionError, match="no approval from provider and auditor"):
+        world.sessions.queue_job(sid, "auditor", manifest.digest(), bytes(32),
+                                 _run_sig(world, sid, manifest.digest()), 0)
+
+
+def test_assets_stay_across_jobs_until_close(tmp_path: Path, sealed: dict) -> None:
+    """One upload, many audits: a job's end keeps every asset and its reserved bytes; a new spec
+    replaces only the spec and voids the approvals; closing the session wipes the plaintext and
+    frees the budgets."""
+    (tmp_path / "seed.toml").write_text(demo_spec_toml(seed=99, samples_recipient=_recipient()))
+    spec2 = seal(tmp_path / "seed.toml", tmp_path / "sealed2", "spec")
+    world = World(tmp_path, sealed)
+    sid = world.open()
+    world.provision(sid)
+    digest = world.approve_both(sid)
+    model = world.sessions.get(sid).assets["model"]
+    memory, tmpfs = world.sessions.memory.used, world.sessions.tmpfs.used
+    assert memory > 0 and tmpfs > 0 and model.folder is not None and model.folder.is_dir()
+    job = world.sessions.queue_job(sid, "auditor", digest, bytes(32), _run_sig(world, sid, digest), 0)
+    assert world.sessions.job_running(sid, 1)
+    world.sessions.end_job(sid, 1, (b"{}", None))
+    session = world.sessions.get(sid)
+    assert session.state is State.OPEN and session.assets["model"] is model and model.folder.is_dir()
+    assert (world.sessions.memory.used, world.sessions.tmpfs.used) == (memory, tmpfs), "held until close"
+    assert session.assets["dataset"].files == job.datasets and job.datasets, "the dataset bytes stay"
+    digest2 = world.approve_both(sid)  # job 2 on the same assets
+    old_spec_bytes = world.sessions.get(sid).assets["spec"].reserved
+    world.sealed = {**sealed, "spec": spec2}
+    world.send(world.capture(sid, "spec", world.auditor))  # a new spec voids job 2's approvals
+    manifest, approved, _, _ = world.sessions.manifest(sid)
+    assert approved == [] and manifest.digest() != digest2 and manifest.session.job == 2
+    assert manifest.assets["spec"].digest == spec2.digest != sealed["spec"].digest
+    assert world.sessions.get(sid).assets["model"] is model, "a spec upload replaces only the spec"
+    assert world.sessions.tmpfs.used == tmpfs and world.sessions.memory.used == memory + (
+        world.sessions.get(sid).assets["spec"].reserved - old_spec_bytes), "the old spec's bytes are released"
+    close = world.provider.sign(job_message("close", world.keys.signing_public, sid, manifest.digest()))
+    world.sessions.close(sid, "provider", manifest.digest(), close)
+    assert not model.folder.exists() and job.datasets == {}, "closing wipes the plaintext"
+    assert (world.sessions.memory.used, world.sessions.tmpfs.used) == (0, 0)
+
+
+def test_cancel_while_queued_keeps_the_assets(world: World) -> None:
+    sid = world.open()
+    world.provision(sid)
+    digest = world.approve_both(sid)
+    world.sessions.queue_job(sid, "auditor", digest, bytes(32), _run_sig(world, sid, digest), 0)
+    cancel = world.auditor.sign(job_message("cancel", world.keys.signing_public, sid, digest))
+    world.sessions.cancel(sid, "auditor", digest, cancel)
+    manifest, approved, problems, session = world.sessions.manifest(sid)
+    assert session.state is State.OPEN and manifest.session.job == 2 and approved == [] and not problems
+    assert set(manifest.assets) == {"model", "dataset", "spec"}
 
 
 def _run_sig(world: World, sid: str, digest: str, nonce: bytes | None = None) -> bytes:
@@ -305,11 +363,20 @@ def test_per_kind_upload_cap_and_closed_sessions(tmp_path: Path, sealed: dict) -
 
 
 def test_idle_sessions_are_reaped(tmp_path: Path, sealed: dict) -> None:
-    w = World(tmp_path, sealed, Limits(session_idle_s=0.0))
+    w = World(tmp_path, sealed, Limits(session_idle_s=3600.0))
     sid = w.open()
-    w.sessions.reap()
+    w.provision(sid)
+    digest = w.approve_both(sid)
+    w.sessions.queue_job(sid, "auditor", digest, bytes(32), _run_sig(w, sid, digest), 0)
+    assert w.sessions.job_running(sid, 1)
+    folder = w.sessions.get(sid).assets["model"].folder
+    w.sessions.end_job(sid, 1, (b"{}", None))
+    w.sessions.limits = replace(w.sessions.limits, session_idle_s=0.0)
+    w.sessions.reap()  # nobody used the session since its job: its kept assets go with it
     with pytest.raises(NoSuchSession):
         w.sessions.get(sid)
+    assert folder is not None and not folder.exists()
+    assert (w.sessions.memory.used, w.sessions.tmpfs.used) == (0, 0)
 
 
 def test_an_approval_must_name_every_asset_digest() -> None:
