@@ -550,7 +550,6 @@ def test_two_audits_on_one_upload_each_with_its_own_approvals(enclave: RunningEn
     job 2 (its manifest has the next job number)."""
     import grpc
 
-    from aaudit.client import _call
     from benchmarks.demo_assets import demo_spec_toml
     from protos import enclave_pb2 as pb
     from sealing.stream import seal
@@ -577,7 +576,7 @@ def test_two_audits_on_one_upload_each_with_its_own_approvals(enclave: RunningEn
             for digest, refusal in ((digest1, "FAILED_PRECONDITION.*current manifest is"),
                                     (view.digest, "PERMISSION_DENIED.*does not verify")):
                 with pytest.raises(EnclaveError, match=refusal):
-                    _call(c._stub.Approve, pb.Approval(session_id=sid, role=role, manifest_digest=digest,
+                    c._call(c._stub.Approve, pb.Approval(session_id=sid, role=role, manifest_digest=digest,
                                                        signature=old), timeout=30)
         with pytest.raises(EnclaveError, match="no approval from provider and auditor"):
             run(c, parties, sid)
