@@ -333,7 +333,8 @@ def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
 
 def _engine(doc: dict[str, Any]) -> EngineSpec:
     """The `[engine]` table (see `EngineSpec`). A top-level `batch_size` (specs written before
-    `[engine]` existed) still means `[engine] batch_size` of the default `hf` engine."""
+    `[engine]` existed) still means `[engine] batch_size` of the default `hf` engine, an integer as
+    before; "auto" and every other setting go under `[engine]`."""
     table = doc.get("engine", {})
     if not isinstance(table, dict):
         raise SpecError("spec: `engine` must be a table: [engine] name = \"hf\" or \"vllm\"")
@@ -346,7 +347,11 @@ def _engine(doc: dict[str, Any]) -> EngineSpec:
         if "batch_size" in table or name != "hf":
             raise SpecError("spec: the top-level `batch_size` is the old place of [engine] batch_size; "
                             "set it only under [engine]")
-        table = {**table, "batch_size": doc["batch_size"]}
+        old = doc["batch_size"]
+        if isinstance(old, bool) or not isinstance(old, int) or not 1 <= old <= MAX_BATCH_SIZE:
+            raise SpecError(f"spec: the top-level `batch_size` must be an integer from 1 to {MAX_BATCH_SIZE}; "
+                            "write batch_size = \"auto\" (and every other engine setting) under [engine]")
+        table = {**table, "batch_size": old}
     out: dict[str, Any] = {"name": name}
     batch = table.get("batch_size", "auto" if name == "vllm" else 1)
     if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int)
