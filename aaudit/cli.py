@@ -21,6 +21,7 @@ _GROUPS = (
     "aaudit.cmd_enclave",  # enclave serve | measure | reference-values
     "aaudit.cmd_parties",  # provider / auditor client commands
     "aaudit.cmd_gateway",  # gateway serve, user chat | refresh | disclose
+    "aaudit.cmd_policy",   # policy init
     "aaudit.demo",         # demo
     "tlog.cli",            # log serve | publish | get | checkpoint | prove | audit
 )

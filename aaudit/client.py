@@ -38,13 +38,15 @@ from verifier.binding import (
 )
 from verifier.errors import AAuditError, ParseError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
-from verifier.inputs import load_json
+from verifier.inputs import host_port, load_json
 from verifier.manifest import ASSET_KINDS, ROLES, RunManifest, approval_message
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
+from verifier.platforms import allowlist
 from verifier.policy import Policy
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 5 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 _MAX_CERT = 16 << 10
+ENCLAVE_EXAMPLE = "127.0.0.1:50051"
 
 
 class EnclaveError(AAuditError):
@@ -100,18 +102,20 @@ class ManifestView:
     queue_position: int
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except grpc.RpcError as exc:
-        raise _error(exc) from None
-
-
-def _error(exc: grpc.RpcError) -> EnclaveError:
+def _error(exc: grpc.RpcError, target: str) -> EnclaveError:
+    """The enclave's refusal as a message that says what to do where the status tells it."""
     code = exc.code()
     detail = exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
         return EnclaveError(f"enclave unreachable: {detail}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return EnclaveError(f"{target} answers but is not an aaudit enclave (is it the transparency log?); "
+                            "point --enclave at `aaudit enclave serve`")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return EnclaveError(f"the enclave at {target} does not have this session: it was closed, it expired, or "
+                            "the enclave restarted (a restart drops every session and upload). Create a new session "
+                            "(`aaudit auditor create-session`), have the provider join it, and both parties upload "
+                            f"again. The enclave said: {detail}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return EnclaveError(f"enclave limit reached: {detail}")
     return EnclaveError(f"enclave refused ({code.name}): {detail}")
@@ -120,9 +124,7 @@ def _error(exc: grpc.RpcError) -> EnclaveError:
 def fetch_certificate(target: str, timeout: float, alpn: tuple[str, ...] = ("h2",)) -> bytes:
     """The PEM certificate the server at `target` presents. Not trusted by itself: the client trusts
     it only once an attestation binds its key (`EnclaveClient.attest`)."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UnusableInput(f"--enclave {target!r} must be HOST:PORT")
+    host, _, port = host_port(target, "--enclave", ENCLAVE_EXAMPLE).rpartition(":")
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # pinned below, after attestation, not by a CA
@@ -132,8 +134,9 @@ def fetch_certificate(target: str, timeout: float, alpn: tuple[str, ...] = ("h2"
                 context.wrap_socket(sock, server_hostname=TLS_NAME) as tls:
             der = tls.getpeercert(binary_form=True)
     except ssl.SSLError as exc:
-        raise EnclaveError(f"enclave {target}: TLS handshake failed ({exc.reason}); is it serving plaintext "
-                           "(then use --insecure-plaintext-loopback)?") from None
+        raise EnclaveError(f"{target}: TLS handshake failed ({exc.reason}), so it is not an aaudit enclave "
+                           "serving attested TLS: is it the transparency log? (An enclave started with "
+                           "--insecure-plaintext-loopback needs that flag here too.)") from None
     except (OSError, ValueError, OverflowError) as exc:
         raise EnclaveError(f"enclave unreachable: {target}: {getattr(exc, 'strerror', None) or exc}") from None
     if not der or len(der) > _MAX_CERT:
@@ -154,7 +157,7 @@ class EnclaveClient:
     `insecure_plaintext` (loopback development only: nothing authenticates the channel)."""
 
     def __init__(self, target: str, timeout: float = 60.0, *, insecure_plaintext: bool = False) -> None:
-        self.target = target
+        self.target = host_port(target, "--enclave", ENCLAVE_EXAMPLE)
         self.timeout = timeout
         self.insecure_plaintext = insecure_plaintext
         if insecure_plaintext:
@@ -178,12 +181,18 @@ class EnclaveClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+
     # --- attestation ---------------------------------------------------------------------------
     def attest(self, policy: Policy, *, at: datetime | None = None) -> AttestedEnclave:
         """Fresh nonce -> evidence -> verify against `policy` for exactly the returned keys, and the
         TLS key this channel is pinned to."""
         nonce = os.urandom(NONCE_LEN)
-        resp = _call(self._stub.Attest, pb.AttestRequest(nonce=nonce), timeout=self.timeout)
+        resp = self._call(self._stub.Attest, pb.AttestRequest(nonce=nonce), timeout=self.timeout)
         evidence = Evidence.from_bytes(resp.evidence)
         verdict = Verdict(subject=f"enclave at {self.target}")
         if evidence.platform not in CPU_PLATFORMS:
@@ -195,6 +204,8 @@ class EnclaveClient:
         verify_evidence(evidence, at=at or datetime.now(timezone.utc), policy=policy, verdict=verdict,
                         expected_report_data=key_binding(resp.signing_public_key, resp.hpke_suite,
                                                          resp.hpke_public_key, resp.tls_public_key, nonce))
+        # Self-reported, so it binds only as far as a pinned measurement does; still refused if not listed.
+        allowlist.check(verdict, "code identity", resp.code_identity, policy.code_identities)
         if not verdict.verified:
             raise AttestationRefused(verdict)
         return AttestedEnclave(resp.signing_public_key, resp.hpke_suite, resp.hpke_public_key, resp.tls_public_key,
@@ -208,7 +219,7 @@ class EnclaveClient:
         keys = {role: identity.public_raw(), _other(role): other_key}
         signature = identity.sign(create_message(enclave.signing_public, enclave.nonce, keys["provider"],
                                                  keys["auditor"]))
-        return _call(self._stub.CreateSession, pb.CreateSessionRequest(
+        return self._call(self._stub.CreateSession, pb.CreateSessionRequest(
             attest_nonce=enclave.nonce, provider_key=keys["provider"], auditor_key=keys["auditor"],
             creator_role=role, signature=signature), timeout=self.timeout)
 
@@ -227,8 +238,8 @@ class EnclaveClient:
         if problems:
             raise VerificationError("refusing to join: " + "; ".join(problems))
         signature = identity.sign(join_message(enclave.signing_public, session_id, m.session.nonce, role))
-        return _call(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id, role=role,
-                                                                   signature=signature), timeout=self.timeout)
+        return self._call(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id, role=role,
+                                                                        signature=signature), timeout=self.timeout)
 
     def upload(self, enclave: AttestedEnclave, session_id: str, asset: SealedAsset, identity: Any,
                on_progress: Callable[[int], None] | None = None) -> pb.UploadResult:
@@ -253,10 +264,10 @@ class EnclaveClient:
                 if on_progress:
                     on_progress(len(chunk))
 
-        return _call(self._stub.Upload, parts(), timeout=None)
+        return self._call(self._stub.Upload, parts(), timeout=None)
 
     def manifest(self, session_id: str) -> ManifestView:
-        m = _call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)
+        m = self._call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)
         manifest = RunManifest.from_json(load_json(m.manifest_json, "the enclave's manifest"))
         if manifest.canonical() != m.manifest_json or manifest.digest() != m.digest:
             raise VerificationError("the enclave's manifest does not hash to the digest it states")
@@ -289,9 +300,9 @@ class EnclaveClient:
                             "allow_samples (--allow-samples) if you agreed to that")
         if problems:
             raise VerificationError("refusing to approve: " + "; ".join(problems))
-        return _call(self._stub.Approve, pb.Approval(session_id=session_id, role=role, manifest_digest=view.digest,
-                                                     signature=identity.sign(approval_message(view.digest))),
-                     timeout=self.timeout)
+        approval = pb.Approval(session_id=session_id, role=role, manifest_digest=view.digest,
+                               signature=identity.sign(approval_message(view.digest)))
+        return self._call(self._stub.Approve, approval, timeout=self.timeout)
 
     # --- jobs ----------------------------------------------------------------------------------
     def run(self, enclave: AttestedEnclave, session_id: str, role: str, identity: Any, nonce: bytes,
@@ -317,7 +328,7 @@ class EnclaveClient:
                 else:
                     bundle = event.bundle
         except grpc.RpcError as exc:
-            raise EnclaveError(f"audit run failed ({exc.code().name}): {exc.details()}") from None
+            raise EnclaveError(f"audit run failed: {_error(exc, self.target)}") from None
         if bundle is None:
             raise EnclaveError("the enclave ended the run without a bundle")
         result = _bundle_json(bundle)
@@ -336,11 +347,11 @@ class EnclaveClient:
                                    signature=identity.sign(job_message(action, enclave.signing_public, session_id,
                                                                        view.digest)))
         method = self._stub.CancelJob if action == "cancel" else self._stub.CloseSession
-        return _call(method, request, timeout=self.timeout)
+        return self._call(method, request, timeout=self.timeout)
 
     def result(self, session_id: str) -> dict[str, Any]:
         """The session's last bundle (encrypted samples, if any, in `self.samples`)."""
-        res = _call(self._stub.GetResult, pb.ResultRequest(session_id=session_id), timeout=self.timeout)
+        res = self._call(self._stub.GetResult, pb.ResultRequest(session_id=session_id), timeout=self.timeout)
         self.samples = res.samples or None
         return _bundle_json(res.bundle)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 from verifier.errors import UnusableInput
 
-_HEX96 = re.compile(r"^[0-9a-f]{96}$")
 _PAGE = 4096
 # What sev-snp-measure raises for a firmware image it cannot lay out: its own RuntimeErrors, bare
 # asserts on page sizes, and whatever ctypes, enum and int conversions raise on damaged tables.
@@ -95,12 +93,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hex96(value: str, what: str) -> str:
-    v = value.strip().lower()
-    if v.startswith("0x"):
-        v = v[2:]
-    if not _HEX96.match(v):
-        raise UnusableInput(f"{what}: expected 96 hex digits (48 bytes, SHA-384), got {value!r}")
+def hex_value(value: str, what: str, nbytes: int = 48) -> str:
+    """`value` as lowercase hex of `nbytes` bytes (a 0x prefix and upper case are accepted)."""
+    v = value.strip().lower().removeprefix("0x")
+    if len(v) != 2 * nbytes or not all(c in "0123456789abcdef" for c in v):
+        size = f"{nbytes} bytes, SHA-384" if nbytes == 48 else f"{nbytes} bytes"
+        shown = value if len(value) <= 120 else value[:117] + "..."
+        raise UnusableInput(f"{what}: expected {2 * nbytes} hex digits ({size}), got {shown!r}")
     return v
 
 
@@ -124,7 +123,8 @@ def snp_values(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str
     if args.measurement:
         if any(getattr(args, name) is not None for name in _SNP_COMPUTE):
             raise UnusableInput("give either --measurement or the inputs to compute it (--ovmf ...), not both")
-        return {"measurements": [_hex96(args.measurement, "--measurement")]}, ["measurement given on the command line"]
+        return ({"measurements": [hex_value(args.measurement, "--measurement")]},
+                ["measurement given on the command line"])
     if not args.ovmf or not args.vcpus:
         raise UnusableInput("sev-snp needs --ovmf and --vcpus (and --vcpu-type or --vcpu-sig), or --measurement")
     if (args.initrd or args.append is not None) and not args.kernel:
@@ -176,12 +176,12 @@ def _named_values(args: argparse.Namespace, names: tuple[str, ...], from_file: d
         if given is not None and name in from_file:
             raise UnusableInput(f"{name} given both on the command line and in {where}")
         if given is not None:
-            out[name] = [_hex96(given, f"--{name}")]
+            out[name] = [hex_value(given, f"--{name}")]
         elif name in from_file:
             value = from_file[name]
             if not isinstance(value, str):
                 raise UnusableInput(f"{where}: {name} must be a hex string")
-            out[name] = [_hex96(value, f"{where}: {name}")]
+            out[name] = [hex_value(value, f"{where}: {name}")]
     return out
 
 

@@ -185,10 +185,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attest(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
+def _attest(client, args: argparse.Namespace, secrets: str):  # noqa: ANN001, ANN202
+    from aaudit.cmd_parties import policy_warnings
     from verifier import policy as policies
 
     policy = policies.load(args.policy)
+    for line in policy_warnings(policy, args.policy, secrets):
+        print(line, file=sys.stderr)
     attested = client.attest(policy)
     s = attested.serving
     sim = " (SIMULATED)" if s.platform == "sim" else ""
@@ -206,7 +209,7 @@ def _provision(args: argparse.Namespace) -> int:
     identity = load_identity(args.identity)
     asset = _sealed(args.sealed, "model")
     with GatewayClient(args.gateway) as client:
-        policy, attested = _attest(client, args)
+        policy, attested = _attest(client, args, "model")
         client.audit_bundle(policy, attested.serving)
         if attested.serving.model.digest != asset.digest:
             raise GatewayError(f"the gateway serves the audit of model {attested.serving.model.digest}, not your "
@@ -223,7 +226,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     conv = Conversation(args.conversation)
     with GatewayClient(args.gateway) as client:
-        policy, attested = _attest(client, args)
+        policy, attested = _attest(client, args, "prompts")
         known = conv.serving_id()
         if known is None:
             conv.start(attested.serving, client.audit_bundle(policy, attested.serving))
@@ -263,7 +266,7 @@ def _refresh(args: argparse.Namespace) -> int:
     if not numbers:
         raise UnusableInput(f"{args.conversation} holds no exchanges")
     with GatewayClient(args.gateway) as client:
-        _attest(client, args)
+        _attest(client, args, "prompts")
         for n in numbers:
             old = conv.proof(n)
             if old.status == "logged":

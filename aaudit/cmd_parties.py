@@ -8,8 +8,12 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from verifier.errors import UnusableInput
+
+if TYPE_CHECKING:
+    from verifier.policy import Policy
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
 _KEY_FORMS = "its .pub file, or the key itself in base64 (as `aaudit keygen` prints it) or hex"
@@ -33,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"the {other}'s public identity key: {_KEY_FORMS}")
         c.add_argument("--session-out", type=Path, metavar="FILE", help="also write the session id to FILE")
         _common(c, role)
-        c.set_defaults(func=_create, role=role)
+        c.set_defaults(func=_policy_first(_create), role=role)
 
         j = rsub.add_parser("join", help=f"join a session the {other} created",
                             description=f"Check that the session lives in the attested enclave and names your key "
@@ -42,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         j.add_argument(f"--expect-{other}", required=True, metavar=f"{other}.pub|KEY", dest="other_pub",
                        help=f"the {other}'s public identity key: {_KEY_FORMS}")
         _common(j, role)
-        j.set_defaults(func=_join, role=role)
+        j.set_defaults(func=_policy_first(_join), role=role)
 
         u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)} into a session",
                             description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)} in SEALED_DIR "
@@ -51,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         u.add_argument("sealed", type=Path, metavar="SEALED_DIR")
         _session(u)
         _common(u, role)
-        u.set_defaults(func=_upload, role=role)
+        u.set_defaults(func=_policy_first(_upload), role=role)
 
         other_kinds = ROLE_KINDS[other]
         a = rsub.add_parser("approve", help="check the whole run manifest and sign it",
@@ -65,11 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument(f"--expect-{other}", required=True, metavar=f"{other}.pub|KEY",
                        help=f"the {other}'s public identity key: {_KEY_FORMS}")
         for kind in other_kinds:
-            a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX", help=f"the agreed {kind} digest")
+            a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX",
+                           help=f"the agreed {kind} digest, as `aaudit digest` prints it")
         a.add_argument("--allow-samples", action="store_true",
                        help="agree that per-sample records go (encrypted) to the spec's samples_recipient")
         _common(a, role)
-        a.set_defaults(func=_approve, role=role)
+        a.set_defaults(func=_policy_first(_approve), role=role)
 
         run = rsub.add_parser("run", help="start the approved audit, show progress, save the bundle",
                               description="Queue the approved job with a fresh nonce (signed), follow its queue "
@@ -77,14 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         _session(run)
         run.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
         _common(run, role)
-        run.set_defaults(func=_run, role=role)
+        run.set_defaults(func=_policy_first(_run), role=role)
 
         for action, text in (("cancel", "cancel the session's queued or running job (its inputs are dropped)"),
                              ("close", "close the session: cancel its job and drop every asset it holds")):
             x = rsub.add_parser(action, help=text, description=text[0].upper() + text[1:] + "; signed by you.")
             _session(x)
             _common(x, role)
-            x.set_defaults(func=_action, role=role, action=action)
+            x.set_defaults(func=_policy_first(_action), role=role, action=action)
 
         r = rsub.add_parser("result", help="fetch the bundle of the session's last finished job",
                             description="Fetch the bundle (and, for the auditor, the encrypted per-sample records) "
@@ -92,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _session(r)
         r.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
         _common(r, role, identity=False)
-        r.set_defaults(func=_result, role=role)
+        r.set_defaults(func=_policy_first(_result), role=role)
 
         if role == "provider":
             from aaudit.cmd_gateway import register_provision
@@ -129,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Show a session's run manifest, approvals, problems and queue position. "
                        "For reading only: it does not attest the enclave (approve does, and checks every field).")
     _session(m)
-    m.add_argument("--enclave", required=True, metavar="HOST:PORT")
+    m.add_argument("--enclave", required=True, metavar="HOST:PORT", help="the enclave service")
     _plaintext(m)
     m.set_defaults(func=_manifest)
 
@@ -173,10 +178,43 @@ def _sealed(folder: Path, kind: str):  # noqa: ANN202
     return SealedAsset.load(meta)
 
 
-def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    from verifier import policy
+def _policy_first(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Load --policy before anything else, so its warnings come before any other output."""
+    def run(args: argparse.Namespace) -> int:
+        _enclave_policy(args)
+        return command(args)
 
-    enclave = client.attest(policy.load(args.policy))
+    return run
+
+
+def _enclave_policy(args: argparse.Namespace) -> Policy:
+    """--policy, loaded once per command; the first load says loudly what it leaves open."""
+    if getattr(args, "enclave_policy", None) is None:
+        from verifier import policy
+
+        args.enclave_policy = policy.load(args.policy)
+        for line in policy_warnings(args.enclave_policy, args.policy, " and ".join(ROLE_KINDS[args.role])):
+            print(line, file=sys.stderr)
+    return args.enclave_policy
+
+
+def policy_warnings(pol: Policy, path: Path, secrets: str) -> list[str]:
+    """WARNING lines for a policy that would trust enclaves it should not: one per accepted platform
+    whose launch measurement it does not pin (any image on that platform would get `secrets`: "model",
+    "dataset and spec", "prompts"), and one for `allow_simulated = true`."""
+    from verifier.models import CPU_PLATFORMS
+
+    out = [f"WARNING: {path} pins no measurement for {name}: any enclave image would be trusted with your {secrets} "
+           f"(add it: `aaudit policy init`, docs/POLICY.md)"
+           for name in CPU_PLATFORMS if name in pol.platforms and not pol.pins_measurement(name)]
+    if "sim" in pol.platforms:
+        out.append(f"WARNING: {path} sets allow_simulated = true: simulated evidence proves nothing about hardware "
+                   "and anyone can produce it; for development only")
+    return out
+
+
+def _attested(client, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    enclave = client.attest(_enclave_policy(args))
     sim = " (SIMULATED)" if enclave.platform == "sim" else ""
     channel = "plaintext channel (INSECURE)" if client.insecure_plaintext else "TLS key pinned"
     print(f"enclave {args.enclave}: {enclave.platform}{sim} evidence verified for our nonce; {channel}; "
@@ -232,11 +270,13 @@ def _upload(args: argparse.Namespace) -> int:
 def _approve(args: argparse.Namespace) -> int:
     from aaudit.client import ExpectedRun
     from sealing.identity import load_identity, load_public_raw
+    from verifier.inputs import asset_digest
 
-    identity = load_identity(args.identity)
     other = _other(args.role)
+    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}") for kind in ROLE_KINDS[other]}
+    identity = load_identity(args.identity)
     digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
-    digests.update({kind: getattr(args, f"expect_{kind}") for kind in ROLE_KINDS[other]})
+    digests.update(agreed)
     expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
     with _client(args) as client:
         enclave = _attested(client, args)
@@ -330,10 +370,9 @@ def _disclose_sample(args: argparse.Namespace) -> int:
 
 
 def _verify_and_summarise(bundle: dict, args: argparse.Namespace) -> int:
-    from verifier import policy
     from verifier.bundle import verify_bundle
 
-    verdict = verify_bundle(bundle, policy.load(args.policy), at=datetime.now(timezone.utc))
+    verdict = verify_bundle(bundle, _enclave_policy(args), at=datetime.now(timezone.utc))
     for task, metrics in verdict.claims.get("results", {}).items():
         shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k)

@@ -28,7 +28,7 @@ from verifier.binding import NONCE_LEN, key_binding, upload_message, wrap_info
 from verifier.bundle import verify_bundle
 from verifier.errors import AAuditError, UnusableInput
 from verifier.evidence import verify_evidence
-from verifier.inputs import load_json
+from verifier.inputs import host_port, load_json
 from verifier.models import CPU_PLATFORMS, Verdict
 from verifier.policy import Policy
 from verifier.receipt import Disclosure, Exchange, ReceiptProof, ServingEvidence, payload_digest
@@ -82,7 +82,7 @@ class GatewayClient:
     """One caller's pinned HTTPS connection to one gateway."""
 
     def __init__(self, target: str, timeout: float = 120.0) -> None:
-        self.target = target
+        self.target = host_port(target, "--gateway", "127.0.0.1:8443")
         cert = fetch_certificate(target, min(timeout, 30.0), alpn=("http/1.1",))
         self.pinned_tls = _spki(cert)
         context = ssl.create_default_context(cadata=cert.decode("ascii"))

@@ -27,9 +27,7 @@ def parse_jsonl(name: str, datasets: dict[str, bytes]) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{name}: not UTF-8 (byte {exc.start})") from None
     rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-        if not line.strip():
-            continue
+    for lineno, line in _records(text):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -44,3 +42,14 @@ def parse_jsonl(name: str, datasets: dict[str, bytes]) -> list[dict[str, Any]]:
     if not rows:
         raise DatasetError(f"{name}: no records")
     return rows
+
+
+def _records(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of each record: every line that is not blank."""
+    # not splitlines(): JSON strings may hold U+2028
+    return [(lineno, line) for lineno, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def record_line(data: bytes, index: int) -> int:
+    """The line number of record `index` (0-based, as `parse_jsonl` counts) of a file it parsed."""
+    return _records(data.decode("utf-8"))[index][0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from jinja2 import Template, nodes
+from jinja2 import Template, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -30,14 +30,40 @@ class TemplateLimit(UnusableInput):
     """A spec's template tried to build something larger than the template limits allow."""
 
 
+class TemplateUndefined(UnusableInput):
+    """A spec's template read a variable (a column) or an attribute the document does not have.
+
+    The message names the template's owner and the variables, which come from the template, never
+    from the data: Jinja's own message can quote an item key or value taken from the document.
+    `owners` and `document` let the caller locate the row (`document` is the data: never shown)."""
+
+    def __init__(self, where: str, reads: str, owners: tuple[str, ...], document: dict[str, Any]) -> None:
+        super().__init__(f"{where}: the template reads {reads}")
+        self.reads, self.owners, self.document = reads, owners, document
+
+
 class LimitedTemplate(Template):
     owner = "a template of the spec"
+    owners: tuple[str, ...] = ()  # the tasks whose config holds this template
+    source = ""
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         try:
             return _check_size(super().render(*args, **kwargs), "a rendered prompt")
         except TemplateLimit as exc:
             raise TemplateLimit(f"{self.owner}: {exc}") from None
+        except UndefinedError:
+            document = dict(*args, **kwargs)
+            missing = tuple(sorted(set(self._variables()) - set(document) - set(self.environment.globals)))
+            what = (f"template variable {', '.join(repr(v) for v in missing)}, which is not a column of the document"
+                    if missing else "an attribute or element the document does not have")
+            raise TemplateUndefined(self.owner, what, self.owners, document) from None
+
+    def _variables(self) -> frozenset[str]:
+        try:
+            return frozenset(meta.find_undeclared_variables(self.environment.parse(self.source)))
+        except TemplateSyntaxError:  # pragma: no cover - it compiled, so it parses
+            return frozenset()
 
 
 class _NoFolding(CodeGenerator):
@@ -69,8 +95,11 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
 
     def from_string(self, source: Any, *args: Any, **kwargs: Any) -> Any:
         template = super().from_string(source, *args, **kwargs)
-        if isinstance(source, str) and source in self.owners:
-            template.owner = "task " + ", ".join(repr(t) for t in self.owners[source])
+        if isinstance(source, str):
+            template.source = source
+            if source in self.owners:
+                template.owners = tuple(self.owners[source])
+                template.owner = "task " + ", ".join(repr(t) for t in template.owners)
         return template
 
 

@@ -34,6 +34,7 @@ import ctypes
 import dataclasses
 import json
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -166,6 +167,7 @@ def _exit_reason(code: int | None) -> str:
 def _child_main(conn: Connection) -> None:
     """The job process: receive the inputs, run the audit, send progress and the verdict."""
     _die_with_parent()
+    _detach()
     model_dir, spec, device, names = conn.recv()
     datasets = {name: conn.recv_bytes() for name in names}
     try:
@@ -181,6 +183,27 @@ def _child_main(conn: Connection) -> None:
     else:
         _send(conn, "done", dataclasses.asdict(run))
     conn.close()
+
+
+def _detach() -> None:
+    """Keep the job's own output out of the enclave's log, and its signals with the supervisor.
+
+    The libraries a job runs print progress bars and warnings, some quoting documents (the
+    auditor's secret), to a log the host operator reads: the job's stdout and stderr go to
+    /dev/null, and only what `run_job` reports leaves the job. A Ctrl-C on the enclave's terminal
+    reaches the whole process group; the job ignores it, since the server stops it (SIGTERM) as it
+    shuts down. tqdm's bars share a lock that it makes as a multiprocessing semaphore; a job
+    stopped by SIGTERM could not release it, and the resource tracker would report it leaked at
+    shutdown, so the job uses a thread lock (it draws bars from one process only).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _die_with_parent() -> None:

@@ -31,12 +31,15 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmarks.dataset import DatasetError, parse_jsonl  # noqa: F401 (run_audit raises DatasetError)
+from benchmarks.dataset import DatasetError, parse_jsonl, record_line
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
-from benchmarks.templates import limited_environment
+from benchmarks.templates import TemplateUndefined, limited_environment
 from verifier.merkle import root_hash
 from verifier.errors import UnusableInput
 from verifier.models import canonical_json
+
+__all__ = ["AuditRun", "DatasetError", "EngineUnavailable", "InMemoryDataset", "ProgressFn", "TemplateUndefined",
+           "engine_problem", "run_audit"]
 
 # Environment of a run. Hugging Face libraries read their offline switches when imported (and
 # `_enforce_offline` covers those imported earlier); lm-eval reads DISABLE_MULTIPROC when it
@@ -99,20 +102,23 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     from lm_eval.tasks import TaskManager
 
     phases = list(dict.fromkeys(_REQUEST_TYPE[t.config["output_type"]] for t in spec.tasks))
-    lm = _engine_lm(Path(model_dir), spec, device, _Counter(phases, report))
     task_dicts = []
     for task in spec.tasks:
         cfg = lm_eval_task_config(task)
         cfg["custom_dataset"] = InMemoryDataset({split: (name, rows[name]) for split, name in task.files.items()})
         task_dicts.append(cfg)
     report("evaluating", 0.0, "building requests")
-    with _quiet_lm_eval(), _sandboxed_templates(spec):
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
-            batch_size=spec.engine.batch_size, log_samples=True,
-            random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
-            fewshot_random_seed=spec.seed,
-        )
+    try:
+        with _quiet_lm_eval(), _sandboxed_templates(spec):
+            lm = _engine_lm(Path(model_dir), spec, device, _Counter(phases, report))
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
+                batch_size=spec.engine.batch_size, log_samples=True,
+                random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
+                fewshot_random_seed=spec.seed,
+            )
+    except TemplateUndefined as exc:
+        raise TemplateUndefined(_document_at(exc, spec, rows, datasets), exc.reads, exc.owners, {}) from None
     records = [rec for task in spec.tasks for rec in _records(task.name, out["samples"][task.name])]
     report("done", 1.0, "")
     applied_device, applied_dtype, engine = _applied(lm, spec.engine)
@@ -336,16 +342,43 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
+def _document_at(exc: TemplateUndefined, spec: AuditSpec, rows: dict[str, list[dict[str, Any]]],
+                 datasets: dict[str, bytes]) -> str:
+    """Where the document a template failed on is: task, data file, line and document index (as
+    lm-eval's doc_id counts), found by comparing it with the parsed rows; never its content."""
+    doc = exc.document
+    for task in spec.tasks:
+        if exc.owners and task.name not in exc.owners:
+            continue
+        for name in dict.fromkeys(task.files.values()):
+            for index, row in enumerate(rows[name]):
+                # lm-eval's documents have every column of the file; a row lacking one reads None there
+                if all(doc.get(k) == v for k, v in row.items()) and all(v is None for k, v in doc.items()
+                                                                          if k not in row):
+                    return (f"task {task.name!r}, data file {name!r}, line {record_line(datasets[name], index)} "
+                            f"(document {index})")
+    tasks = ", ".join(repr(t) for t in exc.owners) or "of the spec"
+    return f"task {tasks}, a document of its data files"
+
+
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
-    """Drop lm-eval's warnings during the run: some quote whole documents, which are the auditor's secret."""
+    """Keep lm-eval quiet during the run: drop its warnings (some quote whole documents, which are
+    the auditor's secret) and skip its environment report, which runs git, pip, compilers and
+    nvidia-smi as subprocesses (3 s per run, and git prints "fatal: not a git repository" outside
+    a checkout) for fields of lm-eval's results that the runner never reads."""
+    import lm_eval.evaluator as evaluator
+
     logger = logging.getLogger("lm_eval")
     level = logger.level
+    probes = evaluator.get_git_commit_hash, evaluator.add_env_info
     logger.setLevel(logging.ERROR)
+    evaluator.get_git_commit_hash, evaluator.add_env_info = (lambda: None), (lambda storage: None)
     try:
         yield
     finally:
         logger.setLevel(level)
+        evaluator.get_git_commit_hash, evaluator.add_env_info = probes
 
 
 def _records(task: str, samples: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

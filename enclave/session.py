@@ -524,7 +524,9 @@ class Sessions:
 
     def _problems_locked(self, session: AuditSession) -> list[str]:
         missing = [k for k in ASSET_KINDS if k not in session.assets]
-        problems = [f"missing asset(s): {', '.join(missing)}"] if missing else []
+        uploads = " and ".join(f"`aaudit {role} upload`" for role in dict.fromkeys(UPLOADER_ROLE[k] for k in missing))
+        problems = [f"missing asset(s): {', '.join(missing)}; upload into this session with {uploads} (an "
+                    "enclave restart drops every upload)"] if missing else []
         if session.state is State.AWAITING_JOIN:
             problems.append(f"waiting for the {' and '.join(r for r in ROLES if r not in session.joined)} to join")
         return problems + list(session.problems)

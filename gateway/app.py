@@ -10,6 +10,7 @@ provider or of anything but the audited model, and a nonce used twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,9 +18,9 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -167,7 +168,7 @@ class Gateway:
         self.state = "awaiting-model"
         self.engine: Any = None
         self._start_engine = start_engine
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._attest_slots = threading.BoundedSemaphore(4)
 
     # --- attestation ---------------------------------------------------------------------------
@@ -192,13 +193,22 @@ class Gateway:
             raise
         self.state = "serving"
 
-    def http(self) -> httpx.AsyncClient:
+    def http(self) -> aiohttp.ClientSession:
+        """The loopback HTTP client to the engine (aiohttp: the engine hop is most of the gateway's CPU,
+        and aiohttp's C parser costs less per answer than a pure-Python client). Bytes are relayed as
+        the engine sent them: no content decoding, no proxy from the environment."""
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self.engine.base_url.rstrip("/").removesuffix("/v1"),
-                                           timeout=httpx.Timeout(self.settings.engine_timeout_s, connect=10.0),
-                                           limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-                                           headers={"accept-encoding": "identity"}, trust_env=False)
+            self._http = aiohttp.ClientSession(
+                base_url=self.engine.base_url.rstrip("/").removesuffix("/v1"), auto_decompress=False,
+                trust_env=False, headers={"accept-encoding": "identity"},
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=512),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=self.settings.engine_timeout_s))
         return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def close(self) -> None:
         if self.engine is not None:
@@ -297,32 +307,31 @@ def build_app(gw: Gateway) -> Starlette:
             return _error(str(exc), exc.status, exc.param)
         rid = secrets.token_hex(16)
         request_ref = RequestRef("POST", path, hashlib.sha256(raw).hexdigest())
-        client = gw.http()
-        upstream = await client.send(client.build_request("POST", path, content=json.dumps(forward).encode(),
-                                                          headers={"content-type": "application/json"}), stream=True)
+        upstream = await gw.http().post(path, data=json.dumps(forward).encode(),
+                                        headers={"content-type": "application/json"})
         headers = {RECEIPT_HEADER: rid}
-        if not forward["stream"] or upstream.status_code != 200:
+        if not forward["stream"] or upstream.status != 200:
             try:
-                content = await upstream.aread()
+                content = await upstream.read()
             finally:
-                await upstream.aclose()
+                upstream.release()
             try:
-                gw.chain.issue(rid, request_ref, ResponseRef(upstream.status_code, hashlib.sha256(content).hexdigest(),
+                gw.chain.issue(rid, request_ref, ResponseRef(upstream.status, hashlib.sha256(content).hexdigest(),
                                                              False), sampling, conversation)
             except ReceiptStoreFull as exc:
                 return _error(str(exc), 503, kind="service_unavailable")
-            return Response(content, upstream.status_code, headers=headers,
+            return Response(content, upstream.status, headers=headers,
                             media_type=upstream.headers.get("content-type", "application/json"))
 
         async def relay():  # noqa: ANN202 - an async generator of the bytes sent
             digest, complete = hashlib.sha256(), False
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream.content.iter_any():
                     digest.update(chunk)
                     yield chunk
                 complete = True
             finally:
-                await upstream.aclose()
+                upstream.release()
             if complete:  # a stream the client abandoned gets no receipt: nobody holds its bytes
                 try:
                     envelope, _ = gw.chain.issue(rid, request_ref, ResponseRef(200, digest.hexdigest(), True),
@@ -355,6 +364,12 @@ def build_app(gw: Gateway) -> Starlette:
         Route("/v1/chat/completions", complete, methods=["POST"]),
         Route("/v1/completions", complete, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, httpx.HTTPError: unreachable,
-                                                        Exception: failed})
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gw.aclose()
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: not_found, 405: not_found, aiohttp.ClientError: unreachable,
+                                         Exception: failed})
 

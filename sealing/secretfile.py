@@ -14,6 +14,8 @@ from pathlib import Path
 
 from sealing.errors import SealError
 
+_PUBLIC_PEM = b"-----BEGIN PUBLIC KEY-----"
+
 
 def write_secret_file(path: Path, data: bytes) -> None:
     """Create `path` with mode 0600 and write `data`; refuse if it already exists."""
@@ -42,6 +44,12 @@ def read_secret_file(path: Path, max_size: int) -> bytes:
         os.close(fd)
         raise SealError(f"key file {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
+        if path.suffix == ".pub" or handle.read(len(_PUBLIC_PEM)) == _PUBLIC_PEM:
+            # Checked first: a .pub file is world-readable by design, and "chmod 600" would be wrong advice.
+            private = path.with_suffix(".key") if path.suffix == ".pub" else "the matching .key file"
+            raise SealError(f"{path} is a public key (the .pub file `aaudit keygen` writes for the other party); "
+                            f"pass your private key file instead ({private})")
+        handle.seek(0)
         if info.st_mode & 0o077:
             raise SealError(
                 f"key file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "

@@ -151,3 +151,17 @@ def publish(made: Made, db: Path) -> str:
         key = log.signer.verifier_key
         made.bundle = publish_bundle(log, made.bundle, log_key=key)
     return key
+
+
+def gateway_policy_toml(made: Made, log_key: str) -> str:
+    """An operator's and users' policy for a receipt gateway serving `made`'s audit: the bundle's and
+    this checkout's code identities, the provider key, the model digest, and the log's key."""
+    import json
+
+    from enclave.measure import code_identity
+
+    text = made.policy_toml(code=False, log_key=log_key)
+    measurements = json.dumps([CODE_IDENTITY, code_identity()])
+    return (text.replace("[expect]\n", f"[sim]\nmeasurements = {measurements}\n[expect]\n"
+                         f"provider_key = '''{pem(made.provider)}'''\n")
+            .replace("[expect]\n", f"[expect]\ncode_identity = {measurements}\n", 1))

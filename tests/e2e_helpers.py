@@ -34,7 +34,8 @@ class Parties:
     samples_key: Path
 
 
-def make_parties(root: Path) -> Parties:
+def make_parties(root: Path, spec_toml: str | None = None) -> Parties:
+    """`spec_toml`: the audit spec (default: the demo's, with per-sample records for the auditor)."""
     build_tiny_model(root / "model", seed=secrets.randbelow(2**31))  # unique weights: see marker below
     write_demo_data(root / "data")
     # A record no other run has, so a search for leaked plaintext cannot hit another run's files.
@@ -44,7 +45,7 @@ def make_parties(root: Path) -> Parties:
         f.write(json.dumps(marker, sort_keys=True) + "\n")
     recipient, samples_key, _ = generate_samples_key(root / "keys", "auditor")
     (root / "spec").mkdir()
-    (root / "spec" / "audit.toml").write_text(demo_spec_toml(samples_recipient=recipient))
+    (root / "spec" / "audit.toml").write_text(spec_toml or demo_spec_toml(samples_recipient=recipient))
     sealed = {
         "model": seal(root / "model", root / "sealed", "model"),
         "dataset": seal(root / "data", root / "sealed", "dataset"),

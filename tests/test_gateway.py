@@ -9,10 +9,12 @@ conversation continuing a receipt never issued; a gateway started on an audit th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,12 +28,12 @@ import pytest
 
 from aaudit.user import GatewayClient, GatewayError, answer_text
 from benchmarks.demo_assets import build_tiny_model
-from enclave.measure import code_identity
 from gateway.provision import UPLOAD_HEADER, ProvisionHeader
+from gateway.serve import bind
 from sealing.digest import file_listing
 from sealing.identity import generate_identity, load_identity
 from sealing.stream import SealedReader, seal
-from tests.bundle_factory import CODE_IDENTITY, make_bundle, pem
+from tests.bundle_factory import gateway_policy_toml, make_bundle
 from tests.tlog_support import running_log
 from tlog.publish import publish_bundle
 from verifier import dsse, policy as policies
@@ -58,16 +60,6 @@ class World:
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aaudit.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _policy(made, log_key: str, *, model_digest: str | None = None) -> str:
-    text = made.policy_toml(code=False, log_key=log_key)
-    if model_digest is not None:
-        text = text.replace(made.digests["model"], model_digest)
-    measurements = json.dumps([CODE_IDENTITY, code_identity()])
-    return (text.replace("[expect]\n", f"[sim]\nmeasurements = {measurements}\n[expect]\n"
-                         f"provider_key = '''{pem(made.provider)}'''\n")
-            .replace("[expect]\n", f"[expect]\ncode_identity = {measurements}\n", 1))
 
 
 def _start(world_root: Path, bundle: Path, policy: Path, log_target: str, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -101,7 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         made.bundle = publish_bundle(log.client, made.bundle, log_key=log.key)
         bundle_path = made.write(root)
         policy_path = root / "policy.toml"
-        policy_path.write_text(_policy(made, log.key))
+        policy_path.write_text(gateway_policy_toml(made, log.key))
         policies.load(policy_path)
         proc, target = _start(root, bundle_path, policy_path, log.target)
         try:
@@ -125,6 +117,33 @@ def _asset(folder: Path):  # noqa: ANN202
     from sealing.stream import SealedAsset
 
     return SealedAsset.load(folder / "model.json")
+
+
+def test_connections_the_gateway_accepts_send_without_nagle_delays() -> None:
+    """With Nagle on, an answer's body record waits for the client to ACK its header record, and the
+    client delays that ACK: about 40 ms more per answer, and per streamed chunk. asyncio turns Nagle
+    off only on connections accepted from a socket that says it is TCP; `bind` must make one."""
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future[int] = loop.create_future()
+
+        class Accepted(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                made.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        sock = bind("127.0.0.1:0")
+        server = await loop.create_server(Accepted, sock=sock)
+        try:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            try:
+                return await asyncio.wait_for(made, 10)
+            finally:
+                writer.close()
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
 
 
 def test_a_gateway_refuses_to_start_on_an_audit_that_does_not_verify(world: World) -> None:

@@ -7,6 +7,8 @@ a pinned party key must refuse a bundle whose manifest or approvals use another 
 
 from __future__ import annotations
 
+import base64
+
 import json
 import subprocess
 import sys
@@ -141,8 +143,15 @@ def test_approvals_by_other_keys_fail_naming_the_role() -> None:
 
 @pytest.mark.parametrize("value", ["", "not a key", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", 7])
 def test_malformed_party_keys_are_refused(value: object) -> None:
-    with pytest.raises(PolicyError, match=r"provider_key must be the text of the party's \.pub file"):
+    with pytest.raises(PolicyError, match=r"provider_key.*(\.pub file|base64 form)"):
         policy.parse({"allow_simulated": True, "expect": {"provider_key": value}})
+
+
+def test_a_party_key_may_be_the_base64_form_keygen_prints() -> None:
+    key = Ed25519PrivateKey.generate().public_key()
+    pinned = policy.parse({"allow_simulated": True, "expect": {"provider_key": base64.b64encode(
+        key.public_bytes_raw()).decode()}}).party_keys["provider"]
+    assert pinned == key.public_bytes_raw()
 
 
 def test_a_non_ed25519_key_is_refused() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.errors import ParseError, UnusableInput
-from verifier.inputs import load_json
+from verifier.inputs import host_port, load_json
 from verifier.models import b64e
 
 DEFAULT_LISTEN = "127.0.0.1:7300"
@@ -90,13 +90,10 @@ def register(subparsers: Any) -> None:
 
 def listen_address(text: str) -> str:
     """HOST:PORT with a port from 0 to 65535, checked before anything is opened or listens."""
-    host, sep, port = text.rpartition(":")
-    bracketed = len(host) > 2 and host[0] == "[" and host[-1] == "]"  # an IPv6 address, [::1]
-    name, forbidden = (host[1:-1], "[] \t") if bracketed else (host, "[]: \t")
-    bad_host = not name or any(c in name for c in forbidden)
-    if not sep or bad_host or not (port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port from 0 to 65535")
-    return text
+    try:
+        return host_port(text, "--listen", DEFAULT_LISTEN, listen=True)
+    except UnusableInput as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--listen ")) from None
 
 
 def seconds(text: str) -> float:

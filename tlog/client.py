@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 from typing import Any
 
 import grpc
@@ -10,6 +12,7 @@ from protos import log_pb2, log_pb2_grpc
 from tlog.backend import AppendResult, InvalidRequest, LogError, NotFound, check_entry
 from tlog.publish import publish_bundle
 from tlog.server import GRPC_OPTIONS
+from verifier.inputs import host_port
 from verifier.logentry import ConsistencyProof, InclusionProof
 
 
@@ -17,7 +20,7 @@ class LogClient:
     """A remote log at `target` ("HOST:PORT"). Thread-safe: one channel, many concurrent calls."""
 
     def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self.target = target
+        self.target = host_port(target, "--log", "127.0.0.1:7300")
         self.timeout = timeout
         self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
         self._stub = log_pb2_grpc.TransparencyLogStub(self._channel)
@@ -26,6 +29,9 @@ class LogClient:
         try:
             return getattr(self._stub, name)(request, timeout=self.timeout)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and _speaks_tls(self.target):  # type: ignore[attr-defined]
+                raise LogError(f"{self.target} speaks TLS, so it is not an aaudit transparency log (which serves "
+                               "plaintext gRPC): is it the enclave? Point --log at `aaudit log serve`") from None
             raise _error(self.target, exc) from None
 
     def append(self, entry: bytes) -> AppendResult:
@@ -63,6 +69,21 @@ class LogClient:
         self.close()
 
 
+def _speaks_tls(target: str, timeout: float = 2.0) -> bool:
+    """Whether `target` completes a TLS handshake: asked only after a call failed, to tell an enclave
+    (attested TLS) given as the log apart from a log that is down."""
+    host, _, port = target.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # nothing is sent or trusted; only the handshake matters
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock, \
+                context.wrap_socket(sock):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _uint(value: int, what: str) -> int:
     if not 0 <= value < 1 << 63:
         raise InvalidRequest(f"{what} must be a non-negative integer, got {value}")
@@ -81,6 +102,9 @@ def _error(target: str, exc: grpc.RpcError) -> Exception:
         return InvalidRequest(f"the log refused the message as too large: {details}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return LogError(f"{target} answers but is not an aaudit transparency log (is it the enclave?); "
+                        "point --log at `aaudit log serve`")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return LogError(f"cannot reach the log at {target}: {details}")
     return LogError(f"the log at {target} failed: {code.name}: {details}")

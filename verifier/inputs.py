@@ -92,6 +92,38 @@ def parse_hex(value: str | None, what: str, max_len: int) -> bytes | None:
     return out
 
 
+ASSET_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def asset_digest(text: str, what: str) -> str:
+    """`text` if it is an asset digest as `aaudit digest` and `aaudit seal` print it ("sha256:" and 64
+    lowercase hex digits). Anything else is refused; a bare or upper-case hex digest gets the fixed
+    value in the message, for the person to check and pass."""
+    if ASSET_DIGEST.fullmatch(text):
+        return text
+    bare = text.strip().lower().removeprefix("sha256:")
+    fixed = f"sha256:{bare}" if re.fullmatch(r"[0-9a-f]{64}", bare) else None
+    hint = f"; did you mean {fixed}?" if fixed else ""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise UnusableInput(f"{what} must be sha256:<64 lowercase hex digits> as `aaudit digest` prints it, "
+                        f"got {shown!r}{hint}")
+
+
+def host_port(text: str, flag: str, example: str, *, listen: bool = False) -> str:
+    """`text` if it is HOST:PORT (an IPv6 host in brackets, e.g. [::1]:50051), else `UnusableInput`
+    naming the flag and an example. The port must be given: gRPC would otherwise quietly dial
+    443. Port 0 (pick a free port) is only for an address to listen on."""
+    host, sep, port = text.rpartition(":")
+    bracketed = len(host) > 2 and host[0] == "[" and host[-1] == "]"
+    name, forbidden = (host[1:-1], "[] \t") if bracketed else (host, "[]: \t/")
+    lowest = 0 if listen else 1
+    if not sep or not name or any(c in name for c in forbidden) \
+            or not (port.isascii() and port.isdigit() and lowest <= int(port) <= 65535):
+        raise UnusableInput(f"{flag} needs HOST:PORT (e.g. {example}) with a port from {lowest} to 65535, "
+                            f"got {text!r}")
+    return text
+
+
 MAX_JSON_DEPTH = 64  # far deeper than any format of this project; bounds every later recursive walk
 _MAX_INT_DIGITS = 309  # 10**308 is about the largest float; a longer integer cannot be a metric
 

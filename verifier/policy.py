@@ -51,12 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from verifier import platforms
-from verifier.errors import PolicyError
+from verifier.errors import ParseError, PolicyError
+from verifier.inputs import parse_public_key
 from verifier.platforms import allowlist
 from verifier.manifest import ROLES
 
@@ -108,13 +105,16 @@ class Policy:
     def accepts(self, platform: str) -> bool:
         return platform in self.platforms
 
+    def pins_measurement(self, platform: str) -> bool:
+        """Whether the policy pins the launch measurement of `platform`'s evidence (the hardware's
+        own record of the image it started), as opposed to the code identity the enclave reports."""
+        return platform in self.platforms and platforms.get(platform).is_pinned(self.platforms[platform])
+
     def unpinned(self, platform: str) -> list[str]:
         """What this policy leaves open for a bundle whose evidence is from `platform`: any model
         that any auditor ran on any code would pass these checks."""
         out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect]
-        code_pinned = self.code_identities is not None or (
-            platform in self.platforms and platforms.get(platform).is_pinned(self.platforms[platform]))
-        if not code_pinned:
+        if self.code_identities is None and not self.pins_measurement(platform):
             out.append("code identity")
         if self.log is None or not self.log.require_inclusion:
             out.append("log")
@@ -223,16 +223,13 @@ def _opt_float(value: Any) -> float | None:
 
 
 def _party_key(value: Any, where: str, key: str) -> bytes:
-    """The raw Ed25519 key of a party's `.pub` file text (SubjectPublicKeyInfo PEM)."""
-    hint = f"{key} must be the text of the party's .pub file (an Ed25519 public key in PEM)"
-    _require(isinstance(value, str), where, hint)
+    """The raw Ed25519 key of a party: its `.pub` file text, or the base64 / hex form keygen prints."""
+    _require(isinstance(value, str), where, f"{key} must be the party's public key: the text of its .pub file, "
+             "or the base64 form `aaudit keygen` prints")
     try:
-        public = load_pem_public_key(value.encode("utf-8"))
-    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):
-        raise PolicyError(f"{where}: {hint}") from None
-    _require(isinstance(public, Ed25519PublicKey), where, hint)
-    assert isinstance(public, Ed25519PublicKey)
-    return public.public_bytes_raw()
+        return parse_public_key(value, f"{where}: {key}")
+    except ParseError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def _platform_policy(name: str, table: dict[str, Any], source: str) -> Any:
