@@ -35,6 +35,11 @@ OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood", "loglikeli
 
 MAX_TASKS = 64
 MAX_BATCH_SIZE = 1024
+ENGINES = ("hf", "vllm")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+MAX_PARALLEL = 64  # GPUs per parallel dimension
+DEFAULT_MAX_BATCH_SIZE = 64  # lm-eval's HFLM default: where its batch finder starts
+MAX_MODEL_LEN = 1 << 20
 MAX_FEWSHOT = 32
 MAX_REPEATS = 32
 MAX_GEN_TOKS = 8192
@@ -142,7 +147,12 @@ FORBIDDEN_KEYS: dict[str, str] = {
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
 TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description",
-                      "min_documents", "deadline", "task"})
+                      "min_documents", "deadline", "engine", "task"})
+ENGINE_KEYS: dict[str, frozenset[str]] = {
+    "hf": frozenset({"name", "batch_size", "max_batch_size", "dtype", "parallelize"}),
+    "vllm": frozenset({"name", "batch_size", "dtype", "tensor_parallel_size", "data_parallel_size",
+                       "gpu_memory_utilization", "max_model_len"}),
+}
 TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_split", "config"})
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
@@ -189,9 +199,40 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """The `[engine]` table: which lm-eval model class runs the audit, and its settings.
+
+    `hf` is lm-eval's `HFLM` (transformers), `vllm` lm-eval's `VLLM`. Every setting that can change
+    the numbers is the spec's, so both parties approve it with the spec digest and the statement
+    records it: `batch_size` (padding), `dtype` ("auto" is the checkpoint's own dtype from its
+    config.json, on every device). `batch_size = "auto"` lets lm-eval pick the batch: `hf` tries
+    from `max_batch_size` down until a batch fits in memory (the size found is recorded in the
+    statement); `vllm` hands all requests to vLLM's scheduler. `parallelize` shards one model over
+    the visible GPUs (`hf`, accelerate's device map); `tensor_parallel_size` / `data_parallel_size`
+    split it for `vllm`."""
+
+    name: str = "hf"
+    batch_size: int | str = 1
+    dtype: str = "auto"
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    parallelize: bool = False
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """This engine's settings (the keys of its `[engine]` table, defaults filled in)."""
+        keys = ENGINE_KEYS[self.name] - {"name"}
+        if self.batch_size != "auto":
+            keys -= {"max_batch_size"}  # lm-eval reads it only to find a batch size
+        return {k: getattr(self, k) for k in sorted(keys)}
+
+
+@dataclass(frozen=True)
 class AuditSpec:
     """A checked spec. `seed` seeds Python, numpy, torch and the few-shot sampler alike;
-    `batch_size` is part of the spec because batching (padding) can change the numbers.
+    `engine` is part of the spec because its batch size (padding) and dtype change the numbers.
     `min_documents` is the fewest documents a task may have under `output = "aggregate"` (the
     operator may raise it); `deadline_s` is how long the job may run, in seconds (the operator
     may lower it)."""
@@ -201,11 +242,15 @@ class AuditSpec:
     seed: int
     output: str
     tasks: tuple[TaskSpec, ...]
-    batch_size: int = 1
+    engine: EngineSpec = EngineSpec()
     description: str = ""
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
     min_documents: int = DEFAULT_MIN_DOCUMENTS
     deadline_s: int = DEFAULT_DEADLINE_S
+
+    @property
+    def batch_size(self) -> int | str:
+        return self.engine.batch_size
 
     @property
     def task_names(self) -> list[str]:
@@ -244,7 +289,7 @@ def parse_spec(data: bytes) -> AuditSpec:
     if output not in OUTPUT_POLICIES:
         raise SpecError(f"spec: output {_q(output)} must be one of {', '.join(OUTPUT_POLICIES)}")
     recipient = _samples_recipient(doc, output)
-    batch_size = _int(doc, "batch_size", "spec", lo=1, hi=MAX_BATCH_SIZE, default=1)
+    engine = _engine(doc)
     description = _str(doc, "description", "spec", default="")
     min_documents = _int(doc, "min_documents", "spec", lo=1, hi=MAX_MIN_DOCUMENTS, default=DEFAULT_MIN_DOCUMENTS)
     deadline_s = _deadline(doc["deadline"]) if "deadline" in doc else DEFAULT_DEADLINE_S
@@ -264,7 +309,7 @@ def parse_spec(data: bytes) -> AuditSpec:
             raise SpecError(f"task {_q(t.name)}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
-                     batch_size=batch_size, description=description, samples_recipient=recipient,
+                     engine=engine, description=description, samples_recipient=recipient,
                      min_documents=min_documents, deadline_s=deadline_s)
 
 
@@ -284,6 +329,58 @@ def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
     except ParseError as exc:
         raise SpecError(f"{exc} (the auditor's samples key, 32 bytes, is in keys/auditor.samples.pub)") from None
     return base64.b64encode(raw).decode()  # one form in the manifest and the statement, however it was written
+
+
+def _engine(doc: dict[str, Any]) -> EngineSpec:
+    """The `[engine]` table (see `EngineSpec`). A top-level `batch_size` (specs written before
+    `[engine]` existed) still means `[engine] batch_size` of the default `hf` engine, an integer as
+    before; "auto" and every other setting go under `[engine]`."""
+    table = doc.get("engine", {})
+    if not isinstance(table, dict):
+        raise SpecError("spec: `engine` must be a table: [engine] name = \"hf\" or \"vllm\"")
+    where = "spec: [engine]"
+    name = _str(table, "name", where, default="hf")
+    if name not in ENGINES:
+        raise SpecError(f"{where}: name {_q(name)} must be one of {', '.join(ENGINES)}")
+    _no_unknown(table, ENGINE_KEYS[name], f"{where} (name = {name!r})")
+    if "batch_size" in doc:
+        if "batch_size" in table or name != "hf":
+            raise SpecError("spec: the top-level `batch_size` is the old place of [engine] batch_size; "
+                            "set it only under [engine]")
+        old = doc["batch_size"]
+        if isinstance(old, bool) or not isinstance(old, int) or not 1 <= old <= MAX_BATCH_SIZE:
+            raise SpecError(f"spec: the top-level `batch_size` must be an integer from 1 to {MAX_BATCH_SIZE}; "
+                            "write batch_size = \"auto\" (and every other engine setting) under [engine]")
+        table = {**table, "batch_size": old}
+    out: dict[str, Any] = {"name": name}
+    batch = table.get("batch_size", "auto" if name == "vllm" else 1)
+    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int)
+                            or not 1 <= batch <= MAX_BATCH_SIZE):
+        raise SpecError(f"{where}: `batch_size` must be an integer from 1 to {MAX_BATCH_SIZE} or \"auto\"")
+    out["batch_size"] = batch
+    dtype = _str(table, "dtype", where, default="auto")
+    if dtype not in DTYPES:
+        raise SpecError(f"{where}: dtype {_q(dtype)} must be one of {', '.join(DTYPES)} "
+                        "(auto: the checkpoint's own dtype from its config.json)")
+    out["dtype"] = dtype
+    if "max_batch_size" in table:
+        out["max_batch_size"] = _int(table, "max_batch_size", where, lo=1, hi=MAX_BATCH_SIZE)
+        if batch != "auto":
+            raise SpecError(f"{where}: max_batch_size only applies with batch_size = \"auto\"")
+    if "parallelize" in table:
+        if not isinstance(table["parallelize"], bool):
+            raise SpecError(f"{where}: `parallelize` must be true or false")
+        out["parallelize"] = table["parallelize"]
+    for key in ("tensor_parallel_size", "data_parallel_size"):
+        if key in table:
+            out[key] = _int(table, key, where, lo=1, hi=MAX_PARALLEL)
+    if "gpu_memory_utilization" in table:
+        out["gpu_memory_utilization"] = _float(table, "gpu_memory_utilization", where, lo=0.0, hi=1.0)
+        if out["gpu_memory_utilization"] == 0.0:
+            raise SpecError(f"{where}: `gpu_memory_utilization` must be above 0")
+    if "max_model_len" in table:
+        out["max_model_len"] = _int(table, "max_model_len", where, lo=1, hi=MAX_MODEL_LEN)
+    return EngineSpec(**out)
 
 
 def _deadline(value: Any) -> int:
@@ -358,6 +455,23 @@ def spec_to_lm_eval_yaml(spec: AuditSpec, data_dir: str) -> dict[str, str]:
         cfg = {"task": cfg.pop("task"), **source, **cfg}
         out[task.name] = yaml.dump(cfg, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1_000_000)
     return out
+
+
+def lm_eval_cli_args(engine: EngineSpec, model_dir: str) -> list[str]:
+    """The stock `lm_eval` options that load the model as the enclave does (`--model`,
+    `--model_args`, `--batch_size`), for reproducing a run with `spec_to_lm_eval_yaml`'s tasks."""
+    model_args: dict[str, Any] = {"pretrained": model_dir, "dtype": engine.dtype}
+    extra = []
+    if engine.name == "hf":
+        if engine.parallelize:
+            model_args["parallelize"] = True
+        if engine.batch_size == "auto":
+            extra = ["--max_batch_size", str(engine.max_batch_size)]
+    else:
+        model_args.update({k: v for k, v in engine.settings().items() if k not in ("batch_size", "dtype")
+                           and v is not None})
+    return ["--model", engine.name, "--model_args", ",".join(f"{k}={v}" for k, v in model_args.items()),
+            "--batch_size", str(engine.batch_size), *extra]
 
 
 # --- checks -----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Run an audit spec with lm-eval inside the enclave, on decrypted bytes held in memory.
 
-The numbers are stock lm-eval's: the model is loaded with transformers, wrapped in lm-eval's own
-`HFLM`, and `lm_eval.simple_evaluate` runs the spec's task configs. Only the data source differs
+The numbers are stock lm-eval's: the spec's `[engine]` names lm-eval's own model class (`HFLM` for
+"hf", `VLLM` for "vllm"), which loads the plaintext model folder with the spec's settings, and
+`lm_eval.simple_evaluate` runs the spec's task configs. The statement records the engine, its
+version and its settings as applied (the dtype loaded, the batch sizes lm-eval found). Only the data source differs
 from `lm_eval --include_path` with `spec_to_lm_eval_yaml`: each task gets a `custom_dataset` that
 builds a `datasets.Dataset` in memory from the auditor's JSONL bytes, because `dataset_path: json`
 would leave an Arrow copy of the plaintext in the datasets cache.
@@ -25,16 +27,19 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from benchmarks.dataset import DatasetError, parse_jsonl, record_line
-from benchmarks.spec import AuditSpec, lm_eval_task_config
+from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
 from benchmarks.templates import TemplateUndefined, limited_environment
 from verifier.merkle import root_hash
+from verifier.errors import UnusableInput
 from verifier.models import canonical_json
 
-__all__ = ["AuditRun", "DatasetError", "InMemoryDataset", "ProgressFn", "TemplateUndefined", "run_audit"]
+__all__ = ["AuditRun", "DatasetError", "EngineUnavailable", "InMemoryDataset", "ProgressFn", "TemplateUndefined",
+           "engine_problem", "run_audit"]
 
 # Environment of a run. Hugging Face libraries read their offline switches when imported (and
 # `_enforce_offline` covers those imported earlier); lm-eval reads DISABLE_MULTIPROC when it
@@ -64,7 +69,8 @@ class AuditRun:
     versions: dict[str, str]
     seeds: dict[str, int]
     device: str
-    dtype: str
+    dtype: str  # as loaded (the spec's [engine] dtype "auto" is the checkpoint's own)
+    engine: dict[str, Any]  # {"name", "version", "settings"}: the statement's runtime.engine
     started_at: str
     finished_at: str
     samples_root: str
@@ -78,19 +84,20 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     One run per process at a time: a run sets RUN_ENV and swaps lm-eval's template environment and
     log level, so the enclave calls it in a child process per job (`enclave.jobs.run_job`).
     `progress(stage, fraction)` gets the phase (e.g. "loglikelihood 120/576") and the overall
-    fraction of model requests answered."""
+    fraction of model requests answered. Raises `EngineUnavailable` before reading anything when
+    this image lacks the spec's engine."""
     report = progress or (lambda stage, fraction, message: None)
     started = _now()
+    problem = engine_problem(spec.engine)
+    if problem is not None:
+        raise EngineUnavailable(problem)
     rows = {name: parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model
     _enforce_offline()
 
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     report("loading model", 0.0, "")
-    model, tokenizer = _load_model(Path(model_dir), device, dtype)
-
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -103,10 +110,10 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     report("evaluating", 0.0, "building requests")
     try:
         with _quiet_lm_eval(), _sandboxed_templates(spec):
-            lm = _progress_lm(model, tokenizer, spec.batch_size, phases, report)
+            lm = _engine_lm(Path(model_dir), spec, device, _Counter(phases, report))
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
-                batch_size=spec.batch_size, log_samples=True,
+                batch_size=spec.engine.batch_size, log_samples=True,
                 random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
                 fewshot_random_seed=spec.seed,
             )
@@ -114,20 +121,93 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         raise TemplateUndefined(_document_at(exc, spec, rows, datasets), exc.reads, exc.owners, {}) from None
     records = [rec for task in spec.tasks for rec in _records(task.name, out["samples"][task.name])]
     report("done", 1.0, "")
+    applied_device, applied_dtype, engine = _applied(lm, spec.engine)
+    engine_versions = {"vllm": version("vllm")} if spec.engine.name == "vllm" else {}
     return AuditRun(
         results={t: _json_safe(out["results"][t]) for t in spec.task_names},
         n_samples={t: _json_safe(out["n-samples"][t]) for t in spec.task_names},
         configs={t: _json_safe(out["configs"][t]) for t in spec.task_names},
-        versions={**{p: version(p) for p in VERSIONED_PACKAGES}, "python": platform.python_version()},
+        versions={**{p: version(p) for p in VERSIONED_PACKAGES}, **engine_versions,
+                  "python": platform.python_version()},
         seeds={"random_seed": spec.seed, "numpy_seed": spec.seed, "torch_seed": spec.seed,
                "fewshot_seed": spec.seed},
-        device=str(lm.device),
-        dtype=str(dtype).removeprefix("torch."),
+        device=applied_device,
+        dtype=applied_dtype,
+        engine=engine,
         started_at=started,
         finished_at=_now(),
         samples_root=root_hash([canonical_json(r) for r in records]).hex(),
         records=records,
     )
+
+
+class EngineUnavailable(UnusableInput):
+    """The spec names an engine this enclave image does not carry."""
+
+
+def engine_problem(engine: EngineSpec) -> str | None:
+    """Why this enclave image cannot run `engine`, or None. Cheap (it imports nothing), so that the
+    enclave can say so before anyone approves the spec, not after a job has started."""
+    if engine.name == "vllm" and find_spec("vllm") is None:
+        return ('the spec asks for [engine] name = "vllm", but vLLM is not installed in this enclave image (only '
+                "the GPU image carries it, see docs/DEPLOY.md): run the audit on an enclave built from the GPU "
+                'image with vLLM, or set [engine] name = "hf" in the spec and upload it again')
+    if engine.name == "vllm" and engine.data_parallel_size > 1 and find_spec("ray") is None:
+        return ('the spec asks for [engine] data_parallel_size > 1, which lm-eval runs through Ray, and Ray is not '
+                "installed in this enclave image: set data_parallel_size = 1 (tensor_parallel_size still splits "
+                "the model over GPUs) and upload the spec again")
+    return None
+
+
+def _engine_lm(model_dir: Path, spec: AuditSpec, device: str, counter: Any) -> Any:
+    """lm-eval's own model class for the spec's engine, loading the plaintext folder itself.
+
+    Weights come from safetensors only (a pickle could run code) and never with the folder's own
+    code. `parallelize` may place layers on GPUs only: no disk offload folder is given, so a model
+    that does not fit is an error, never plaintext weights written to disk."""
+    engine = spec.engine
+    common = {"pretrained": str(model_dir), "dtype": engine.dtype, "batch_size": engine.batch_size,
+              "trust_remote_code": False}
+    if engine.name == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM
+
+        lm = type("ProgressVLLM", (_ProgressLM, VLLM), {})(
+            **common, tensor_parallel_size=engine.tensor_parallel_size,
+            data_parallel_size=engine.data_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
+            max_model_len=engine.max_model_len, seed=spec.seed, load_format="safetensors")
+    else:
+        from lm_eval.models.huggingface import HFLM
+
+        class ProgressHFLM(_ProgressLM, HFLM):
+            def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> int:
+                size = super()._detect_batch_size(requests, pos)
+                self.detected_batch_sizes.append(int(size))
+                return size
+
+        lm = ProgressHFLM(**common, device=device, parallelize=engine.parallelize,
+                          max_batch_size=engine.max_batch_size, offload_folder=None,
+                          use_safetensors=True, local_files_only=True)
+        lm.detected_batch_sizes = []
+    lm.set_cache_hook(counter)
+    return lm
+
+
+def _applied(lm: Any, engine: EngineSpec) -> tuple[str, str, dict[str, Any]]:
+    """Device, dtype and the statement's `runtime.engine`, as the engine actually applied them."""
+    settings = engine.settings()
+    if engine.name == "vllm":
+        config = lm.model.llm_engine.model_config if engine.data_parallel_size == 1 else None
+        dtype = str(config.dtype) if config is not None else engine.dtype
+        settings["max_model_len"] = lm.max_length
+        return "cuda", dtype.removeprefix("torch."), {"name": "vllm", "version": version("vllm"),
+                                                      "settings": settings}
+    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    if engine.batch_size == "auto":
+        settings["detected_batch_sizes"] = lm.detected_batch_sizes
+    device_map = getattr(lm.model, "hf_device_map", None)
+    if engine.parallelize and device_map:
+        settings["devices"] = sorted({str(d) for d in device_map.values()})
+    return str(lm.device), dtype, {"name": "hf", "version": version("transformers"), "settings": settings}
 
 
 class InMemoryDataset:
@@ -172,7 +252,8 @@ def _enforce_offline() -> None:
 
 
 def _load_model(model_dir: Path, device: str, dtype: Any) -> tuple[Any, Any]:
-    """Load weights from safetensors only (a pickle could run code) and never the folder's own code."""
+    """The serving gateway's loader (gateway/engine.py), with the audit's rules: weights from
+    safetensors only (a pickle could run code) and never the folder's own code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     common = {"local_files_only": True, "trust_remote_code": False}
@@ -182,53 +263,50 @@ def _load_model(model_dir: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def _progress_lm(model: Any, tokenizer: Any, batch_size: int, phases: list[str], report: ProgressFn) -> Any:
-    """lm-eval's HFLM, reporting how many of each phase's requests are done.
+class _Counter:
+    """lm-eval's cache hook, counting answered requests to move the progress bar.
 
     lm-eval calls the LM once per request type with every task's requests, and calls the LM's cache
-    hook once per answered request; counting those calls moves the progress bar.
-    """
-    from lm_eval.api.model import CacheHook
-    from lm_eval.models.huggingface import HFLM
+    hook once per answered request (both HFLM and VLLM do)."""
 
-    class Counter(CacheHook):
-        def __init__(self) -> None:
-            super().__init__(None)
-            self.phase, self.total, self.done, self.last = "", 0, 0, -1
+    def __init__(self, phases: list[str], report: ProgressFn) -> None:
+        self.phases, self.report = phases, report
+        self.phase, self.total, self.done, self.last = "", 0, 0, -1
 
-        def start(self, phase: str, total: int) -> None:
-            self.phase, self.total, self.done, self.last = phase, total, 0, -1
+    def start(self, phase: str, total: int) -> None:
+        self.phase, self.total, self.done, self.last = phase, total, 0, -1
+        self.tick()
+
+    def add_partial(self, attr: str, req: Any, res: Any) -> None:
+        if attr == self.phase:
+            self.done += 1
             self.tick()
 
-        def add_partial(self, attr: str, req: Any, res: Any) -> None:
-            if attr == self.phase:
-                self.done += 1
-                self.tick()
+    def tick(self) -> None:
+        share = self.done / self.total if self.total else 1.0
+        permille = int(1000 * share)
+        if permille != self.last:
+            self.last = permille
+            index = self.phases.index(self.phase) + 1 if self.phase in self.phases else 1
+            self.report(self.phase, share, f"{self.done}/{self.total} requests (phase {index} of {len(self.phases)})")
 
-        def tick(self) -> None:
-            share = self.done / self.total if self.total else 1.0
-            permille = int(1000 * share)
-            if permille != self.last:
-                self.last = permille
-                index = phases.index(self.phase) + 1 if self.phase in phases else 1
-                report(self.phase, share, f"{self.done}/{self.total} requests (phase {index} of {len(phases)})")
 
-    class ProgressHFLM(HFLM):
-        def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
-            self.cache_hook.start("loglikelihood", len(requests))
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+class _ProgressLM:
+    """Mixed into lm-eval's model class: tells the counter which phase starts and how many requests it has."""
 
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
-            self.cache_hook.start("loglikelihood_rolling", len(requests))
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+    cache_hook: _Counter
 
-        def generate_until(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
-            self.cache_hook.start("generate_until", len(requests))
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+    def loglikelihood(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
+        self.cache_hook.start("loglikelihood", len(requests))
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
-    lm = ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    lm.set_cache_hook(Counter())
-    return lm
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
+        self.cache_hook.start("loglikelihood_rolling", len(requests))
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):  # noqa: ANN001
+        self.cache_hook.start("generate_until", len(requests))
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
 
 @contextlib.contextmanager

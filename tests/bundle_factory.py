@@ -28,6 +28,7 @@ from verifier.statement import (
     Approval,
     AuditPredicate,
     AuditStatement,
+    EngineInfo,
     PlatformInfo,
     Runtime,
     SamplesInfo,
@@ -121,7 +122,7 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
             results=RESULTS if results is None else results,
             n_samples={}, configs={}, seeds={},
             samples=SamplesInfo("00" * 32, 0, "RFC9162-SHA256", "RFC 8785 JSON", None),
-            runtime=Runtime({}, "cpu", "float32"),
+            runtime=Runtime({}, "cpu", "float32", EngineInfo("hf", "5.0.0", {"batch_size": 1, "dtype": "auto"})),
             started_at=now, finished_at=now, nonce=nonce.hex(), party_nonces={},
         ),
     ).to_json()

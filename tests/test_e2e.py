@@ -93,6 +93,10 @@ def test_bundle_verifies_with_expected_digests(bundle: dict, parties) -> None:
     assert set(st.results) == {"aa_demo_mc", "aa_demo_gen"}
     assert st.to_json()["predicate"]["platform"] == {"name": "sim", "simulated": True, "codeIdentity": code_identity()}
     assert len(st.predicate.samples.merkle_root) == 64
+    runtime = st.to_json()["predicate"]["runtime"]  # the demo's tiny float32 checkpoint, dtype "auto", on CPU
+    assert (runtime["device"], runtime["dtype"]) == ("cpu", "float32")
+    assert runtime["engine"] == {"name": "hf", "version": runtime["versions"]["transformers"],
+                                 "settings": {"batch_size": 1, "dtype": "auto", "parallelize": False}}
     assert canonical_json(st.to_json()) == base64.b64decode(bundle["envelope"]["payload"]), "one model builds and parses"
     from verifier.bundle import AuditBundle
 

@@ -15,12 +15,15 @@ from benchmarks.demo_assets import demo_spec_toml
 from benchmarks.spec import (
     DEFAULT_DEADLINE_S,
     DEFAULT_MIN_DOCUMENTS,
+    DTYPES,
     FILTERS,
     MAX_KEY_PARTS,
     MAX_NESTING,
     MAX_SPEC_BYTES,
     METRICS,
+    EngineSpec,
     SpecError,
+    lm_eval_cli_args,
     parse_spec,
     spec_to_lm_eval_yaml,
 )
@@ -445,7 +448,8 @@ TOML_PIECES = st.sampled_from([
 ])
 SPEC_KEYS = ["name", "version", "seed", "output", "batch_size", "min_documents", "deadline", "task", "config",
              "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "metric",
-             "filter_list", "filter", "function", "regex_pattern", "generation_kwargs", "until", "metadata"]
+             "filter_list", "filter", "function", "regex_pattern", "generation_kwargs", "until", "metadata",
+             "engine", "dtype", "parallelize", "tensor_parallel_size", "gpu_memory_utilization"]
 
 
 @st.composite
@@ -505,3 +509,90 @@ def test_checking_a_template_never_computes_its_constants(template: str) -> None
     parse_spec(text.encode())  # it compiles; rendering it is what the runner refuses (tests/test_runner.py)
     assert time.monotonic() - t0 < 5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def with_engine(lines: str, top: str = "") -> bytes:
+    """BASE with an [engine] table (and optionally extra top-level lines)."""
+    base = BASE.replace('output = "aggregate"', 'output = "aggregate"\n' + top) if top else BASE
+    return (base + "\n[engine]\n" + lines + "\n").encode()
+
+
+def test_engine_defaults_are_hf_batch_1_checkpoint_dtype():
+    engine = parse_spec(BASE.encode()).engine
+    assert engine == EngineSpec()
+    assert (engine.name, engine.batch_size, engine.dtype, engine.parallelize) == ("hf", 1, "auto", False)
+    assert engine.settings() == {"batch_size": 1, "dtype": "auto", "parallelize": False}
+
+
+def test_engine_hf_keys():
+    spec = parse_spec(with_engine('name = "hf"\nbatch_size = "auto"\nmax_batch_size = 16\ndtype = "bfloat16"\n'
+                                  "parallelize = true"))
+    assert spec.batch_size == "auto" and spec.engine.max_batch_size == 16
+    assert spec.engine.settings() == {"batch_size": "auto", "max_batch_size": 16, "dtype": "bfloat16",
+                                      "parallelize": True}
+    for dtype in DTYPES:
+        assert parse_spec(with_engine(f'dtype = "{dtype}"')).engine.dtype == dtype
+    assert parse_spec(with_engine("batch_size = 8")).batch_size == 8
+
+
+def test_engine_vllm_keys_and_defaults():
+    engine = parse_spec(with_engine('name = "vllm"')).engine
+    assert engine.settings() == {"batch_size": "auto", "dtype": "auto", "tensor_parallel_size": 1,
+                                 "data_parallel_size": 1, "gpu_memory_utilization": 0.9, "max_model_len": None}
+    engine = parse_spec(with_engine('name = "vllm"\ntensor_parallel_size = 8\ndata_parallel_size = 2\n'
+                                    'gpu_memory_utilization = 0.85\nmax_model_len = 4096\nbatch_size = 32\n'
+                                    'dtype = "float16"')).engine
+    assert (engine.tensor_parallel_size, engine.data_parallel_size, engine.gpu_memory_utilization,
+            engine.max_model_len, engine.batch_size, engine.dtype) == (8, 2, 0.85, 4096, 32, "float16")
+
+
+def test_top_level_batch_size_still_means_the_hf_batch():
+    spec = parse_spec(BASE.replace('output = "aggregate"', 'output = "aggregate"\nbatch_size = 4').encode())
+    assert spec.engine == EngineSpec(batch_size=4) and spec.batch_size == 4
+    refused(with_engine("batch_size = 2", top="batch_size = 4"), "top-level `batch_size`", "[engine] batch_size")
+    refused(with_engine('name = "vllm"', top="batch_size = 4"), "top-level `batch_size`", "only under [engine]")
+    refused(BASE.replace('output = "aggregate"', 'output = "aggregate"\nbatch_size = "auto"').encode(),
+            "top-level `batch_size` must be an integer", 'batch_size = "auto"', "under [engine]")
+
+
+@pytest.mark.parametrize("lines, fragments", [
+    ('name = "tgi"', ["name 'tgi' must be one of hf, vllm"]),
+    ("name = 1", ["`name` must be a string"]),
+    ('batch_size = "max"', ['`batch_size` must be an integer from 1 to 1024 or "auto"']),
+    ("batch_size = 0", ["`batch_size` must be an integer"]),
+    ("batch_size = 4096", ["`batch_size` must be an integer"]),
+    ("batch_size = true", ["`batch_size` must be an integer"]),
+    ("batch_size = 2.0", ["`batch_size` must be an integer"]),
+    ('dtype = "fp16"', ["dtype 'fp16' must be one of auto, bfloat16, float16, float32", "config.json"]),
+    ('dtype = "int8"', ["must be one of auto"]),
+    ("max_batch_size = 8", ["max_batch_size only applies with batch_size = \"auto\""]),
+    ('batch_size = "auto"\nmax_batch_size = 0', ["`max_batch_size` must be an integer from 1 to 1024"]),
+    ('parallelize = "yes"', ["`parallelize` must be true or false"]),
+    ("tensor_parallel_size = 2", ["unknown key(s) tensor_parallel_size", "(name = 'hf')"]),
+    ('name = "vllm"\nparallelize = true', ["unknown key(s) parallelize", "(name = 'vllm')"]),
+    ('name = "vllm"\nmax_batch_size = 8', ["unknown key(s) max_batch_size"]),
+    ('name = "vllm"\ntensor_parallel_size = 0', ["`tensor_parallel_size` must be an integer from 1 to 64"]),
+    ('name = "vllm"\ndata_parallel_size = 65', ["`data_parallel_size` must be an integer from 1 to 64"]),
+    ('name = "vllm"\ngpu_memory_utilization = 0.0', ["`gpu_memory_utilization` must be above 0"]),
+    ('name = "vllm"\ngpu_memory_utilization = 1.5', ["`gpu_memory_utilization` must be a number from 0.0 to 1.0"]),
+    ('name = "vllm"\nmax_model_len = 0', ["`max_model_len` must be an integer from 1"]),
+    ("device = \"cuda\"", ["unknown key(s) device"]),
+])
+def test_engine_bad_values_are_named(lines: str, fragments: list[str]):
+    refused(with_engine(lines), "spec: [engine]", *fragments)
+
+
+def test_engine_must_be_a_table():
+    refused(BASE.replace('output = "aggregate"', 'output = "aggregate"\nengine = "vllm"').encode(),
+            "`engine` must be a table")
+
+
+def test_lm_eval_cli_args_load_the_model_as_the_enclave_does():
+    hf = parse_spec(with_engine('batch_size = "auto"\nmax_batch_size = 16\ndtype = "bfloat16"\nparallelize = true'))
+    assert lm_eval_cli_args(hf.engine, "model") == [
+        "--model", "hf", "--model_args", "pretrained=model,dtype=bfloat16,parallelize=True",
+        "--batch_size", "auto", "--max_batch_size", "16"]
+    vllm = parse_spec(with_engine('name = "vllm"\ntensor_parallel_size = 2'))
+    assert lm_eval_cli_args(vllm.engine, "m") == [
+        "--model", "vllm", "--model_args", "pretrained=m,dtype=auto,data_parallel_size=1,gpu_memory_utilization=0.9,"
+        "tensor_parallel_size=2", "--batch_size", "auto"]

@@ -102,10 +102,26 @@ class SamplesInfo:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """The lm-eval model class that ran the audit ("hf": HFLM over transformers, "vllm": VLLM),
+    the version of the library under it, and its settings as applied: the spec's `[engine]` values
+    with defaults filled in, plus what the engine chose itself (`detected_batch_sizes` with
+    `batch_size = "auto"` on hf, the `max_model_len` vLLM used, the `devices` a parallelized model
+    spans)."""
+
+    name: str
+    version: str
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Runtime:
+    """Library versions, and the device and dtype the weights were loaded on and in."""
+
     versions: dict[str, str]
     device: str
     dtype: str
+    engine: EngineInfo
 
 
 @dataclass(frozen=True)
