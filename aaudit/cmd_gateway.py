@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     log_client = LogClient(args.log)
 
     def engine(folder: Path):  # noqa: ANN202
-        proc = start_engine(args.engine, folder, args.served_model_name, extra=args.engine_arg)
+        proc = start_engine(args.engine, folder, args.served_model_name, extra=args.engine_arg, dtype=audit.dtype)
         proc.wait_ready()
         return proc
 

@@ -31,6 +31,7 @@ from typing import Any
 from benchmarks.spec import AuditSpec, parse_spec
 from benchmarks.summary import check_aggregate, summarize_tasks
 from enclave.keys import BootKeys
+from enclave.runner import engine_problem
 from enclave.workdir import wipe
 from sealing.stream import DirectorySink, MemorySink, Unsealer
 from verifier.binding import (
@@ -502,6 +503,8 @@ class Sessions:
             check_aggregate(spec, summaries, self.limits.min_documents_floor)
         except AAuditError as exc:
             problems = (str(exc),)
+        if (problem := engine_problem(spec.engine)) is not None:
+            problems += (problem,)  # before anyone approves, not after the job started
         if spec.deadline_s > self.limits.max_deadline_s:
             problems += (f"the spec's deadline of {spec.deadline_s} s exceeds this enclave's limit of "
                          f"{self.limits.max_deadline_s} s",)

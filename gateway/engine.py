@@ -622,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1); "
                    "the engine refuses any other, since only the gateway may reach it")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weight dtype; auto is bfloat16 on CUDA and float32 on CPU, as in the audit")
+                   help="weight dtype; the gateway passes the dtype its audit ran the model in (auto: bfloat16 on "
+                   "CUDA, float32 on CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs; auto is CUDA when available")
     p.add_argument("--threads", type=int, default=None,
@@ -884,9 +885,13 @@ def _command(kind: str, model_dir: Path, served_name: str, port: int, extra: Seq
 
 
 def start_engine(kind: str, model_dir: Path, served_name: str, *, port: int | None = None,
-                 extra: Sequence[str] = (), ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> EngineProcess:
+                 extra: Sequence[str] = (), dtype: str | None = None,
+                 ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> EngineProcess:
     """Start an engine as a child process in its own process group and return at once; call
     `wait_ready()` (or use the result as a context manager) before sending requests.
+
+    `dtype` is the gateway's, never the operator's: the dtype the audit ran the model in (its
+    statement's runtime), so served numerics are the audited ones.
 
     `extra` goes to the engine's command line: for `embedded` e.g. `--device cuda`, `--max-model-len`;
     for `vllm` e.g. `--tensor-parallel-size 2`, `--data-parallel-size 2`, `--max-model-len`. The child
@@ -896,6 +901,8 @@ def start_engine(kind: str, model_dir: Path, served_name: str, *, port: int | No
 
     port = _free_port() if port is None else port
     command = _command(kind, Path(model_dir), served_name, port, [str(a) for a in extra])
+    if dtype is not None:
+        command += ["--dtype", dtype]
     here = str(Path(__file__).resolve().parents[1])
     env = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
     env.update(OFFLINE_ENV, PYTHONPATH=here)
