@@ -17,9 +17,9 @@ from typing import Any
 
 from verifier import dsse, platforms, wire
 from verifier.binding import NONCE_LEN, key_binding, statement_binding
-from verifier.errors import ParseError, UnusableInput
+from verifier.errors import ParseError
 from verifier.evidence import verify_evidence
-from verifier.inputs import load_json
+from verifier.inputs import load_json, read_file
 from verifier.manifest import ROLES, verify_approval
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.platforms import allowlist
@@ -86,10 +86,7 @@ class AuditBundle:
 
 
 def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UnusableInput(f"cannot read bundle {path}: {exc.strerror}") from None
+    data = read_file(path, "bundle")
     return verify_bundle(load_json(data, f"bundle {path}"), policy, at=at, witness_state=witness_state)
 
 

@@ -23,9 +23,9 @@ from typing import Any
 from verifier import dsse
 from verifier.binding import serving_binding
 from verifier.bundle import AuditBundle, verify_bundle
-from verifier.errors import ParseError, UnusableInput
+from verifier.errors import ParseError
 from verifier.evidence import verify_evidence
-from verifier.inputs import load_json
+from verifier.inputs import load_json, read_file
 from verifier.logentry import LogEntry, check_log_entry
 from verifier.merkle import leaf_hash, verify_inclusion
 from verifier.models import CPU_PLATFORMS, LOG_ENTRY_KEY, Verdict
@@ -66,10 +66,7 @@ class _Audit:
 
 def verify_disclosure_file(path: str | Path, policy: Policy, *, at: datetime,
                            witness_state: str | None = None) -> Verdict:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UnusableInput(f"cannot read disclosure {path}: {exc.strerror}") from None
+    data = read_file(path, "disclosure")
     return verify_disclosure(load_json(data, f"disclosure {path}"), policy, at=at, witness_state=witness_state)
 
 
