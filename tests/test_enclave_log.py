@@ -16,6 +16,7 @@ from e2e_helpers import approve_both, make_parties, open_session, provision, run
 
 from aaudit.client import EnclaveClient, EnclaveError
 from benchmarks.demo_assets import demo_spec_toml
+from sealing.stream import seal
 
 ROOT = Path(__file__).resolve().parents[1]
 MC_ONLY = "[[task]]".join(demo_spec_toml().split("[[task]]")[:2])  # the demo's multiple-choice task: fast
@@ -68,13 +69,20 @@ def test_a_job_ctrl_c_and_sigterm_leave_a_clean_log(tmp_path: Path) -> None:
             approve_both(client, parties, sid)
             assert run(client, parties, sid)["envelope"]  # a whole job: lm-eval's end-of-run report included
 
-            provision(client, parties, sid)  # a finished job dropped every asset
+            # the second job generates long answers, so it is still running when it is interrupted
+            recipient = (parties.root / "keys" / "auditor.samples.pub").read_text().strip()
+            short = 'until = ["\\n", "Question:"], max_gen_toks = 16'
+            slow = demo_spec_toml(samples_recipient=recipient)
+            assert short in slow
+            (tmp_path / "slow.toml").write_text(slow.replace(short, 'until = ["Question:"], max_gen_toks = 256'))
+            parties.sealed["spec"] = seal(tmp_path / "slow.toml", tmp_path / "sealed", "spec")
+            provision(client, parties, sid)
             approve_both(client, parties, sid)
             running, outcome = threading.Event(), []
 
             def second_job() -> None:
                 try:
-                    run(client, parties, sid, on_progress=lambda p: p.stage == "loglikelihood" and running.set())
+                    run(client, parties, sid, on_progress=lambda p: p.stage == "generate_until" and running.set())
                     outcome.append("finished")
                 except EnclaveError as exc:
                     outcome.append(str(exc))

@@ -46,11 +46,11 @@ _BAR_LINE = re.compile(r"^(?P<stage>[a-z_ ]+): +(?P<percent>\d+)%\|")
 
 def _spec() -> str:
     """The demo spec (multiple choice, then short answers) with answers that stop only at the next
-    question or after 8 tokens: generation requests are slow enough to leave gaps between them."""
+    question or after 128 tokens: generation requests are slow enough to leave gaps between them."""
     demo = demo_spec_toml()
     short = 'until = ["\\n", "Question:"], max_gen_toks = 16'
     assert short in demo
-    return demo.replace(short, 'until = ["Question:"], max_gen_toks = 8')
+    return demo.replace(short, 'until = ["Question:"], max_gen_toks = 128')
 
 
 def _write_data(out: Path) -> None:
