@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def script(doc: str) -> str:
             if hook_doc == doc and heading.startswith(prefix) and call not in hooked:
                 lines.append(call)
                 hooked.add(call)
-        lines += [f"echo '>>> {doc}: {_first_command(block)[:100]}' >&2", block]
+        lines += [f"echo {shlex.quote(f'>>> {doc}: {_first_command(block)[:100]}')} >&2", block]
     assert hooked == {c for (d, _), c in HOOKS.items() if d == doc}, f"{doc}: a section the test hooks moved"
     return "\n".join(lines)
 
@@ -199,10 +200,14 @@ def test_the_doc_runs(doc: str, sandbox) -> None:  # noqa: ANN001
         pytest.skip(f"{doc} has no sh block to run")
     name = {"README.md": "readme", "docs/DEPLOY.md": "deploy"}.get(doc, Path(doc).stem.lower())
     cwd = root / CWD.get(doc, name)
-    if doc == "docs/TRANSPARENCY_LOG.md":  # its commands publish, verify and re-prove README's bundle
-        cwd.mkdir(exist_ok=True)
-        for name in ("bundle.json", "policy.toml"):
-            (cwd / name).write_bytes((root / "readme" / name).read_bytes())
+    if doc == "docs/TRANSPARENCY_LOG.md":  # it publishes, verifies and re-proves a bundle: the demo's, not yet in
+        cwd.mkdir(exist_ok=True)           # this log, with the demo's policy pinning this log's key instead
+        demo = root / "readme" / "demo-out"
+        bundle = json.loads((demo / "bundle.json").read_text())
+        del bundle["logEntry"]
+        (cwd / "bundle.json").write_text(json.dumps(bundle))
+        demo_key = load_or_create(demo / "log" / "log.db").verifier_key
+        (cwd / "policy.toml").write_text((demo / "policy.toml").read_text().replace(demo_key, env["LOG_KEY"]))
     done = _run(doc, root, env, cwd)
     if doc == "README.md":
         assert "VERIFIED" in done.stdout and "NOT VERIFIED" not in done.stdout
