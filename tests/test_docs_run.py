@@ -80,6 +80,20 @@ def test_only_the_listed_blocks_are_not_run_and_each_says_why() -> None:
     assert sum(len(blocks(d)) for d in DOCS) >= 20, "fewer sh blocks than the docs had: did the extraction break?"
 
 
+def test_the_readme_shows_the_session_walkthrough() -> None:
+    """The front page walks through a whole session, and the test below runs it."""
+    verbs = set()
+    for _, block in blocks("README.md"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = line.split()
+            if words[:1] == ["aaudit"]:
+                verbs.add(" ".join(words[1:3]))
+    for needed in ("auditor create-session", "provider join", "provider upload", "auditor upload",
+                   "provider approve", "auditor approve", "auditor run", "log publish", "provider provision",
+                   "user chat", "user disclose"):
+        assert needed in verbs, needed
+
+
 # Plays the gateway operator of README's "Serving" section (a server, so not a block): its command as the
 # README gives it, with the simulated TEE on a free loopback port.
 START_GATEWAY = """
