@@ -42,12 +42,18 @@ _FLAGS = {  # options without a default, by the platform they belong to
 
 
 def register_tools(sub: argparse._SubParsersAction) -> None:
-    m = sub.add_parser("measure", help="print the code identity of the project tree (what statements carry)")
+    m = sub.add_parser("measure", help="print the code identity of the project tree (what statements carry)",
+                       description="Print the code identity: SHA-256 of the canonical manifest of the project's code "
+                       "files and lock files. Every statement carries it; pin it in policies ([expect] code_identity, "
+                       "or [sim] measurements for the simulator) next to the image's launch measurement.")
     m.add_argument("--root", type=Path, default=None, help="project tree to measure (default: this installation)")
     m.add_argument("--json", action="store_true", help="print JSON: code identity, root, file count, lock files")
     m.set_defaults(func=cmd_measure)
 
-    r = sub.add_parser("reference-values", help="write a policy fragment with a deployment's launch measurements")
+    r = sub.add_parser("reference-values", help="write a policy fragment with a deployment's launch measurements",
+                       description="Write the [sev-snp], [tdx] or [nitro] policy table that pins a deployment's launch "
+                       "measurement: SEV-SNP's computed from the OVMF image, kernel, initrd, command line and vCPUs; "
+                       "TDX's and Nitro's from the values given or a tool's JSON (--from-json). See docs/DEPLOY.md.")
     r.add_argument("--platform", required=True, choices=("sev-snp", "tdx", "nitro"))
     r.add_argument("--out", type=Path, default=None, help="fragment to write (default: print it)")
     snp = r.add_argument_group("sev-snp (computed with sev-snp-measure unless --measurement is given)")

@@ -48,6 +48,8 @@ def _leaf_commands(parser, prefix=()):  # noqa: ANN001, ANN202
 
 
 def test_every_command_has_help(capsys) -> None:  # noqa: ANN001
+    import argparse
+
     import pytest
 
     from aaudit.cli import build_parser as aaudit_parser
@@ -61,5 +63,10 @@ def test_every_command_has_help(capsys) -> None:  # noqa: ANN001
             assert exc.value.code == 0, command
             out = capsys.readouterr().out
             assert "usage:" in out and len(out.splitlines()) > 3, command
+            parser = build()
+            for name in command:  # the leaf's own parser: its description is what --help says it does
+                parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+            assert len((parser.description or "").strip()) > 20, f"no description: {command}"
+            assert parser.description.split()[0] in out, command
             seen += 1
     assert seen >= 20, f"only {seen} commands found"
