@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class Settings:
     engine_timeout_s: float = 600.0
     body_timeout_s: float = 30.0      # a request body must arrive this soon (slow senders hold a slot)
     per_client: int = 64              # requests one client address may have in flight
+    attest_per_s: float = 10.0        # attestations per second one client address may ask for
 
 
 def _error(message: str, status: int = 400, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
@@ -238,6 +240,23 @@ async def _body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
+class _RateLimit:
+    """A token bucket per client address (a bounded table: the least recently seen are dropped)."""
+
+    def __init__(self, per_s: float, burst: float, clients: int = 4096) -> None:
+        self.per_s, self.burst, self.clients = per_s, burst, clients
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        tokens, then = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.per_s)
+        self._buckets[client] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+        while len(self._buckets) > self.clients:
+            self._buckets.popitem(last=False)
+        return tokens >= 1
+
+
 class _Guard:
     """The outermost layer. One client address holds at most `per_client` requests at once, and an
     exception never reaches uvicorn's log with its message and traceback (they may quote a prompt):
@@ -268,6 +287,10 @@ class _Guard:
 
 
 def build_app(gw: Gateway) -> Any:
+    # Every attestation remembers a nonce (bounded, oldest evicted first): a flood from one address
+    # must not push out the nonce a provider is about to upload with.
+    attest_rate = _RateLimit(gw.settings.attest_per_s, burst=2 * gw.settings.attest_per_s)
+
     async def attestation(request: Request) -> Response:
         try:
             nonce = bytes.fromhex(request.query_params.get("nonce", ""))
@@ -275,6 +298,9 @@ def build_app(gw: Gateway) -> Any:
             nonce = b""
         if len(nonce) != NONCE_LEN:
             return _error(f"nonce must be {NONCE_LEN} bytes in hex", param="nonce")
+        if not attest_rate.allow((request.client or ("?", 0))[0]):
+            return _error(f"more than {attest_rate.per_s:g} attestations per second from one address; each nonce "
+                          "serves until used, so ask for one per session or upload", 429, kind="rate_limit_error")
         evidence = await run_in_threadpool(gw.attest, nonce)
         return JSONResponse(evidence.to_json())
 

@@ -280,6 +280,11 @@ def test_requests_the_receipt_could_not_bind_are_refused_by_name(serving: World,
     res = post("/v1/chat/completions", json={"model": "audited-model", "messages": [{"role": ["user"], "content": "x"}]})
     assert res.status_code == 400 and res.json()["error"]["param"] == "messages"
     assert client._http.get("/v1/attestation", params={"nonce": "zz"}).status_code == 400
+    # an attestation flood from one address is cut (each attestation keeps a nonce until it is used)
+    codes = [client._http.get("/v1/attestation", params={"nonce": os.urandom(32).hex()}).status_code
+             for _ in range(40)]
+    assert 429 in codes and codes[0] == 200
+    time.sleep(2.5)  # the bucket refills: later tests attest again
 
 
 def test_seeds_are_applied_explicitly_so_answers_are_reproducible(serving: World, client: GatewayClient) -> None:
