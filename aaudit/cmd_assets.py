@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         "JSON file listing of each regular file's relative path, size and SHA-256, sorted by path. The same "
         "digest is what `aaudit seal` prints and what the enclave attests. " + _ASSET_HELP,
     )
-    d.add_argument("path", type=Path, metavar="PATH")
+    d.add_argument("path", type=Path, metavar="PATH", help="a model folder, a dataset folder or a spec file")
     d.add_argument("--json", action="store_true", help="print {digest, files, size, listing} as JSON")
     d.set_defaults(func=_digest)
 
@@ -60,8 +60,9 @@ def register(subparsers: Any) -> None:
         "auditor also DIR/auditor.samples.key / .pub, the key per-sample records are encrypted to. Existing keys "
         "are never overwritten.",
     )
-    k.add_argument("--role", required=True, choices=ROLES)
-    k.add_argument("--out", type=Path, required=True, metavar="DIR")
+    k.add_argument("--role", required=True, choices=ROLES, help="whose key: the auditor also gets a samples key")
+    k.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for ROLE.key (mode 0600) and ROLE.pub; created if missing")
     k.set_defaults(func=_keygen)
 
 

@@ -54,7 +54,8 @@ def register_tools(sub: argparse._SubParsersAction) -> None:
                        description="Write the [sev-snp], [tdx] or [nitro] policy table that pins a deployment's launch "
                        "measurement: SEV-SNP's computed from the OVMF image, kernel, initrd, command line and vCPUs; "
                        "TDX's and Nitro's from the values given or a tool's JSON (--from-json). See docs/DEPLOY.md.")
-    r.add_argument("--platform", required=True, choices=("sev-snp", "tdx", "nitro"))
+    r.add_argument("--platform", required=True, choices=("sev-snp", "tdx", "nitro"),
+                   help="the TEE whose reference values to turn into a policy fragment")
     r.add_argument("--out", type=Path, default=None, help="fragment to write (default: print it)")
     snp = r.add_argument_group("sev-snp (computed with sev-snp-measure unless --measurement is given)")
     snp.add_argument("--measurement", metavar="HEX", help="a known launch measurement (96 hex digits)")
@@ -65,7 +66,8 @@ def register_tools(sub: argparse._SubParsersAction) -> None:
     snp.add_argument("--vcpus", type=int, help="number of vCPUs")
     snp.add_argument("--vcpu-type", help="QEMU CPU model, e.g. EPYC-Milan, EPYC-Genoa")
     snp.add_argument("--vcpu-sig", type=lambda s: int(s, 0), help="CPUID signature instead of --vcpu-type")
-    snp.add_argument("--vmm-type", default="QEMU", choices=("QEMU", "ec2", "gce"))
+    snp.add_argument("--vmm-type", default="QEMU", choices=("QEMU", "ec2", "gce"),
+                     help="the hypervisor that launches the guest (it changes the launch digest; default QEMU)")
     snp.add_argument("--guest-features", type=lambda s: int(s, 0), default=0x1,
                      help="SEV features of the guest VMSA (sev-snp-measure's default 0x1)")
     tdx = r.add_argument_group("tdx")

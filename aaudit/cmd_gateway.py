@@ -64,14 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Send PROMPT (with the conversation so far) to the gateway, print the answer, "
                         "and keep the exact request and response bytes and the receipt with its proofs in "
                         "--conversation (mode 0600). Waits up to --wait seconds for the receipt to be logged.")
-    c.add_argument("prompt", metavar="PROMPT")
+    c.add_argument("prompt", metavar="PROMPT", help="your question")
     _gateway(c)
     c.add_argument("--conversation", required=True, type=Path, metavar="DIR", help="the conversation's folder")
     c.add_argument("--stream", action="store_true", help="stream the answer (SSE)")
     c.add_argument("--system", default=None, metavar="TEXT", help="a system message to start the conversation with")
-    c.add_argument("--max-tokens", type=int, default=None, metavar="N")
-    c.add_argument("--temperature", type=float, default=None, metavar="T")
-    c.add_argument("--seed", type=int, default=None, metavar="N")
+    c.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="longest answer in tokens (default: the gateway's)")
+    c.add_argument("--temperature", type=float, default=None, metavar="T", help="0 to 2 (default 1; 0 is greedy)")
+    c.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="sampling seed (default: the gateway picks one; the receipt records it either way)")
     c.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the receipt's batch to reach the log (default 30)")
     c.set_defaults(func=_chat)
@@ -80,16 +82,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="For every exchange of --conversation whose receipt was not yet in the "
                         "transparency log, fetch its current proofs from the gateway.")
     _gateway(r)
-    r.add_argument("--conversation", required=True, type=Path, metavar="DIR")
-    r.add_argument("--wait", type=float, default=30.0, metavar="S")
+    r.add_argument("--conversation", required=True, type=Path, metavar="DIR", help="the conversation's folder")
+    r.add_argument("--wait", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for each receipt's batch to reach the log (default 30)")
     r.set_defaults(func=_refresh)
 
     d = usub.add_parser("disclose", help="pack a conversation for a regulator",
                         description="Write disclosure.json: every exchange's exact request and response bytes, its "
                         "receipt and proofs, the serving evidence and the audit bundle. Check it with "
                         "`aaudit-verify disclosure`.")
-    d.add_argument("--conversation", required=True, type=Path, metavar="DIR")
-    d.add_argument("--out", required=True, type=Path, metavar="DISCLOSURE.json")
+    d.add_argument("--conversation", required=True, type=Path, metavar="DIR", help="the conversation's folder")
+    d.add_argument("--out", required=True, type=Path, metavar="DISCLOSURE.json", help="where to write the disclosure")
     d.add_argument("--log", default=None, metavar="HOST:PORT",
                    help="re-prove the audit's and every receipt batch's log entry under the log's latest checkpoint, "
                    "so a regulator's witness checks one tree (needs --log-key)")
@@ -103,7 +106,7 @@ def register_provision(rsub: argparse._SubParsersAction) -> None:
                         description="Attest the gateway, check that the audit it serves under verifies under "
                         "--policy and measured your model, then wrap the model's data key to the attested gateway "
                         "key (for this gateway boot and nonce only), sign the upload header and stream the model.")
-    p.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+    p.add_argument("sealed", type=Path, metavar="SEALED_DIR", help="the folder `aaudit seal model` wrote")
     _gateway(p)
     p.add_argument("--identity", required=True, type=Path, metavar="provider.key",
                    help="your Ed25519 identity key (the audit's provider key)")

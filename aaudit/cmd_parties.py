@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)} in SEALED_DIR "
                             "(written by `aaudit seal`) to the attested enclave key, for this session and this "
                             "attestation only, sign the upload header, and stream the ciphertext.")
-        u.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+        u.add_argument("sealed", type=Path, metavar="SEALED_DIR", help="the folder `aaudit seal` wrote")
         _session(u)
         _common(u, role)
         u.set_defaults(func=_policy_first(_upload), role=role)
@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             f"key and the {' and '.join(other_kinds)} digests you were given (step A of the "
                             "protocol), and whether per-sample records go to the auditor. The manifest also shows "
                             "each task's document count and published metrics. Refuse on any difference; else sign.")
-        a.add_argument("sealed", type=Path, metavar="SEALED_DIR")
+        a.add_argument("sealed", type=Path, metavar="SEALED_DIR",
+                       help="the folder `aaudit seal` wrote: your own digests come from it")
         _session(a)
         a.add_argument(f"--expect-{other}", required=True, metavar=f"{other}.pub|KEY",
                        help=f"the {other}'s public identity key: {_KEY_FORMS}")
@@ -80,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               description="Queue the approved job with a fresh nonce (signed), follow its queue "
                               "position and progress, save the signed bundle and verify it against --policy.")
         _session(run)
-        run.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
+        run.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json",
+                         help="where to write the signed bundle (encrypted records beside it, .samples.enc)")
         _common(run, role)
         run.set_defaults(func=_policy_first(_run), role=role)
 
@@ -95,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Fetch the bundle (and, for the auditor, the encrypted per-sample records) "
                             "of the session's last finished job and verify it against --policy.")
         _session(r)
-        r.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json")
+        r.add_argument("--out", type=Path, required=True, metavar="BUNDLE.json",
+                       help="where to write the bundle (encrypted records beside it, .samples.enc)")
         _common(r, role, identity=False)
         r.set_defaults(func=_policy_first(_result), role=role)
 

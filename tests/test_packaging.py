@@ -68,5 +68,8 @@ def test_every_command_has_help(capsys) -> None:  # noqa: ANN001
                 parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
             assert len((parser.description or "").strip()) > 20, f"no description: {command}"
             assert parser.description.split()[0] in out, command
+            bare = [a.option_strings or [a.dest] for a in parser._actions
+                    if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+            assert not bare, f"{' '.join(command)}: no help text for {bare}"
             seen += 1
     assert seen >= 20, f"only {seen} commands found"

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     pub = sub.add_parser("publish", help="append a bundle and store its log entry in it",
                          description="Append the bundle (without its logEntry) to the log, check the returned "
                          "checkpoint and inclusion proof, and write them into the bundle under \"logEntry\".")
-    pub.add_argument("bundle", metavar="BUNDLE.json")
+    pub.add_argument("bundle", metavar="BUNDLE.json", help="the bundle to append; written back with its logEntry")
     _remote(pub)
     _key(pub)
     _from_size(pub)
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     pub.set_defaults(func=_publish)
 
     g = sub.add_parser("get", help="print one entry", description="Print the bytes of entry INDEX.")
-    g.add_argument("index", type=int, metavar="INDEX")
+    g.add_argument("index", type=int, metavar="INDEX", help="the entry's index in the log")
     _remote(g)
     g.add_argument("--out", metavar="FILE", help="write the entry here instead of standard output")
     g.set_defaults(func=_get)
@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
                        description="Recompute every leaf and tree hash from the stored entries and every "
                        "checkpoint's root, and verify every checkpoint signature. Exit 1 with the first "
                        "disagreement. Safe to run while the server is running.")
-    a.add_argument("--db", required=True, metavar="PATH")
+    a.add_argument("--db", required=True, metavar="PATH", help="the log's SQLite database")
     a.add_argument("--log-key", metavar="KEY", help="the verifier key to check signatures with (default: the key "
                    "beside the database; pass the published key to also catch a replaced key file)")
     a.set_defaults(func=_audit)

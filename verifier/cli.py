@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "DSSE signature, the final evidence bound to the statement, party keys, expected digests, "
                        "compliance thresholds and (if present or required) the transparency-log entry. A policy "
                        "that leaves a digest, the code identity or the log unpinned fails unless --allow-unpinned.")
-    b.add_argument("bundle", metavar="BUNDLE.json")
-    b.add_argument("--policy", required=True, metavar="POLICY.toml")
+    b.add_argument("bundle", metavar="BUNDLE.json", help="the audit bundle to check")
+    b.add_argument("--policy", required=True, metavar="POLICY.toml", help="what the bundle must satisfy (docs/POLICY.md)")
     b.add_argument("--witness-state", metavar="FILE", help="remember the newest log checkpoint seen here and "
                    "demand consistency with it")
     b.add_argument("--allow-unpinned", action="store_true", help="exit 0 even when the policy leaves the model, "
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "audit reference, the receipt's batch and its transparency-log entry; then that the "
                        "conversation is disclosed from its first exchange with none left out. Prints what the audit "
                        "promised beside what was served.")
-    d.add_argument("disclosure", metavar="DISCLOSURE.json")
+    d.add_argument("disclosure", metavar="DISCLOSURE.json", help="what `aaudit user disclose` wrote")
     d.add_argument("--policy", required=True, metavar="POLICY.toml", help="the policy the audit bundle and the "
                    "serving evidence must satisfy ([expect] code_identity also pins the gateway)")
     d.add_argument("--witness-state", metavar="FILE", help="remember the newest log checkpoint seen here and "
@@ -74,14 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "certificates PEM or DER, in any order. Without --policy a baseline applies: authentic "
                        "and not debug (TDX: TCB status UpToDate); measurements are then not pinned. Simulated "
                        "(sim) evidence needs a --policy with allow_simulated = true.")
-    e.add_argument("--platform", required=True, choices=PLATFORMS)
-    e.add_argument("--evidence", required=True, metavar="FILE")
+    e.add_argument("--platform", required=True, choices=PLATFORMS, help="the kind of evidence in --evidence")
+    e.add_argument("--evidence", required=True, metavar="FILE",
+                   help="the raw report, quote or document (binary, hex or base64)")
     e.add_argument("--certs", action="append", default=[], metavar="FILE", help="certificate file(s), repeatable")
     e.add_argument("--collateral", metavar="FILE", help="platform collateral (TDX: dcap-qvl JSON)")
     e.add_argument("--nonce", metavar="HEX", help="expected nonce (Nitro nonce, NVIDIA request nonce; "
                    "SEV-SNP/TDX: compared with report data, zero-padded)")
     e.add_argument("--report-data", metavar="HEX", help="expected report data (zero-padded to 64 bytes)")
-    e.add_argument("--policy", metavar="POLICY.toml")
+    e.add_argument("--policy", metavar="POLICY.toml",
+                   help="measurements, TCB and debug rules to apply (needed to accept sim evidence)")
     e.add_argument("--allow-debug", action="store_true", help="baseline only: accept debug-mode evidence")
     _common(e)
 
