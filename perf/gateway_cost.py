@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()
         model = args.model or build_tiny_model(tmp / "model")
         provider, provider_key, _ = generate_identity(tmp / "keys", "provider")
-        sealed = seal(model, tmp / "sealed", "model")
+        seal(model, tmp / "sealed", "model")  # what `aaudit provider provision` uploads below
         made = make_bundle(provider=provider._key, model_listing=file_listing(model))
         with running_log(tmp / "log.db") as log:
             made.bundle = publish_bundle(log.client, made.bundle, log_key=log.key)
