@@ -26,7 +26,7 @@ upload to verified bundle) / plain <= 1.10x, at the 87M-parameter, 400-question 
 - The two sides' aggregate numbers must be equal (every metric of every task), else exit 1.
 
 Exit 1 if a library or input is missing, a run fails, a bundle does not verify, results differ, or
-the run is at the target size and a target is not met.
+the run is at the target size and a target is not met; 2 for unusable options.
 
     python perf/audit_overhead.py [--pairs 3] [--layers 12 --hidden 768] [--questions 400]  # the target size
 """
@@ -59,9 +59,9 @@ _WORDS = ("river", "stone", "copper", "lantern", "orbit", "meadow", "signal", "h
           "atlas", "nimbus", "cobalt", "summit", "glacier", "thistle", "marble", "ridge", "saffron", "basalt")
 
 
-def fail(message: str) -> int:
+def fail(message: str, code: int = 1) -> int:
     print(f"audit_overhead: FAILED: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 @dataclass
@@ -115,11 +115,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.pairs < 1 or args.questions < 20 or args.gen_prompts < 0 or args.gen_tokens < 1:
         return fail("--pairs must be >= 1, --questions >= 20 (the spec's document floor), --gen-prompts >= 0, "
-                    "--gen-tokens >= 1")
+                    "--gen-tokens >= 1", 2)
     if args.batch_size != "auto" and not args.batch_size.isdigit():
-        return fail(f'--batch-size must be an integer or "auto", not {args.batch_size!r}')
+        return fail(f'--batch-size must be an integer or "auto", not {args.batch_size!r}', 2)
     if args.model is not None and not (args.model / "config.json").is_file():
-        return fail(f"--model {args.model}: no config.json there; give a Hugging Face model folder")
+        return fail(f"--model {args.model}: no config.json there; give a Hugging Face model folder", 2)
     from importlib.util import find_spec
 
     missing = [m for m in ("torch", "transformers", "lm_eval", "safetensors") if find_spec(m) is None]
