@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python perf/log_scale.py --entries 100000
 	$(BIN)/python perf/attest_under_load.py
 	$(BIN)/python perf/gateway_cost.py
+	$(BIN)/python perf/audit_overhead.py
 
 clean:
 	rm -rf demo-out .pytest_cache
