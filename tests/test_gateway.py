@@ -259,6 +259,28 @@ def test_a_stream_ends_with_its_receipt_over_the_exact_bytes_sent(serving: World
     assert receipt.sampling.seed == 3 and answer.text
 
 
+def test_a_stream_the_client_leaves_halfway_still_gets_its_receipt(serving: World, client: GatewayClient) -> None:
+    """No answer without a receipt: the bytes sent before the client hung up are receipted, marked
+    incomplete, and fetchable by the id the client got in the headers."""
+    body = {"model": "audited-model", "prompt": "Once", "max_tokens": 400, "stream": True, "seed": 5}
+    with client._http.stream("POST", "/v1/completions", json=body) as res:
+        rid = res.headers["aaudit-receipt-id"]
+        next(res.iter_raw())  # one piece of the answer, then hang up
+    deadline = time.monotonic() + 20
+    while (proof := _proof_or_none(client, rid)) is None:
+        assert time.monotonic() < deadline, "no receipt for the abandoned stream"
+        time.sleep(0.2)
+    response = parse_receipt(proof.receipt).predicate.response
+    assert response.stream and not response.complete
+
+
+def _proof_or_none(client: GatewayClient, rid: str):  # noqa: ANN202
+    try:
+        return client.receipt(rid)
+    except GatewayError:
+        return None
+
+
 def test_requests_the_receipt_could_not_bind_are_refused_by_name(serving: World, client: GatewayClient) -> None:
     post = client._http.post
     res = post("/v1/completions", json={"model": "audited-model", "prompt": "x", "logprobs": 2})
