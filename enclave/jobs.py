@@ -49,8 +49,16 @@ from verifier.errors import AAuditError
 GRACE_S = 1.0  # between SIGTERM and SIGKILL
 POLL_S = 0.1  # how often the supervisor looks at the cancel event and the clock
 # Imported once in the fork server, so that each job starts without importing them again.
+# transformers imports lazily: without its model, tokenizer and generation modules here, every job
+# imported ~1,000 modules (transformers' modeling and distributed code, torch._dynamo and
+# torch.distributed, sympy) between "loading model" and its first request, 2.2 s of a 7M-parameter
+# audit on the 2-core machine. Llama's modeling module is the audited architecture's; a model of
+# another architecture imports its own module in the job. None of these initialise CUDA or start a
+# thread, so the fork server stays fork-safe.
 PRELOAD = ("enclave.runner", "torch", "transformers", "datasets", "lm_eval", "lm_eval.evaluator",
-           "lm_eval.models.huggingface", "lm_eval.tasks", "sacrebleu", "sklearn.metrics")
+           "lm_eval.models.huggingface", "lm_eval.tasks", "sacrebleu", "sklearn.metrics",
+           "transformers.modeling_utils", "transformers.generation.utils",
+           "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama")
 
 
 class JobFailed(AAuditError):
