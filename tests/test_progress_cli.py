@@ -38,7 +38,7 @@ MAX_GAP_S = 10.0  # issue 11: a piped log of a long run gets a line at least thi
 # What the design promises: a line on the first update 5 s after the last line (aaudit.progress),
 # and an update at least every HEARTBEAT_S (+ the enclave's 0.5 s poll) while nothing happens.
 QUIET_S = 5.0 + HEARTBEAT_S + 0.5
-GEN_DOCS = 20
+GEN_DOCS = 100  # with 128-token answers: well over 10 s of run even on a quiet machine
 STAGES = ["queued", "run", "loading model", "evaluating", "loglikelihood", "generate_until", "done", "report"]
 _PROGRESS_LINE = re.compile(r"^(?P<stage>[a-z_ ]+): +(?P<percent>\d+\.\d)%")
 _BAR_LINE = re.compile(r"^(?P<stage>[a-z_ ]+): +(?P<percent>\d+)%\|")
