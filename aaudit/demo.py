@@ -170,7 +170,7 @@ def run_demo(out: Path) -> int:
         _aaudit("log", "publish", str(out / "bundle.json"), "--log", log_addr)
         log_key = load_or_create(out / "log/log.db").verifier_key
         servers.remove(enclave_proc)
-        _stop([enclave_proc])
+        stop_servers([enclave_proc])
 
         _step("12. a third party verifies the bundle against the regulator's policy (policy.toml)")
         parties = {role: (out / f"keys/{role}.pub").read_text().strip() for role in ("provider", "auditor")}
@@ -196,7 +196,7 @@ def run_demo(out: Path) -> int:
         _step("16. the user packs the conversation, receipts and proofs for a regulator")
         _aaudit("user", "disclose", *conversation, "--out", str(out / "disclosure.json"))
     finally:
-        _stop(servers)
+        stop_servers(servers)
 
     _step("17. the regulator checks the disclosure end to end")
     disclosure = subprocess.run([PY, "-m", "verifier.cli", "disclosure", str(out / "disclosure.json"), *policy],
@@ -212,7 +212,8 @@ def run_demo(out: Path) -> int:
     return verify.returncode or disclosure.returncode
 
 
-def _stop(servers: list[subprocess.Popen]) -> None:
+def stop_servers(servers: list[subprocess.Popen]) -> None:
+    """SIGTERM each server, then wait for all (SIGKILL one that does not stop in 15 s)."""
     for proc in servers:
         proc.terminate()
     for proc in servers:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from aaudit.demo import stop_servers
 from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
 from tlog.keys import load_or_create
 
@@ -181,13 +182,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield root, env
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(procs)
 
 
 def _run(doc: str, root: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
