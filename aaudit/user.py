@@ -88,12 +88,12 @@ class GatewayClient:
 
     def _get(self, path: str, **params: str) -> Any:
         try:
-            resp = self._http.get(path, params=params)
+            resp = self._http.get(path, params=params)  # JSON answers, read whole (completions: see ask())
         except httpx.HTTPError as exc:
             raise GatewayError(f"gateway {self.target} unreachable: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             raise GatewayError(f"gateway {self.target} refused {path}: {_message(resp)}")
-        return load_json(resp.content[:MAX_RESPONSE], f"the gateway's answer to {path}")
+        return load_json(resp.content, f"the gateway's answer to {path}")
 
     # --- attestation ---------------------------------------------------------------------------
     def attest(self, policy: Policy, *, at: datetime | None = None) -> Attested:

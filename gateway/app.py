@@ -423,7 +423,7 @@ def build_app(gw: Gateway) -> Any:
         return _error(f"no such endpoint: {request.method} {request.url.path}", 404, kind="not_found_error")
 
     async def failed(request: Request, exc: Exception) -> Response:
-        log.error("request failed: %s", type(exc).__name__)  # never the message: it may quote a prompt
+        # Starlette re-raises after this answer: _Guard logs the exception's type, once
         return _error("the gateway failed to answer this request; see the operator's log", 500, kind="server_error")
 
     async def unreachable(request: Request, exc: Exception) -> Response:

@@ -60,7 +60,6 @@ class ServedAudit:
     ref: AuditRef
     model_digest: str
     provider_key: bytes
-    results: dict[str, Any]
     dtype: str            # the dtype the audit ran the model in: the engine serves in the same
 
 
@@ -78,8 +77,7 @@ def check_audit(bundle: dict[str, Any], policy: Policy) -> ServedAudit:
     entry = LogEntry.from_json(parsed.log_entry)
     statement = parse_statement(parsed.envelope.payload)
     return ServedAudit(bundle, AuditRef(payload_digest(parsed.envelope), entry.origin, entry.index),
-                       statement.subject_digest, statement.party_key("provider"), statement.results,
-                       statement.predicate.runtime.dtype)
+                       statement.subject_digest, statement.party_key("provider"), statement.predicate.runtime.dtype)
 
 
 def _memfd(name: str, data: bytes) -> int:
