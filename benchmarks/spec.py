@@ -147,7 +147,10 @@ FORBIDDEN_KEYS: dict[str, str] = {
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
 TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description",
-                      "min_documents", "deadline", "engine", "task"})
+                      "min_documents", "deadline", "engine", "judge", "task"})
+JUDGE_KINDS = ("classifier", "encoder", "causal_lm")  # sequence classifier, sentence encoder, causal LM
+JUDGE_KEYS = frozenset({"name", "kind"})
+MAX_JUDGES = 8
 ENGINE_KEYS: dict[str, frozenset[str]] = {
     "hf": frozenset({"name", "batch_size", "max_batch_size", "dtype", "parallelize"}),
     "vllm": frozenset({"name", "batch_size", "dtype", "tensor_parallel_size", "data_parallel_size",
@@ -230,6 +233,17 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class JudgeSpec:
+    """A `[[judge]]` table: a model of the auditor's that scores the audited model's answers inside
+    the enclave (through the project's judge metrics, never auditor code). `name` is its folder in
+    the auditor's sealed `judges` asset (`<name>/config.json`, safetensors weights, tokenizer);
+    `kind` says how it is loaded and used."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
 class AuditSpec:
     """A checked spec. `seed` seeds Python, numpy, torch and the few-shot sampler alike;
     `engine` is part of the spec because its batch size (padding) and dtype change the numbers.
@@ -243,6 +257,7 @@ class AuditSpec:
     output: str
     tasks: tuple[TaskSpec, ...]
     engine: EngineSpec = EngineSpec()
+    judges: tuple[JudgeSpec, ...] = ()
     description: str = ""
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
     min_documents: int = DEFAULT_MIN_DOCUMENTS
@@ -290,6 +305,7 @@ def parse_spec(data: bytes) -> AuditSpec:
         raise SpecError(f"spec: output {_q(output)} must be one of {', '.join(OUTPUT_POLICIES)}")
     recipient = _samples_recipient(doc, output)
     engine = _engine(doc)
+    judges = _judges(doc)
     description = _str(doc, "description", "spec", default="")
     min_documents = _int(doc, "min_documents", "spec", lo=1, hi=MAX_MIN_DOCUMENTS, default=DEFAULT_MIN_DOCUMENTS)
     deadline_s = _deadline(doc["deadline"]) if "deadline" in doc else DEFAULT_DEADLINE_S
@@ -309,7 +325,7 @@ def parse_spec(data: bytes) -> AuditSpec:
             raise SpecError(f"task {_q(t.name)}: the name is used twice")
         seen.add(t.name)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
-                     engine=engine, description=description, samples_recipient=recipient,
+                     engine=engine, judges=judges, description=description, samples_recipient=recipient,
                      min_documents=min_documents, deadline_s=deadline_s)
 
 
@@ -381,6 +397,32 @@ def _engine(doc: dict[str, Any]) -> EngineSpec:
     if "max_model_len" in table:
         out["max_model_len"] = _int(table, "max_model_len", where, lo=1, hi=MAX_MODEL_LEN)
     return EngineSpec(**out)
+
+
+def _judges(doc: dict[str, Any]) -> tuple[JudgeSpec, ...]:
+    """The `[[judge]]` tables (see `JudgeSpec`): unique names, each a folder of the judges asset."""
+    raw = doc.get("judge", [])
+    if not isinstance(raw, list):
+        raise SpecError("spec: `judge` must be an array of tables: [[judge]] name = ..., kind = ...")
+    if len(raw) > MAX_JUDGES:
+        raise SpecError(f"spec: {len(raw)} judges; at most {MAX_JUDGES} are allowed")
+    out: list[JudgeSpec] = []
+    for i, table in enumerate(raw):
+        where = f"spec: judge #{i + 1}"
+        if not isinstance(table, dict):
+            raise SpecError(f"{where} must be a table")
+        _no_unknown(table, JUDGE_KEYS, where)
+        name = _str(table, "name", where, required=True)
+        if not _NAME_RE.fullmatch(name):
+            raise SpecError(f"{where}: name {_q(name)} must be 1-64 letters, digits, '_' or '-', starting with a "
+                            "letter (it is the judge's folder in the sealed judges asset)")
+        kind = _str(table, "kind", where, required=True)
+        if kind not in JUDGE_KINDS:
+            raise SpecError(f"spec: judge {_q(name)}: kind {_q(kind)} must be one of {', '.join(JUDGE_KINDS)}")
+        if any(j.name == name for j in out):
+            raise SpecError(f"spec: judge {_q(name)}: the name is used twice")
+        out.append(JudgeSpec(name, kind))
+    return tuple(out)
 
 
 def _deadline(value: Any) -> int:

@@ -596,3 +596,28 @@ def test_lm_eval_cli_args_load_the_model_as_the_enclave_does():
     assert lm_eval_cli_args(vllm.engine, "m") == [
         "--model", "vllm", "--model_args", "pretrained=m,dtype=auto,data_parallel_size=1,gpu_memory_utilization=0.9,"
         "tensor_parallel_size=2", "--batch_size", "auto"]
+
+
+def judges(*tables: str) -> bytes:
+    """BASE with [[judge]] tables (TOML inline bodies) before its task."""
+    body = "".join(f"\n[[judge]]\n{t}\n" for t in tables)
+    return BASE.replace("\n[[task]]", body + "\n[[task]]", 1).encode()
+
+
+def test_judges_parse_in_order():
+    spec = parse_spec(judges('name = "tox"\nkind = "classifier"', 'name = "enc"\nkind = "encoder"'))
+    assert [(j.name, j.kind) for j in spec.judges] == [("tox", "classifier"), ("enc", "encoder")]
+    assert parse_spec(BASE.encode()).judges == ()
+
+
+@pytest.mark.parametrize("tables, fragment", [
+    (['name = "tox"'], "judge #1: `kind` is required"),
+    (['kind = "encoder"'], "judge #1: `name` is required"),
+    (['name = "tox"\nkind = "regressor"'], "kind 'regressor' must be one of classifier, encoder, causal_lm"),
+    (['name = "../x"\nkind = "encoder"'], "folder in the sealed judges asset"),
+    (['name = "tox"\nkind = "encoder"\npath = "/etc"'], "unknown key(s) path (allowed: kind, name)"),
+    (['name = "a"\nkind = "encoder"', 'name = "a"\nkind = "classifier"'], "judge 'a': the name is used twice"),
+    ([f'name = "j{i}"\nkind = "encoder"' for i in range(9)], "9 judges; at most 8"),
+])
+def test_judges_refused(tables, fragment):
+    refused(judges(*tables), fragment)
