@@ -203,6 +203,7 @@ class Upload:
         self.unsealer.feed(chunk)
 
     def abort(self) -> None:
+        self.session.uploading.discard(self.kind)
         self.unsealer.abort()
         if self.folder is not None:
             wipe(self.folder)
@@ -246,6 +247,7 @@ class AuditSession:
     result: tuple[bytes, bytes | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     last_activity: float = field(default_factory=time.monotonic)
+    uploading: set[str] = field(default_factory=set)  # asset kinds with an upload in flight
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -436,8 +438,31 @@ class Sessions:
             sink = MemorySink()
         unsealer = Unsealer(stream_header, data_key, kind, sink, expected_kind=kind)
         del data_key
+        with self._lock:
+            try:
+                self._require_open_locked(session, f"{kind} upload")
+                self._replace_locked(session, kind)
+            except BaseException:
+                unsealer.abort()
+                raise
         return Upload(session, kind, digest, party_key, attest_nonce, unsealer, sink, folder,
                       self.limits.max_bytes[kind], budget)
+
+    def _replace_locked(self, session: AuditSession, kind: str) -> None:
+        """Start an upload of `kind`: one at a time per session and kind, and the plaintext held once.
+        The asset it replaces is dropped now, not when the new one lands (a model is the largest
+        thing an enclave holds; two copies would double tmpfs and memory); the spec (1 MiB at most)
+        is kept until its replacement parses, since a spec refused at parse time should lose nothing."""
+        if kind in session.uploading:
+            raise Busy(f"{kind} upload refused: another {kind} upload into session {session.id} is in progress; "
+                       "wait for it to finish")
+        session.uploading.add(kind)
+        if kind != "spec" and kind in session.assets:
+            session.generation += 1  # a summary made from the old asset is stale
+            session.assets.pop(kind).drop()
+            session.approvals.clear()
+            if kind == "dataset":
+                session.tasks, session.problems = (), ()
 
     def finish_upload(self, up: Upload) -> tuple[Asset, str]:
         try:
@@ -479,6 +504,7 @@ class Sessions:
                     session.tasks, session.problems = summary
                 session.generation += 1
                 session.approvals.clear()  # any new asset voids every approval
+                session.uploading.discard(up.kind)
                 session.touch()
                 return asset, self._manifest_locked(session).digest()
 
