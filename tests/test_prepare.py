@@ -321,3 +321,24 @@ def test_methods_and_policy_agree() -> None:
         policy.parse({"allow_simulated": True, "prepare": {"original_model_digest": "abc"}})
     with pytest.raises(PolicyError, match="pins nothing"):
         policy.parse({"allow_simulated": True, "prepare": {}})
+
+
+def test_cli_prepares_then_uploads_mq_with_its_bundle(enclave: RunningEnclave, parties, prepared: dict,
+                                                      tmp_path: Path) -> None:
+    pol = tmp_path / "enclave-policy.toml"
+    pol.write_text(f'allow_simulated = true\n[sim]\nmeasurements = ["{code_identity()}"]\n')
+    common = ["--enclave", enclave.target, "--policy", str(pol), "--identity", str(parties.root / "keys/provider.key")]
+    out = tmp_path / "mq"
+    proc = subprocess.run([sys.executable, "-m", "aaudit.cli", "provider", "prepare", "cast:float16", "--session",
+                           prepared["session"], "--out", str(out), *common], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "prepare bundle: verified" in proc.stdout and "prepare" in proc.stderr  # live progress on stderr
+    assert {p.name for p in out.iterdir()} == {"model.sealed", "model.key", "model.json", "prepare.json"}
+    with enclave.client() as c:
+        sid = open_session(c, parties)
+    proc = subprocess.run([sys.executable, "-m", "aaudit.cli", "provider", "upload", str(out), "--prepared-from",
+                           str(out / "prepare.json"), "--session", sid, *common], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0 and "prepare statement sha256:" in proc.stdout, proc.stdout + proc.stderr
+    ref = enclave.service.sessions.manifest(sid)[0].prepared_from
+    assert (ref.original_model_digest, ref.method) == (parties.sealed["model"].digest, "cast:float16")
