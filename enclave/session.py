@@ -36,9 +36,11 @@ from enclave.workdir import wipe
 from sealing.stream import DirectorySink, MemorySink, Unsealer
 from verifier.binding import (
     NONCE_LEN,
+    attach_message,
     create_message,
     job_message,
     join_message,
+    prepare_message,
     run_message,
     upload_message,
     wrap_info,
@@ -52,6 +54,7 @@ from verifier.manifest import (
     EnclaveRef,
     Limits as ManifestLimits,
     Parties,
+    PrepareRef,
     RunManifest,
     SessionRef,
     TaskRef,
@@ -63,6 +66,7 @@ from verifier.manifest import (
 DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
 MAX_OPEN_NONCES = 65536  # ~6 MiB; an Attest flood needs this many calls to evict a party's nonce
 SESSION_ID_BYTES = 16
+MAX_PREPARE_BUNDLE_BYTES = 8 << 20  # evidence with certificate chains, far below this
 
 
 class SessionError(AAuditError):
@@ -227,6 +231,28 @@ class JobInputs:
     party_nonces: dict[str, str]
     deadline_s: int
     cancel: threading.Event
+    prepared: bytes | None = None  # the prepare bundle the manifest names (step B), carried into the bundle
+
+
+@dataclass
+class PrepareInputs:
+    """What one prepare job (step B) needs: the session's model M and the provider's signed request."""
+
+    session_id: str
+    job: int
+    session_nonce: bytes
+    model_dir: Path
+    model_digest: str
+    model_listing: list[dict[str, Any]]
+    model_bytes: int
+    method: str
+    recipient_suite: str
+    recipient: bytes
+    provider: bytes
+    signature: bytes
+    nonce: bytes
+    deadline_s: int
+    cancel: threading.Event
 
 
 @dataclass
@@ -245,6 +271,7 @@ class AuditSession:
     problems: tuple[str, ...] = ()
     generation: int = 0                 # bumps whenever an asset lands: summaries are made outside the lock
     result: tuple[bytes, bytes | None] | None = None
+    prepared: tuple[bytes, PrepareRef] | None = None  # attached prepare bundle of the model (step B)
     cancel: threading.Event = field(default_factory=threading.Event)
     last_activity: float = field(default_factory=time.monotonic)
     uploading: set[str] = field(default_factory=set)  # asset kinds with an upload in flight
@@ -258,6 +285,7 @@ class AuditSession:
             asset.drop()
         self.assets.clear()
         self.approvals.clear()
+        self.prepared = None
         self.spec = None
         self.tasks, self.problems = (), ()
 
@@ -497,6 +525,8 @@ class Sessions:
                 old = session.assets.pop(up.kind, None)
                 if old is not None:
                     old.drop()
+                if up.kind == "model":
+                    session.prepared = None  # a prepare bundle speaks for the model it came with
                 session.assets[up.kind] = asset
                 if up.kind == "spec":
                     session.spec = spec
@@ -552,6 +582,7 @@ class Sessions:
             samples_recipient=spec.samples_recipient if spec is not None else None,
             tasks=session.tasks,
             limits=limits,
+            prepared_from=session.prepared[1] if session.prepared is not None else None,
         )
 
     def _problems_locked(self, session: AuditSession) -> list[str]:
@@ -629,7 +660,85 @@ class Sessions:
                 party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in session.assets.items()},
                 deadline_s=manifest.limits.deadline_seconds,
                 cancel=session.cancel,
+                prepared=session.prepared[0] if session.prepared is not None else None,
             )
+
+    # --- step B: prepare jobs ------------------------------------------------------------------
+    def queue_prepare(self, session_id: str, role: str, method: str, recipient_suite: str, recipient: bytes,
+                      nonce: bytes, signature: bytes, queued_jobs: int) -> PrepareInputs:
+        """Move the session to QUEUED for a prepare job the provider signed (enclave/prepare.py).
+        The auditor's approval is not needed: the job only reads the provider's model and returns Mq
+        sealed to the provider; an audit of Mq names the result in a manifest both approve."""
+        from sealing.keywrap import DEFAULT_SUITE
+        from verifier.prepare import METHODS
+
+        _check_len(nonce, NONCE_LEN, "prepare nonce")
+        if role != "provider":
+            raise NotAParty("prepare refused: only the session's provider may ask to prepare its model")
+        if method not in METHODS:
+            raise UnusableInput(f"unknown prepare method {_q(method)}; known: {', '.join(METHODS)}")
+        if recipient_suite != DEFAULT_SUITE or len(recipient) != 32:
+            raise UnusableInput(f"the recipient key must be a 32-byte {DEFAULT_SUITE} public key")
+        with self._lock:
+            session = self._get_locked(session_id)
+            model = session.assets.get("model")
+            digest = model.digest if model is not None else ""
+            self._check_signed_locked(session, role, prepare_message(
+                self.keys.signing_public, session.id, session.nonce, session.job, digest, method, recipient_suite,
+                recipient, nonce), signature, "prepare")
+            self._require_open_locked(session, "prepare")
+            if model is None:
+                raise SessionError("prepare refused: the session holds no model; upload M with `aaudit provider "
+                                   "upload` first")
+            if queued_jobs >= self.limits.max_queued_jobs:
+                raise LimitReached(f"{queued_jobs} jobs are waiting for the accelerator, this enclave's limit; "
+                                   "retry later")
+            session.state = State.QUEUED
+            session.cancel = threading.Event()
+            session.touch()
+            return PrepareInputs(session.id, session.job, session.nonce, model.folder,  # type: ignore[arg-type]
+                                 model.digest, model.listing, model.plaintext_bytes, method, recipient_suite,
+                                 recipient, session.parties.provider, signature, nonce, self.limits.max_deadline_s,
+                                 session.cancel)
+
+    def attach_prepared(self, session_id: str, role: str, bundle: bytes, signature: bytes) -> tuple[str, str]:
+        """Attach the prepare bundle of the session's model; returns (statement digest, manifest digest).
+        The enclave checks what it can see (the statement is signed by the key the bundle names and
+        made the session's model for this provider); the parties and verifiers check the evidence."""
+        from verifier import dsse
+        from verifier.inputs import load_json
+        from verifier.prepare import PrepareBundle, parse_prepare_statement
+
+        if role != "provider":
+            raise NotAParty("attach refused: only the session's provider may attach a prepare bundle")
+        if len(bundle) > MAX_PREPARE_BUNDLE_BYTES:
+            raise UnusableInput(f"a prepare bundle is at most {MAX_PREPARE_BUNDLE_BYTES} bytes")
+        parsed = PrepareBundle.from_json(load_json(bundle, "prepare bundle"))  # ParseError is UnusableInput
+        statement = parse_prepare_statement(parsed.envelope.payload)
+        if not dsse.verify(parsed.envelope, parsed.enclave.signing_key.public):
+            raise UnusableInput("prepare bundle: the statement's signature does not verify with the enclave key "
+                                "the bundle names (altered?)")
+        p = statement.predicate
+        with self._lock:
+            session = self._get_locked(session_id)
+            model = session.assets.get("model")
+            digest = model.digest if model is not None else ""
+            self._check_signed_locked(session, role, attach_message(self.keys.signing_public, session.id,
+                                                                    session.nonce, digest, parsed.statement_digest),
+                                      signature, "attach")
+            self._require_open_locked(session, "attach")
+            if model is None:
+                raise SessionError("attach refused: upload the prepared model (Mq) first, then attach its bundle")
+            if p.prepared.digest != model.digest:
+                raise SessionError(f"attach refused: the prepare bundle made {p.prepared.digest}, but the session's "
+                                   f"model is {model.digest}; upload the Mq that bundle names")
+            if p.request.provider != session.parties.provider:
+                raise SessionError("attach refused: the prepare bundle was requested by another provider key")
+            session.prepared = (bundle, PrepareRef(parsed.statement_digest, p.original.digest, p.method.name))
+            session.generation += 1
+            session.approvals.clear()
+            session.touch()
+            return parsed.statement_digest, self._manifest_locked(session).digest()
 
     def job_running(self, session_id: str, job: int) -> bool:
         """The queue picked this session's job; False if it was cancelled or closed meanwhile."""

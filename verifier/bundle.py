@@ -65,6 +65,8 @@ class AuditBundle:
     final_evidence: Evidence
     log_entry: dict[str, Any] | None = field(default=None, metadata={"optional": True})
     media_type: str = MEDIA_TYPE
+    # The prepare bundle (verifier/prepare.py) of the model, when the manifest names one (step B).
+    prepare: dict[str, Any] | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict[str, Any]:
         return wire.to_json(self)
@@ -92,27 +94,9 @@ def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witnes
 
 def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:
     parsed = AuditBundle.from_json(bundle)
-    keys, nonce = parsed.enclave, bytes.fromhex(parsed.nonce)
-    signing_pub = keys.signing_key.public
-    evidence, final, envelope = parsed.evidence, parsed.final_evidence, parsed.envelope
-
+    nonce, evidence, envelope = bytes.fromhex(parsed.nonce), parsed.evidence, parsed.envelope
     verdict = Verdict(subject="audit bundle", unpinned=policy.unpinned(evidence.platform))
-    # 1. The session evidence: a CPU TEE vouching for the enclave's keys and this run's nonce.
-    if evidence.platform not in CPU_PLATFORMS:
-        verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
-    verify_evidence(evidence, at=at, policy=policy, verdict=verdict, prefix="evidence: ",
-                    expected_report_data=key_binding(signing_pub, keys.hpke.suite, keys.hpke.public, keys.tls.public,
-                                                     nonce))
-    # 2. The report is signed by that key.
-    verdict.check("report signature", envelope.payload_type == dsse.IN_TOTO_PAYLOAD_TYPE and dsse.verify(envelope, signing_pub),
-                  "DSSE signature by the attested enclave key verifies",
-                  "DSSE signature does not verify with the attested enclave key (or wrong payloadType)")
-    # 3. The final evidence binds this exact statement.
-    if final.platform != evidence.platform:
-        verdict.fail("final evidence platform", f"final evidence is {final.platform}, session evidence {evidence.platform}")
-    verify_evidence(final, at=at, policy=policy, verdict=verdict, prefix="final evidence: ",
-                    expected_report_data=statement_binding(signing_pub, envelope.payload))
-    _same_enclave(platforms.get(evidence.platform), verdict)
+    verify_signed(parsed, policy, at=at, verdict=verdict)
 
     try:
         statement = parse_statement(envelope.payload)
@@ -124,10 +108,13 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
                   "statement carries the run nonce", f"statement nonce {statement.nonce} is not the bundle's {nonce.hex()}")
     verdict.check("statement platform", statement.platform == evidence.platform,
                   f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
-    _manifest_and_approvals(statement, signing_pub, verdict)
+    _manifest_and_approvals(statement, parsed.enclave.signing_key.public, verdict)
     _party_keys(statement, policy, verdict)
     allowlist.check(verdict, "code identity", statement.code_identity, policy.code_identities)
     _expected_digests(statement, policy, verdict)
+    from verifier.prepare import check_chain  # the prepare module builds on this one
+
+    check_chain(parsed.prepare, statement, policy, at=at, verdict=verdict)
     _thresholds(statement, policy, verdict)
     _age(statement, policy, at, verdict)
     if parsed.log_entry is not None or (policy.log is not None and policy.log.require_inclusion):
@@ -145,6 +132,31 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         finished_at=statement.finished_at.isoformat(),
     )
     return verdict
+
+
+def verify_signed(parsed: Any, policy: Policy, *, at: datetime, verdict: Verdict) -> None:
+    """The steps every signed enclave bundle shares (an audit bundle, a prepare bundle): the session
+    evidence binds the enclave's keys and the client nonce, the DSSE envelope is signed by that key,
+    and the final evidence binds this exact statement, from the same enclave image."""
+    keys, nonce = parsed.enclave, bytes.fromhex(parsed.nonce)
+    signing_pub = keys.signing_key.public
+    evidence, final, envelope = parsed.evidence, parsed.final_evidence, parsed.envelope
+    # 1. The session evidence: a CPU TEE vouching for the enclave's keys and this run's nonce.
+    if evidence.platform not in CPU_PLATFORMS:
+        verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
+    verify_evidence(evidence, at=at, policy=policy, verdict=verdict, prefix="evidence: ",
+                    expected_report_data=key_binding(signing_pub, keys.hpke.suite, keys.hpke.public, keys.tls.public,
+                                                     nonce))
+    # 2. The report is signed by that key.
+    verdict.check("report signature", envelope.payload_type == dsse.IN_TOTO_PAYLOAD_TYPE and dsse.verify(envelope, signing_pub),
+                  "DSSE signature by the attested enclave key verifies",
+                  "DSSE signature does not verify with the attested enclave key (or wrong payloadType)")
+    # 3. The final evidence binds this exact statement.
+    if final.platform != evidence.platform:
+        verdict.fail("final evidence platform", f"final evidence is {final.platform}, session evidence {evidence.platform}")
+    verify_evidence(final, at=at, policy=policy, verdict=verdict, prefix="final evidence: ",
+                    expected_report_data=statement_binding(signing_pub, envelope.payload))
+    _same_enclave(platforms.get(evidence.platform), verdict)
 
 
 def _same_enclave(platform: platforms.Platform, verdict: Verdict) -> None:

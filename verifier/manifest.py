@@ -13,7 +13,7 @@ will be published, so an approval can never carry over to another enclave, sessi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -77,6 +77,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PrepareRef:
+    """The prepare statement (step B) the provider attached to the model: the model was made from
+    `original_model_digest` by `method` in an attested enclave. The audit bundle carries that
+    statement's bundle; `statement_digest` (sha256 of its DSSE payload) pins it."""
+
+    statement_digest: str
+    original_model_digest: str
+    method: str
+
+
+@dataclass(frozen=True)
 class RunManifest:
     session: SessionRef
     enclave: EnclaveRef
@@ -87,6 +98,7 @@ class RunManifest:
     tasks: tuple[TaskRef, ...] = ()
     limits: Limits | None = None
     version: int = MANIFEST_VERSION
+    prepared_from: PrepareRef | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict:
         return wire.to_json(self)
@@ -141,5 +153,6 @@ def verify_approval(public_raw: bytes, digest: str, signature: bytes) -> bool:
     return verify_party_signature(public_raw, message, signature)
 
 
-__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "Parties", "ROLES", "RunManifest", "SessionRef",
+__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "Parties", "PrepareRef", "ROLES", "RunManifest",
+           "SessionRef",
            "TaskRef", "UPLOADER_ROLE", "approval_message", "verify_approval", "verify_party_signature"]

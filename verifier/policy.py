@@ -36,6 +36,10 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     public_key = "<C2SP note verifier key>"
     require_inclusion = true
 
+    [prepare]                      # step B: the audited model was made from a pinned original
+    original_model_digest = "sha256:<hex>"   # digest(M); the audit must carry a prepare statement
+    methods = ["int8-weight-only"] # the accepted methods (verifier/prepare.py METHODS)
+
 Allow-lists (measurements, PCRs, code_identity, ...) follow one rule, `verifier.platforms.allowlist`.
 A bundle verdict names what its policy leaves unpinned (`Policy.unpinned`): the model, dataset and
 spec digests, the code identity (neither `code_identity` nor the platform's launch measurement) and
@@ -62,7 +66,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_AGE_S = 100 * 365 * 86400  # a century: longer is a typo, and would overflow date arithmetic
 _HARDWARE = ("sev-snp", "tdx", "nitro", "nvidia")
-_TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "sim", *_HARDWARE}
+_TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "prepare", "sim", *_HARDWARE}
 _ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")
 
 
@@ -89,6 +93,14 @@ class LogPolicy:
 
 
 @dataclass(frozen=True)
+class PreparePolicy:
+    """`[prepare]`: the original model an audited Mq must come from, and how it may have been made."""
+
+    original_model_digest: str | None
+    methods: tuple[str, ...] | None   # None: any method the verifier knows
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed policy. `platforms` maps an accepted platform name to its module's policy object."""
 
@@ -101,6 +113,7 @@ class Policy:
     log: LogPolicy | None = None
     source: str = "<policy>"
     party_keys: dict[str, bytes] = field(default_factory=dict)  # role -> raw Ed25519 key
+    prepare: PreparePolicy | None = None
 
     def accepts(self, platform: str) -> bool:
         return platform in self.platforms
@@ -113,7 +126,8 @@ class Policy:
     def unpinned(self, platform: str) -> list[str]:
         """What this policy leaves open for a bundle whose evidence is from `platform`: any model
         that any auditor ran on any code would pass these checks."""
-        out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect]
+        out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect
+               and not (key == "model_digest" and self.prepare and self.prepare.original_model_digest)]
         if self.code_identities is None and not self.pins_measurement(platform):
             out.append("code identity")
         if self.log is None or not self.log.require_inclusion:
@@ -204,7 +218,33 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
         _require(isinstance(req, bool), f"{source} [log]", "require_inclusion must be set to true or false")
         log = LogPolicy(table["public_key"], req)
 
-    return Policy(accepted, gpu_required, max_age_s, digests, code_ids, tuple(thresholds), log, source, party_keys)
+    return Policy(accepted, gpu_required, max_age_s, digests, code_ids, tuple(thresholds), log, source, party_keys,
+                  _prepare_policy(data.get("prepare"), f"{source} [prepare]"))
+
+
+def _prepare_policy(table: Any, where: str) -> PreparePolicy | None:
+    """`[prepare]`: a pinned original model digest (an audit then needs a prepare statement from it)
+    and/or the accepted methods."""
+    if table is None:
+        return None
+    from verifier.prepare import METHODS
+
+    _require(isinstance(table, dict), where, "must be a table")
+    _require(set(table) <= {"original_model_digest", "methods"}, where,
+             f"unknown key(s) {', '.join(sorted(set(table) - {'original_model_digest', 'methods'}))}")
+    _require(bool(table), where, "pins nothing: give original_model_digest and/or methods")
+    original = table.get("original_model_digest")
+    _require(original is None or (isinstance(original, str) and _DIGEST.match(original) is not None), where,
+             "original_model_digest must be 'sha256:' and 64 lowercase hex digits (`aaudit digest MODEL_DIR`)")
+    methods = table.get("methods")
+    if methods is not None:
+        _require(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods), where,
+                 "methods must be a non-empty list of method names")
+        unknown = [m for m in methods if m not in METHODS]
+        _require(not unknown, where, f"unknown method(s) {', '.join(map(repr, unknown[:5]))}; known: "
+                 f"{', '.join(METHODS)}")
+        methods = tuple(methods)
+    return PreparePolicy(original, methods)
 
 
 def _finite(value: Any) -> bool:
