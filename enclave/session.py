@@ -489,6 +489,8 @@ class Sessions:
             session.generation += 1  # a summary made from the old asset is stale
             session.assets.pop(kind).drop()
             session.approvals.clear()
+            if kind == "model":
+                session.prepared = None  # a prepare bundle speaks for the model it came with
             if kind == "dataset":
                 session.tasks, session.problems = (), ()
 
