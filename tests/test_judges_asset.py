@@ -436,3 +436,30 @@ def test_enclave_run_with_a_judge_names_its_files_and_wipes_them(tmp_path: Path)
     assert verdict.verified, [(s.name, s.reason) for s in verdict.failures]
     steps = {s.name: s for s in verdict.steps}
     assert steps["judge subjects"].status.value == "ok" and steps["judges digest"].status.value == "ok"
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def test_cli_seals_judges_and_the_auditor_uploads_them_when_sealed(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`aaudit seal judges` writes judges.json beside the auditor's other sealed assets; the
+    auditor's upload and approval then include it, the provider's never; the provider agrees to
+    judges with an optional --expect-judges."""
+    from aaudit.cli import build_parser, main
+    from aaudit.cmd_parties import _own_kinds
+    from sealing.digest import listing_and_digest
+
+    folder = _judge_folder(tmp_path / "judges", (JUDGE,))
+    out = tmp_path / "sealed"
+    assert _own_kinds("auditor", out) == ("dataset", "spec")
+    assert main(["seal", "judges", str(folder), "--out", str(out)]) == 0
+    assert f"judges digest: {listing_and_digest(folder)[1]}" in capsys.readouterr().out
+    assert _own_kinds("auditor", out) == ("dataset", "spec", "judges")
+    assert _own_kinds("provider", out) == ("model",)
+    args = build_parser().parse_args(["provider", "approve", str(out), "--session", "s", "--enclave", "h:1",
+                                      "--policy", "p.toml", "--identity", "k", "--expect-auditor", "a.pub",
+                                      "--expect-dataset", "sha256:" + "0" * 64, "--expect-spec", "sha256:" + "1" * 64])
+    assert args.expect_judges is None  # optional: a spec without judges needs none
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["auditor", "approve", str(out), "--session", "s", "--enclave", "h:1", "--policy",
+                                   "p.toml", "--identity", "k", "--expect-provider", "p.pub", "--expect-model",
+                                   "sha256:" + "0" * 64, "--expect-judges", "sha256:" + "2" * 64])
