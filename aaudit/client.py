@@ -46,7 +46,7 @@ from verifier.binding import (
 from verifier.errors import AAuditError, ParseError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
 from verifier.inputs import host_port, load_json
-from verifier.manifest import ASSET_KINDS, ROLES, RunManifest, approval_message
+from verifier.manifest import ASSET_KINDS, REQUIRED_KINDS, ROLES, RunManifest, approval_message
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.platforms import allowlist
 from verifier.policy import Policy
@@ -71,14 +71,15 @@ class AttestationRefused(VerificationError):
 @dataclass(frozen=True)
 class ExpectedRun:
     """What a party agreed to before approving: every asset digest, the other party's key, and
-    whether per-sample records may leave the enclave (to the auditor)."""
+    whether per-sample records may leave the enclave (to the auditor). The judges digest is named
+    exactly when the agreed spec names judges: a manifest with judges nobody agreed to is refused."""
 
     digests: dict[str, str]
     parties: dict[str, bytes]
     allow_samples: bool = False
 
     def __post_init__(self) -> None:
-        missing = [k for k in ASSET_KINDS if k not in self.digests]
+        missing = [k for k in REQUIRED_KINDS if k not in self.digests]
         if missing:
             raise UnusableInput(f"an approval must name every asset digest; missing {', '.join(missing)}")
 
@@ -301,8 +302,9 @@ class EnclaveClient:
                 problems.append(f"manifest's {who} key is {b64e(m.parties.key(who))}, expected {b64e(key)}")
         for kind in ASSET_KINDS:
             got = m.digest_of(kind)
-            if got != expected.digests.get(kind):
-                problems.append(f"manifest has {kind} {got}, expected {expected.digests.get(kind)}")
+            want = expected.digests.get(kind)
+            if got != want:
+                problems.append(f"manifest has {kind} {got or 'none'}, expected {want or 'none'}")
         if m.output == "aggregate+samples" and not expected.allow_samples:
             problems.append(f"the spec sends per-sample records to {m.samples_recipient}; approve only with "
                             "allow_samples (--allow-samples) if you agreed to that")

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from verifier.policy import Policy
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
+# Uploaded when SEALED_DIR holds them: the auditor's judge models, which the spec's [[judge]]s need.
+OPTIONAL_ROLE_KINDS = {"provider": (), "auditor": ("judges",)}
 _KEY_FORMS = "its .pub file, or the key itself in base64 (as `aaudit keygen` prints it) or hex"
 
 
@@ -49,10 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(j, role)
         j.set_defaults(func=_policy_first(_join), role=role)
 
-        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)} into a session",
-                            description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)} in SEALED_DIR "
-                            "(written by `aaudit seal`) to the attested enclave key, for this session and this "
-                            "attestation only, sign the upload header, and stream the ciphertext.")
+        optional = "".join(f" (and {k}, if SEALED_DIR holds them)" for k in OPTIONAL_ROLE_KINDS[role])
+        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)}{optional} into a session",
+                            description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)}{optional} in "
+                            "SEALED_DIR (written by `aaudit seal`) to the attested enclave key, for this session and "
+                            "this attestation only, sign the upload header, and stream the ciphertext."
+                            + (" Judge models (the spec's [[judge]]s) are sealed as one folder holding a <name>/ "
+                               "folder per judge: `aaudit seal judges JUDGES_DIR --out SEALED_DIR`."
+                               if OPTIONAL_ROLE_KINDS[role] else ""))
         u.add_argument("sealed", type=Path, metavar="SEALED_DIR", help="the folder `aaudit seal` wrote")
         if role == "provider":
             u.add_argument("--prepared-from", type=Path, metavar="PREPARE.json",
@@ -78,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         for kind in other_kinds:
             a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX",
                            help=f"the agreed {kind} digest, as `aaudit digest` prints it")
+        for kind in OPTIONAL_ROLE_KINDS[other]:
+            a.add_argument(f"--expect-{kind}", metavar="sha256:HEX",
+                           help=f"the agreed {kind} digest, as `aaudit digest` prints it; required exactly when "
+                           f"the spec names {kind} (a manifest with {kind} you did not agree to is refused)")
         a.add_argument("--allow-samples", action="store_true",
                        help="agree that per-sample records go (encrypted) to the spec's samples_recipient")
         _common(a, role)
@@ -198,6 +208,11 @@ def _client(args: argparse.Namespace):  # noqa: ANN202
     return EnclaveClient(args.enclave, insecure_plaintext=args.insecure_plaintext_loopback)
 
 
+def _own_kinds(role: str, folder: Path) -> tuple[str, ...]:
+    """The kinds `role` uploads from SEALED_DIR: its required ones, and the optional ones sealed there."""
+    return ROLE_KINDS[role] + tuple(k for k in OPTIONAL_ROLE_KINDS[role] if (folder / f"{k}.json").is_file())
+
+
 def _sealed(folder: Path, kind: str):  # noqa: ANN202
     from sealing.stream import SealedAsset
 
@@ -284,7 +299,7 @@ def _upload(args: argparse.Namespace) -> int:
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
-    assets = [_sealed(args.sealed, kind) for kind in ROLE_KINDS[args.role]]
+    assets = [_sealed(args.sealed, kind) for kind in _own_kinds(args.role, args.sealed)]
     with _client(args) as client:
         for asset in assets:
             enclave = _attested(client, args)  # one fresh attestation (and nonce) per upload
@@ -327,9 +342,10 @@ def _approve(args: argparse.Namespace) -> int:
     from verifier.inputs import asset_digest
 
     other = _other(args.role)
-    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}") for kind in ROLE_KINDS[other]}
+    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}")
+              for kind in (*ROLE_KINDS[other], *OPTIONAL_ROLE_KINDS[other]) if getattr(args, f"expect_{kind}")}
     identity = load_identity(args.identity)
-    digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
+    digests = {kind: _sealed(args.sealed, kind).digest for kind in _own_kinds(args.role, args.sealed)}
     digests.update(agreed)
     expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
     with _client(args) as client:

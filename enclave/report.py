@@ -29,6 +29,7 @@ from verifier.statement import (
     Runtime,
     SamplesDelivery,
     SamplesInfo,
+    judge_subjects,
     model_subjects,
 )
 
@@ -52,7 +53,7 @@ def build_statement(job: JobInputs, run: Any, *, platform: str, simulated: bool,
         delivery = SamplesDelivery(job.spec.samples_recipient, DEFAULT_SUITE,
                                    hashlib.sha256(samples_ciphertext).hexdigest())
     return AuditStatement(
-        subject=model_subjects(job.model_listing),
+        subject=model_subjects(job.model_listing) + judge_subjects(job.judges_listing),
         predicate=AuditPredicate(
             manifest=job.manifest,
             manifest_digest=job.manifest_digest,

@@ -78,8 +78,10 @@ class AuditRun:
 
 
 def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
-              progress: ProgressFn | None = None, device: str | None = None) -> AuditRun:
-    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes.
+              progress: ProgressFn | None = None, device: str | None = None,
+              judges_dir: Path | None = None) -> AuditRun:
+    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes;
+    `judges_dir` holds the spec's judges, judge `j` in `judges_dir / j.name`.
 
     One run per process at a time: a run sets RUN_ENV and swaps lm-eval's template environment and
     log level, so the enclave calls it in a child process per job (`enclave.jobs.run_job`).

@@ -386,7 +386,8 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                 raise JobCancelled("the job was cancelled before it started")
             progress("run", 0.0, "loading model and running lm-eval in a job process")
             run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
-                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel)
+                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel,
+                          judges_dir=inputs.judges_dir)
             progress("report", 0.0, "signing the statement and taking the final attestation")
             if inputs.spec.output == "aggregate+samples":
                 job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)

@@ -5,7 +5,9 @@ sessions. A session is created by one party naming both parties' identity keys a
 other's signature; from then on only those two keys act in it, each by signing what it asks for
 (verifier/binding.py). A stranger can create sessions of its own but never reach into another.
 A session keeps its assets across jobs (one upload, many audits); each job has its own manifest
-(its number in it), approvals and bundle, and closing the session wipes the plaintext.
+(its number in it), approvals and bundle, and closing the session wipes the plaintext. The
+auditor's judge models (`judges`, a folder of `<name>/` model folders) are an asset like the others,
+unsealed to tmpfs like the model, and required exactly when the spec names `[[judge]]`s.
 
 Attacks this module refuses (tests/test_session.py, tests/test_sessions_attacks.py):
 - a captured upload replayed under another key, into another session, or after its job: the header
@@ -48,6 +50,7 @@ from verifier.binding import (
 from verifier.errors import AAuditError, UnusableInput
 from verifier.manifest import (
     ASSET_KINDS,
+    REQUIRED_KINDS,
     ROLES,
     UPLOADER_ROLE,
     AssetRef,
@@ -62,8 +65,10 @@ from verifier.manifest import (
     verify_party_signature,
 )
 
-# Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
-DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
+# Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model and
+# the judges on tmpfs (FOLDER_KINDS). A `Limits.max_bytes` that leaves a kind out keeps its default.
+DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20, "judges": 1 << 40}
+FOLDER_KINDS = ("model", "judges")
 MAX_OPEN_NONCES = 65536  # ~6 MiB; an Attest flood needs this many calls to evict a party's nonce
 SESSION_ID_BYTES = 16
 MAX_PREPARE_BUNDLE_BYTES = 8 << 20  # evidence with certificate chains, far below this
@@ -107,7 +112,7 @@ class Limits:
     join_timeout_s: float = 120.0          # a session nobody joined by then is closed
     party_keys: frozenset[bytes] | None = None  # when set, only sessions naming these keys may be created
     max_memory_bytes: int = 8 << 30        # datasets and specs, all sessions together
-    max_tmpfs_bytes: int = 1 << 40         # decrypted models, all sessions together
+    max_tmpfs_bytes: int = 1 << 40         # decrypted models and judges, all sessions together
     max_bytes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BYTES))
     max_concurrent_uploads: int = 8
     upload_idle_s: float = 30.0
@@ -162,7 +167,7 @@ class Asset:
     budget: ByteBudget
     reserved: int
     files: dict[str, bytes] | None = field(default=None, repr=False)  # dataset / spec
-    folder: Path | None = None                                          # model, on tmpfs
+    folder: Path | None = None                                          # model, judges: on tmpfs
     listing: list[dict[str, Any]] = field(default_factory=list, repr=False)  # per file: path, sha256, size
 
     def drop(self) -> None:
@@ -232,6 +237,8 @@ class JobInputs:
     deadline_s: int
     cancel: threading.Event
     prepared: bytes | None = None  # the prepare bundle the manifest names (step B), carried into the bundle
+    judges_dir: Path | None = None   # the judges asset's folder on tmpfs, when the spec names judges
+    judges_listing: list[dict[str, Any]] = field(default_factory=list)  # its files: the judge subjects
 
 
 @dataclass
@@ -328,7 +335,7 @@ class Sessions:
         self.workdir = workdir
         self.limits = limits or Limits()
         self.memory = ByteBudget("dataset and spec bytes in memory", self.limits.max_memory_bytes)
-        self.tmpfs = ByteBudget("decrypted model bytes on tmpfs", self.limits.max_tmpfs_bytes)
+        self.tmpfs = ByteBudget("decrypted model and judges bytes on tmpfs", self.limits.max_tmpfs_bytes)
         self._lock = threading.RLock()
         self._sessions: dict[str, AuditSession] = {}
         self.nonces = NonceBook()
@@ -459,8 +466,8 @@ class Sessions:
             raise SessionError(f"{kind}: the wrapped data key does not open for this enclave, session, party, "
                                "asset kind, digest and nonce (wrapped for another context, or altered)") from None
         folder, budget = None, self.memory
-        if kind == "model":
-            folder, budget = self.workdir / f"model-{secrets.token_hex(8)}", self.tmpfs
+        if kind in FOLDER_KINDS:
+            folder, budget = self.workdir / f"{kind}-{secrets.token_hex(8)}", self.tmpfs
             sink: Any = DirectorySink(folder)
         else:
             sink = MemorySink()
@@ -474,7 +481,7 @@ class Sessions:
                 unsealer.abort()
                 raise
         return Upload(session, kind, digest, party_key, attest_nonce, unsealer, sink, folder,
-                      self.limits.max_bytes[kind], budget)
+                      self.limits.max_bytes.get(kind, DEFAULT_MAX_BYTES[kind]), budget)
 
     def _replace_locked(self, session: AuditSession, kind: str) -> None:
         """Start an upload of `kind`: one at a time per session and kind, and the plaintext held once.
@@ -519,7 +526,7 @@ class Sessions:
                 data = asset.files if up.kind == "dataset" else (session.assets["dataset"].files
                                                                 if "dataset" in session.assets else None)
             # Parsing a dataset can take long: done outside the lock every other client needs.
-            summary = self._summary(current_spec, data) if up.kind != "model" else None
+            summary = self._summary(current_spec, data) if up.kind not in FOLDER_KINDS else None
             with self._lock:
                 self._check_still_open_locked(session, asset)
                 if session.generation != generation:
@@ -588,12 +595,14 @@ class Sessions:
         )
 
     def _problems_locked(self, session: AuditSession) -> list[str]:
-        missing = [k for k in ASSET_KINDS if k not in session.assets]
+        missing = [k for k in REQUIRED_KINDS if k not in session.assets]
         uploads = " and ".join(f"`aaudit {role} upload`" for role in dict.fromkeys(UPLOADER_ROLE[k] for k in missing))
         problems = [f"missing asset(s): {', '.join(missing)}; upload into this session with {uploads} (an "
                     "enclave restart drops every upload)"] if missing else []
         if session.state is State.AWAITING_JOIN:
             problems.append(f"waiting for the {' and '.join(r for r in ROLES if r not in session.joined)} to join")
+        if session.spec is not None:
+            problems += judges_problems(session.spec, session.assets.get("judges"))
         return problems + list(session.problems)
 
     def manifest(self, session_id: str) -> tuple[RunManifest, list[str], list[str], AuditSession]:
@@ -663,6 +672,8 @@ class Sessions:
                 deadline_s=manifest.limits.deadline_seconds,
                 cancel=session.cancel,
                 prepared=session.prepared[0] if session.prepared is not None else None,
+                judges_dir=session.assets["judges"].folder if "judges" in session.assets else None,
+                judges_listing=session.assets["judges"].listing if "judges" in session.assets else [],
             )
 
     # --- step B: prepare jobs ------------------------------------------------------------------
@@ -816,6 +827,42 @@ class Sessions:
             for session in list(self._sessions.values()):
                 session.cancel.set()
                 self._close_locked(session)
+
+
+def judges_problems(spec: AuditSpec, judges: Asset | None) -> list[str]:
+    """Why the judges asset does not fit the spec: absent although the spec names judges, no
+    `<name>/` folder for a judge the spec names, or folders and files no judge of the spec names
+    (weights the job would never load, yet both parties would approve them). Each blocks approval,
+    so the auditor can upload a corrected spec or judges asset next."""
+    named = [j.name for j in spec.judges]
+    if judges is None:
+        return [f"the spec names judge(s) {_listed(named)} but no judges asset was uploaded; seal their folders "
+                "with `aaudit seal judges FOLDER` and upload it with `aaudit auditor upload`"] if named else []
+    folders: set[str] = set()
+    loose = 0
+    for entry in judges.listing:
+        head, sep, _ = entry["path"].partition("/")
+        if sep:
+            folders.add(head)
+        else:
+            loose += 1
+    problems = []
+    if absent := [n for n in named if n not in folders]:
+        problems.append(f"the judges asset has no folder for judge(s) {_listed(absent)} named by the spec (expected "
+                        "<name>/ with the judge's config.json, safetensors weights and tokenizer)")
+    if unused := sorted(folders - set(named)):
+        problems.append(f"the judges asset holds folder(s) {_listed(unused)} that no [[judge]] of the spec names; "
+                        "seal only the spec's judges")
+    if loose:
+        problems.append(f"the judges asset holds {loose} file(s) outside any judge folder; seal a folder holding "
+                        "only one <name>/ folder per [[judge]] of the spec")
+    return problems
+
+
+def _listed(names: list[str], shown: int = 8) -> str:
+    """Names quoted and cut short: a problem never lists thousands of folders."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(_q(n) for n in names[:shown]) + more
 
 
 def _q(text: object) -> str:

@@ -86,13 +86,13 @@ def test_every_key_the_page_names_is_a_key_the_parser_knows(section: str, platfo
 
 def test_the_common_keys_are_the_parsers() -> None:
     keys = set(_table_keys("## Keys every policy may have"))
-    for key in ("allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "code_identity",
-                "provider_key", "auditor_key", "public_key", "require_inclusion", "required", "driver_versions",
-                "vbios_versions", "original_model_digest", "methods"):
+    for key in ("allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "judges_digest",
+                "code_identity", "provider_key", "auditor_key", "public_key", "require_inclusion", "required",
+                "driver_versions", "vbios_versions", "original_model_digest", "methods"):
         assert key in keys, key
     for key in ("allow_simulated", "max_age", "expect", "log", "threshold", "nvidia", "prepare"):
         assert key in policy._TOP_KEYS
-    assert set(keys) <= {"allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest",
+    assert set(keys) <= {"allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "judges_digest",
                          "code_identity", "provider_key", "auditor_key", "task", "metric", "min", "max", "public_key",
                          "require_inclusion", "required", "driver_versions", "vbios_versions",
                          "original_model_digest", "methods"}

@@ -128,6 +128,7 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
         model_digest=statement.digest_of("model"),
         dataset_digest=statement.digest_of("dataset"),
         spec_digest=statement.digest_of("spec"),
+        **({"judges_digest": statement.digest_of("judges")} if statement.digest_of("judges") else {}),
         results=statement.results,
         finished_at=statement.finished_at.isoformat(),
     )
@@ -180,6 +181,7 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
                   f"the subjects name {files} whose listing hashes to the manifest's model digest",
                   f"the subjects ({files}) hash to {st.subject_digest}, but the manifest's model is "
                   f"{st.digest_of('model')}: subjects and model digest disagree")
+    _judge_subjects(st, verdict)
     verdict.check("manifest names this enclave", st.manifest.enclave.signing_key == signing_pub,
                   "approvals were given to this enclave boot key", "manifest names another enclave key")
     for role in ROLES:
@@ -191,6 +193,21 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
         ok = any(a.public_key == key and verify_approval(key, st.manifest_digest, a.signature) for a in approvals)
         verdict.check(f"{role} approval", ok, f"{role} signed the manifest",
                       f"{role} approval signature does not verify with the manifest's {role} key")
+
+
+def _judge_subjects(st: AuditStatement, verdict: Verdict) -> None:
+    """The `judge/` subjects name exactly the judges asset both parties approved, as the model's do."""
+    want, got = st.digest_of("judges"), st.judges_subject_digest
+    if want is None and got is None:
+        verdict.skip("judge subjects", "the audit used no judge models")
+        return
+    n = len(st.judges_listing)
+    files = f"{n} judge file{'s' if n != 1 else ''}"
+    verdict.check("judge subjects", got == want,
+                  f"the subjects name {files} whose listing hashes to the manifest's judges digest",
+                  f"the judge subjects ({files}) hash to {got}, but the manifest's judges are {want}: "
+                  "subjects and judges digest disagree" if got is not None else
+                  f"the manifest names judges {want}, but the statement has no judge subjects")
 
 
 def _party_keys(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
@@ -210,11 +227,14 @@ def _party_keys(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
 
 
 def _expected_digests(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
-    for kind in ("model", "dataset", "spec"):
+    judges = "judges_digest" in policy.expect or st.digest_of("judges") is not None
+    for kind in ("model", "dataset", "spec", *(("judges",) if judges else ())):
         want = policy.expect.get(f"{kind}_digest")
         got = st.digest_of(kind)
         if want is None:
             verdict.skip(f"{kind} digest", f"{got} (not pinned by policy)")
+            if kind == "judges":
+                verdict.unpinned.append("judges digest")  # any judge would pass, as any model would
         else:
             verdict.check(f"{kind} digest", got == want, f"{got} as the policy expects",
                           f"statement has {got}, policy expects {want}")

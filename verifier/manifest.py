@@ -6,8 +6,9 @@ before signing (aaudit/client.py), and the verifier parses it out of the stateme
 
 An approval is Ed25519 over "attestable-audits/v1/approval\\0" || manifest digest; the manifest
 names the enclave boot key, the session (id, fresh random nonce, job number), both parties' keys,
-every asset digest, the output policy and, per task, the number of documents and the metrics that
-will be published, so an approval can never carry over to another enclave, session or job.
+every asset digest (the auditor's judge models too, when the spec names judges), the output policy
+and, per task, the number of documents and the metrics that will be published, so an approval can
+never carry over to another enclave, session or job.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from verifier.models import canonical_json
 
 MANIFEST_VERSION = 2
 ROLES = ("provider", "auditor")
-ASSET_KINDS = ("model", "dataset", "spec")
-UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor"}
+ASSET_KINDS = ("model", "dataset", "spec", "judges")
+UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor", "judges": "auditor"}
+# The auditor's judge models (a folder of `<name>/` model folders): present exactly when the spec
+# names `[[judge]]`s, which the enclave enforces; a manifest without them is complete.
+OPTIONAL_KINDS = ("judges",)
+REQUIRED_KINDS = tuple(k for k in ASSET_KINDS if k not in OPTIONAL_KINDS)
 OUTPUT_POLICIES = ("aggregate", "aggregate+samples")
 _APPROVAL = b"attestable-audits/v1/approval\x00"
 
@@ -123,7 +128,7 @@ class RunManifest:
 
     @property
     def complete(self) -> bool:
-        return set(self.assets) == set(ASSET_KINDS) and self.output is not None
+        return set(REQUIRED_KINDS) <= set(self.assets) and self.output is not None
 
     def digest_of(self, kind: str) -> str | None:
         asset = self.assets.get(kind)
@@ -153,6 +158,6 @@ def verify_approval(public_raw: bytes, digest: str, signature: bytes) -> bool:
     return verify_party_signature(public_raw, message, signature)
 
 
-__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "Parties", "PrepareRef", "ROLES", "RunManifest",
-           "SessionRef",
-           "TaskRef", "UPLOADER_ROLE", "approval_message", "verify_approval", "verify_party_signature"]
+__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "OPTIONAL_KINDS", "Parties", "PrepareRef",
+           "REQUIRED_KINDS", "ROLES", "RunManifest", "SessionRef", "TaskRef", "UPLOADER_ROLE", "approval_message",
+           "verify_approval", "verify_party_signature"]

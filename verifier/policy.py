@@ -17,6 +17,7 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     model_digest = "sha256:<hex>"
     dataset_digest = "sha256:<hex>"
     spec_digest = "sha256:<hex>"
+    judges_digest = "sha256:<hex>" # optional: the auditor's judge models (a bundle without judges fails)
     code_identity = ["<hex>"]      # enclave code identities allowed (`aaudit enclave measure`)
     # The party keys: each the text of the party's `aaudit keygen` .pub file. The manifest must
     # name that key, and every approval of that role must be signed by it.
@@ -43,7 +44,8 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
 Allow-lists (measurements, PCRs, code_identity, ...) follow one rule, `verifier.platforms.allowlist`.
 A bundle verdict names what its policy leaves unpinned (`Policy.unpinned`): the model, dataset and
 spec digests, the code identity (neither `code_identity` nor the platform's launch measurement) and
-the log (no `[log]` with `require_inclusion = true`).
+the log (no `[log]` with `require_inclusion = true`); for an audit that used judges, also the judges
+digest unless pinned (added by the bundle check, which sees the statement).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_AGE_S = 100 * 365 * 86400  # a century: longer is a typo, and would overflow date arithmetic
 _HARDWARE = ("sev-snp", "tdx", "nitro", "nvidia")
 _TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "prepare", "sim", *_HARDWARE}
-_ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")
+_ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")  # every audit has these
+_OPTIONAL_DIGESTS = ("judges_digest",)  # only an audit whose spec names judges has it
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Policy:
     platforms: dict[str, Any] = field(default_factory=dict)
     gpu_required: bool = False
     max_age_s: int | None = None
-    expect: dict[str, str] = field(default_factory=dict)  # model_digest, dataset_digest, spec_digest
+    expect: dict[str, str] = field(default_factory=dict)  # model_, dataset_, spec_ and judges_digest
     code_identities: allowlist.AllowList | None = None  # None: not pinned
     thresholds: tuple[Threshold, ...] = ()
     log: LogPolicy | None = None
@@ -190,7 +193,7 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
                   for role in ROLES if f"{role}_key" in expect}
     digests = {k: v for k, v in expect.items() if k not in {"code_identity", *(f"{r}_key" for r in ROLES)}}
     for key, value in digests.items():
-        _require(key in _ASSET_DIGESTS, where, f"unknown key {key!r}")
+        _require(key in _ASSET_DIGESTS + _OPTIONAL_DIGESTS, where, f"unknown key {key!r}")
         _require(isinstance(value, str) and _DIGEST.match(value) is not None, where,
                  f"{key} must be 'sha256:' and 64 lowercase hex digits")
 
