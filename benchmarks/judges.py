@@ -208,7 +208,7 @@ def classifier_probability(model: Any, tokenizer: Any, text: str, label: str, ju
     ids = {n: i for i, n in model.config.id2label.items()}
     if label not in ids:
         raise JudgeError(f"judge {judge!r}: the spec's label {label!r} is not one of the judge's labels "
-                         f"({', '.join(map(repr, ids))}, from its config.json id2label)")
+                         f"{', '.join(map(repr, ids))} (its config.json id2label)")
     enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=_max_length(model, tokenizer))
     with torch.inference_mode():
         logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits[0].float()
@@ -251,10 +251,13 @@ def rubric_prompt(template: str, prediction: str, reference: str) -> str:
     a variable other than `prediction` and `reference` is an error, never an empty string."""
     from jinja2 import StrictUndefined
 
-    from benchmarks.templates import limited_environment
+    from benchmarks.templates import TemplateLimit, TemplateUndefined, limited_environment
 
-    env = limited_environment({}, {template: ["judge_rubric"]}, undefined=StrictUndefined)
-    return env.from_string(template).render(prediction=prediction, reference=reference)
+    env = limited_environment({}, undefined=StrictUndefined)
+    try:
+        return env.from_string(template).render(prediction=prediction, reference=reference)
+    except (TemplateUndefined, TemplateLimit) as exc:  # their messages name the template, never the text
+        raise JudgeError(f"metric judge_rubric: the rubric template failed: {exc}") from None
 
 
 def _max_length(model: Any, tokenizer: Any) -> int:

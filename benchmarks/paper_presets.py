@@ -98,7 +98,7 @@ def _mmlu(data_dir: str, *_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "doc_to_text": ("{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
                         "D. {{choices[3]}}\nAnswer:"),
         "doc_to_choice": ["A", "B", "C", "D"],
-        "doc_to_target": "answer",
+        "doc_to_target": "{{answer}}",
         "num_fewshot": MMLU_SHOTS,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     }
@@ -110,7 +110,7 @@ def _xsum(data_dir: str, *_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     config = {
         "output_type": "generate_until",
         "doc_to_text": "Article: {{document}}\n\nSummarise the article above in one sentence.\nSummary:",
-        "doc_to_target": "summary",
+        "doc_to_target": "{{summary}}",  # a template, so a row without the column fails loudly
         "generation_kwargs": {"until": ["\n\n", "Article:"], "max_gen_toks": 64, "do_sample": False},
         # the first non-blank line of the answer, trimmed
         "filter_list": [{"name": "first_line", "filter": [

@@ -56,7 +56,8 @@ def build_tiny_classifier(out: Path, seed: int = 0, labels: tuple[str, ...] = TO
 def build_tiny_encoder(out: Path, seed: int = 0) -> Path:
     """A seeded random sentence-transformers encoder: BERT, mean pooling, Dense (tanh) to 16 dims."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
     from transformers import BertConfig, BertModel
 
     tokenizer = _wordpiece_tokenizer()
@@ -65,9 +66,9 @@ def build_tiny_encoder(out: Path, seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory() as base:  # random weights, nothing secret
         _seeded(seed, lambda: BertModel(config)).save_pretrained(base, safe_serialization=True)
         tokenizer.save_pretrained(base)
-        transformer = models.Transformer(base, max_seq_length=128)
-        pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-        dense = _seeded(seed + 1, lambda: models.Dense(32, 16, activation_function=torch.nn.Tanh()))
+        transformer = Transformer(base, max_seq_length=128)
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+        dense = _seeded(seed + 1, lambda: Dense(32, 16, activation_function=torch.nn.Tanh()))
         encoder = SentenceTransformer(modules=[transformer, pooling, dense], device="cpu")
         out.mkdir(parents=True, exist_ok=True)
         encoder.save(str(out), safe_serialization=True)
