@@ -36,11 +36,11 @@ import contextlib
 import contextvars
 import gc
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from verifier.errors import UnusableInput
+from verifier.statement import JudgeInfo  # the statement's runtime.judges entry
 
 # File suffixes of pickle-based weight formats (torch.save, joblib, numpy with pickles): loading one
 # can run code, so a judge folder holding any of them is refused.
@@ -60,15 +60,6 @@ __all__ = ["JudgeError", "JudgeInfo", "Judges", "check_judge_folder", "judge_met
 
 class JudgeError(UnusableInput):
     """A judge folder cannot be loaded or does not fit the spec's judge metric."""
-
-
-@dataclass(frozen=True)
-class JudgeInfo:
-    """A judge as the run used it: the statement's `runtime.judges` entry (digests are in the subjects)."""
-
-    name: str
-    kind: str
-    dtype: str  # as loaded ("" if no document needed it)
 
 
 def check_judge_folder(judges_dir: Path, name: str, kind: str) -> Path:

@@ -248,3 +248,19 @@ def test_the_audited_model_is_released_only_when_the_gpu_lacks_room(assets: dict
     cpu = Judges([JudgeSpec(CLASSIFIER, "classifier")], assets["judges"], "cpu", lambda: released.append(2))
     cpu._make_room(cpu.folders[CLASSIFIER])
     assert released == [1]
+
+
+def test_the_statement_records_the_judges_and_old_statements_still_parse() -> None:
+    from verifier import wire
+    from verifier.errors import ParseError
+    from verifier.statement import EngineInfo, JudgeInfo, Runtime
+
+    plain = Runtime({}, "cpu", "float32", EngineInfo("hf", "5", {}))
+    judged = Runtime({}, "cpu", "float32", EngineInfo("hf", "5", {}), (JudgeInfo(CLASSIFIER, "classifier", "float32"),))
+    assert "judges" not in wire.to_json(plain)
+    obj = wire.to_json(judged)
+    assert obj["judges"] == [{"name": CLASSIFIER, "kind": "classifier", "dtype": "float32"}]
+    assert wire.from_json(Runtime, obj, "runtime") == judged
+    obj["judges"][0]["digest"] = "00"
+    with pytest.raises(ParseError, match="unknown field"):
+        wire.from_json(Runtime, obj, "runtime")
