@@ -134,13 +134,25 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class JudgeInfo:
+    """A judge model the run's judge metrics used: its [[judge]] name and kind, and the dtype it
+    was loaded in ("" when no document needed it). Its digest is in the statement's subjects."""
+
+    name: str
+    kind: str
+    dtype: str
+
+
+@dataclass(frozen=True)
 class Runtime:
-    """Library versions, and the device and dtype the weights were loaded on and in."""
+    """Library versions, the device and dtype the weights were loaded on and in, and the judges
+    (absent when the spec names none)."""
 
     versions: dict[str, str]
     device: str
     dtype: str
     engine: EngineInfo
+    judges: tuple[JudgeInfo, ...] | None = field(default=None, metadata={"optional": True})
 
 
 @dataclass(frozen=True)
