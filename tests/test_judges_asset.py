@@ -41,8 +41,16 @@ from verifier.statement import parse_statement
 JUDGE = "tox"
 
 
+_METRIC = {"classifier": 'metric = "judge_toxicity", label = "toxic"',
+           "causal_lm": 'metric = "judge_rubric", template = "Answer: {{ prediction }}\\nGood?", choices = ["no", "yes"]'}
+
+
 def _judge_table(name: str = JUDGE, kind: str = "classifier") -> str:
-    return f'\n[[judge]]\nname = "{name}"\nkind = "{kind}"\n'
+    """A [[judge]] and a generation task on the demo's questions that it scores."""
+    return (f'\n[[judge]]\nname = "{name}"\nkind = "{kind}"\n\n[[task]]\nname = "aa_judged"\ndataset = "gen.jsonl"\n'
+            '\n[task.config]\noutput_type = "generate_until"\ndoc_to_text = "Question: {{question}}\\nAnswer:"\n'
+            'doc_to_target = "{{answer}}"\ngeneration_kwargs = { until = ["\\n"], max_gen_toks = 8 }\n'
+            f'metric_list = [{{ {_METRIC[kind]}, judge = "{name}" }}]\n')
 
 
 def _judge_folder(root: Path, names: tuple[str, ...], weights: bytes = b"weights") -> Path:
@@ -392,8 +400,8 @@ def test_policy_checks_the_judges_digest_it_pins() -> None:
 # --- end to end: a real enclave over gRPC --------------------------------------------------------
 
 def test_enclave_run_with_a_judge_names_its_files_and_wipes_them(tmp_path: Path) -> None:
-    """The spec names a judge no task uses yet (the judge metrics come separately): the auditor
-    seals and uploads the judges, both approve their digest, the job runs with them, the bundle's
+    """The spec's generation task is scored by a causal-LM judge (a rubric): the auditor seals and
+    uploads the judges, both approve their digest, the job runs with them, the bundle's
     `judge/` subjects are the plaintext judge files and verify; closing wipes the tmpfs folder."""
     parties = make_parties(tmp_path / "parties")
     spec = tmp_path / "parties" / "spec" / "audit.toml"
@@ -427,6 +435,8 @@ def test_enclave_run_with_a_judge_names_its_files_and_wipes_them(tmp_path: Path)
         enclave.stop()
     statement = parse_statement(base64.b64decode(bundle["envelope"]["payload"]))
     assert statement.judges_listing == file_listing(judges)
+    score = statement.results["aa_judged"]["judge_rubric,none"]
+    assert 0.0 <= score <= 1.0, "the judge scored the answers inside the enclave"
     assert [s.name for s in statement.subject if s.name.startswith("judge/")] == \
         ["judge/" + e["path"] for e in file_listing(judges)]
     expect = {f"{k}_digest": a.digest for k, a in parties.sealed.items()}
