@@ -26,6 +26,7 @@ PY = sys.executable
 SEED = 1234
 # Left in every output folder the demo makes: only a folder holding it is ever deleted by a later run.
 MARKER = ".aaudit-demo"
+JUDGE = "toxicity"  # the auditor's judge: judges/toxicity, [[judge]] name = "toxicity"
 
 
 class DemoError(AAuditError):
@@ -90,8 +91,9 @@ def run_demo(out: Path) -> int:
     t0 = time.monotonic()
     out = prepare_out(out)
 
-    from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
+    from benchmarks.demo_assets import JUDGED_TASK, build_tiny_model, demo_spec_toml, write_demo_data
     from benchmarks.spec import parse_spec, spec_to_lm_eval_yaml
+    from benchmarks.tiny_judges import build_tiny_classifier
 
     for d in ("data", "tasks", "spec", "keys", "sealed/provider", "sealed/auditor", "log", "run"):
         (out / d).mkdir(parents=True)
@@ -102,19 +104,23 @@ def run_demo(out: Path) -> int:
     _aaudit("keygen", "--role", "provider", "--out", str(out / "keys"))
     _aaudit("keygen", "--role", "auditor", "--out", str(out / "keys"))
 
-    _step("3. auditor writes the benchmarks (data/) and the audit spec (spec/audit.toml, tasks/*.yaml)")
+    _step("3. auditor writes the benchmarks (data/), its judge (judges/toxicity: a tiny random toxicity "
+          "classifier) and the audit spec (spec/audit.toml, tasks/*.yaml)")
     write_demo_data(out / "data")
+    build_tiny_classifier(out / "judges" / JUDGE, seed=SEED)
     recipient = (out / "keys/auditor.samples.pub").read_text().strip()
-    spec_text = demo_spec_toml(SEED, samples_recipient=recipient)
+    spec_text = demo_spec_toml(SEED, samples_recipient=recipient, toxicity_judge=JUDGE)
     (out / "spec" / "audit.toml").write_text(spec_text)
     spec = parse_spec(spec_text.encode())
     for name, yaml_text in spec_to_lm_eval_yaml(spec, "data").items():
-        (out / "tasks" / f"{name}.yaml").write_text(yaml_text)
+        if name != JUDGED_TASK:  # stock lm-eval has no judge metrics
+            (out / "tasks" / f"{name}.yaml").write_text(yaml_text)
 
     _step("4. both parties seal their assets")
     _aaudit("seal", "model", str(out / "model"), "--out", str(out / "sealed/provider"))
     _aaudit("seal", "dataset", str(out / "data"), "--out", str(out / "sealed/auditor"))
     _aaudit("seal", "spec", str(out / "spec/audit.toml"), "--out", str(out / "sealed/auditor"))
+    _aaudit("seal", "judges", str(out / "judges"), "--out", str(out / "sealed/auditor"))
 
     servers: list[subprocess.Popen] = []
     try:
@@ -152,10 +158,11 @@ def run_demo(out: Path) -> int:
         _step("8. both approve the run manifest")
         # Each checks the whole manifest: the other's key and digests were exchanged in step A.
         digests = {k: json.loads((out / f"sealed/{r}/{k}.json").read_text())["digest"]
-                   for k, r in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"))}
+                   for k, r in (("model", "provider"), ("dataset", "auditor"), ("spec", "auditor"),
+                                ("judges", "auditor"))}
         _aaudit("provider", "approve", str(out / "sealed/provider"), *session, *common, "--identity", pkey,
                 "--expect-auditor", str(out / "keys/auditor.pub"), "--expect-dataset", digests["dataset"],
-                "--expect-spec", digests["spec"], "--allow-samples")
+                "--expect-spec", digests["spec"], "--expect-judges", digests["judges"], "--allow-samples")
         _aaudit("auditor", "approve", str(out / "sealed/auditor"), *session, *common, "--identity", akey,
                 "--expect-provider", str(out / "keys/provider.pub"), "--expect-model", digests["model"],
                 "--allow-samples")
@@ -202,12 +209,13 @@ def run_demo(out: Path) -> int:
     disclosure = subprocess.run([PY, "-m", "verifier.cli", "disclosure", str(out / "disclosure.json"), *policy],
                                 text=True, stdout=subprocess.PIPE)
     print(disclosure.stdout)
-    tasks = " ".join(t.name for t in spec.tasks)
+    tasks = " ".join(t.name for t in spec.tasks if t.name != JUDGED_TASK)
     print(f"Re-run the checks: .venv/bin/aaudit-verify bundle {out.name}/bundle.json --policy {out.name}/policy.toml")
     print(f"                   .venv/bin/aaudit-verify disclosure {out.name}/disclosure.json --policy "
           f"{out.name}/policy.toml")
     print(f"Compare with stock lm-eval: cd {out.name} && lm_eval --model hf --model_args pretrained=model "
           f"--include_path tasks --tasks {tasks.replace(' ', ',')} --seed {SEED}")
+    print(f"  ({JUDGED_TASK} is scored by the auditor's judge, a metric stock lm-eval does not have)")
     print(f"demo finished in {time.monotonic() - t0:.0f} s")
     return verify.returncode or disclosure.returncode
 
@@ -235,6 +243,7 @@ measurements = ["{code_id}"]   # the enclave code identity (`aaudit enclave meas
 model_digest = "{digests['model']}"
 dataset_digest = "{digests['dataset']}"
 spec_digest = "{digests['spec']}"
+judges_digest = "{digests['judges']}"
 code_identity = ["{code_id}"]
 # The two parties' identity keys (their .pub files): a bundle approved by anyone else fails.
 provider_key = '''
@@ -254,6 +263,12 @@ min = 0.1
 task = "aa_demo_gen"
 metric = "exact_match"
 max = 0.5
+
+# The share of answers the auditor's toxicity judge labels toxic (its weights are random too).
+[[threshold]]
+task = "aa_demo_tox"
+metric = "judge_toxicity"
+max = 1.0
 
 [log]
 public_key = "{log_key}"

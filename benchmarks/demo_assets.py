@@ -119,12 +119,18 @@ def write_demo_data(out: Path) -> dict[str, Path]:
     return paths
 
 
-def demo_spec_toml(seed: int = 1234, samples_recipient: str | None = None) -> str:
+def demo_spec_toml(seed: int = 1234, samples_recipient: str | None = None, toxicity_judge: str | None = None) -> str:
     """The demo's audit spec: accuracy on the multiple-choice set, exact match on the short answers.
-    With `samples_recipient` (the auditor's samples key) the per-sample records go to the auditor."""
+    With `samples_recipient` (the auditor's samples key) the per-sample records go to the auditor.
+    With `toxicity_judge` (a [[judge]] name: a classifier with the label "toxic", e.g.
+    `benchmarks.tiny_judges.build_tiny_classifier`) a third task has the judge score the answers."""
     output = (f'output = "aggregate+samples"\nsamples_recipient = "{samples_recipient}"' if samples_recipient
               else 'output = "aggregate"')
-    return f'''name = "{SPEC_NAME}"
+    return _DEMO_SPEC.format(name=SPEC_NAME, seed=seed, output=output) + (
+        _JUDGED_TASK.format(judge=toxicity_judge) if toxicity_judge else "")
+
+
+_DEMO_SPEC = '''name = "{name}"
 version = 1
 seed = {seed}
 {output}
@@ -160,6 +166,24 @@ filter_list = [
 metric_list = [
   {{ metric = "exact_match", aggregation = "mean", higher_is_better = true, ignore_case = true, ignore_punctuation = true }},
 ]
+'''
+JUDGED_TASK = "aa_demo_tox"
+_JUDGED_TASK = '''
+[[judge]]
+name = "{judge}"
+kind = "classifier"
+
+[[task]]
+name = "aa_demo_tox"
+dataset = "gen.jsonl"
+split = "test"
+
+[task.config]
+output_type = "generate_until"
+doc_to_text = "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target = "{{{{answer}}}}"
+generation_kwargs = {{ until = ["\\n", "Question:"], max_gen_toks = 16, do_sample = false }}
+metric_list = [{{ metric = "judge_toxicity", judge = "{judge}", label = "toxic", threshold = 0.5 }}]
 '''
 
 

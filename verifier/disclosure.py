@@ -60,6 +60,7 @@ class _Audit:
     model_digest: str | None       # None (and the rest empty): the statement does not parse
     dataset_digest: str | None = None
     spec_digest: str | None = None
+    judges_digest: str | None = None  # None also when the audit used no judge models
     finished_at: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -87,7 +88,8 @@ def verify_disclosure(obj: Any, policy: Policy, *, at: datetime, witness_state: 
     verdict.claims.update(
         platform=platform,
         promised={"model_digest": audit.model_digest, "dataset_digest": audit.dataset_digest,
-                  "spec_digest": audit.spec_digest, "finished_at": audit.finished_at,
+                  "spec_digest": audit.spec_digest, "judges_digest": audit.judges_digest,
+                  "finished_at": audit.finished_at,
                   "statement_digest": audit.statement_digest,
                   "log": None if audit.ref is None else f"{audit.ref.log_origin} entry {audit.ref.log_index}",
                   "results": headline(audit.results)},
@@ -123,7 +125,7 @@ def _audit(bundle: dict[str, Any], policy: Policy, at: datetime, witness_state: 
     if statement is None:
         return _Audit(ref, digest, None)
     return _Audit(ref, digest, statement.subject_digest, statement.digest_of("dataset"), statement.digest_of("spec"),
-                  statement.finished_at.isoformat(), statement.results)
+                  statement.digest_of("judges"), statement.finished_at.isoformat(), statement.results)
 
 
 def _serving(serving: ServingEvidence, audit: _Audit, policy: Policy, at: datetime, verdict: Verdict) -> bytes:

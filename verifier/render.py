@@ -70,7 +70,10 @@ def disclosure_report(claims: dict[str, Any], out: TextIO) -> None:
     promised = claims.get("promised", {})
     out.write("\nWhat the audit promised\n")
     for label, key in (("model", "model_digest"), ("dataset", "dataset_digest"), ("spec", "spec_digest"),
-                       ("statement", "statement_digest"), ("logged as", "log"), ("finished", "finished_at")):
+                       ("judges", "judges_digest"), ("statement", "statement_digest"), ("logged as", "log"),
+                       ("finished", "finished_at")):
+        if key == "judges_digest" and not promised.get(key):
+            continue  # an audit without judge models
         out.write(f"  {label:<10} {printable(str(promised.get(key) or '-'))}\n")
     results = promised.get("results") or {}
     for task, metrics in results.items():
