@@ -55,9 +55,11 @@ POLL_S = 0.1  # how often the supervisor looks at the cancel event and the clock
 # audit on the 2-core machine. Llama's modeling module is the audited architecture's; a model of
 # another architecture imports its own module in the job. None of these initialise CUDA or start a
 # thread, so the fork server stays fork-safe.
-PRELOAD = ("enclave.runner", "torch", "transformers", "datasets", "lm_eval", "lm_eval.evaluator",
+# transformers' quantizer registry imports torchao (when installed) at every model load: preloaded too,
+# after enclave._quiet has turned its import-time warnings off.
+PRELOAD = ("enclave._quiet", "enclave.runner", "torch", "transformers", "datasets", "lm_eval", "lm_eval.evaluator",
            "lm_eval.models.huggingface", "lm_eval.tasks", "sacrebleu", "sklearn.metrics",
-           "transformers.modeling_utils", "transformers.generation.utils",
+           "transformers.modeling_utils", "transformers.generation.utils", "transformers.quantizers.auto",
            "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama")
 
 
