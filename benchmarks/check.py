@@ -40,6 +40,7 @@ __all__ = ["TEMPLATE_KEYS", "check_data", "check_spec", "lm_eval_function"]
 TEMPLATE_KEYS = ("doc_to_text", "doc_to_target", "doc_to_choice", "description", "gen_prefix")
 _FEWSHOT_KEYS = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix")
 SHOWN = 3  # problems spelled out per step; the rest are counted
+_MEMO = 10_000  # distinct rendered choice lists remembered per task
 
 
 def check_spec(data: bytes, subject: str) -> tuple[Verdict, AuditSpec | None]:
@@ -108,19 +109,29 @@ def check_data(verdict: Verdict, spec: AuditSpec, folder: Path, *, floor: int) -
 
 
 class _Problems:
-    """Problems of one step: the first few spelled out with their file and line, the rest counted."""
+    """Problems of one step, grouped by file and kind: the first few kinds spelled out with the
+    first lines that have them, the rest counted."""
 
     def __init__(self, raw: dict[str, bytes]) -> None:
-        self.raw, self.shown, self.count = raw, [], 0
+        self.raw, self.count = raw, 0
+        self.kinds: dict[tuple[str, str], list[int]] = {}  # (file, what) -> row indices
 
     def add(self, file: str, index: int, what: str) -> None:
         self.count += 1
-        if len(self.shown) < SHOWN:
-            self.shown.append(f"{file} line {record_line(self.raw[file], index)}: {what}")
+        rows = self.kinds.get((file, what))
+        if rows is not None:
+            rows.append(index)
+        elif len(self.kinds) < SHOWN:
+            self.kinds[(file, what)] = [index]
 
     def reason(self) -> str:
-        more = self.count - len(self.shown)
-        return "; ".join(self.shown) + (f"; and {more} more" if more else "")
+        parts = []
+        for (file, what), rows in self.kinds.items():
+            lines = ", ".join(str(record_line(self.raw[file], i)) for i in rows[:SHOWN])
+            more = f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
+            parts.append(f"{file} line{'s' if len(rows) > 1 else ''} {lines}{more}: {what}")
+        rest = self.count - sum(len(rows) for rows in self.kinds.values())
+        return "; ".join(parts) + (f"; and {rest} more problem(s)" if rest else "")
 
 
 class _Unresolvable(Exception):
@@ -137,6 +148,7 @@ class _TaskCheck:
         self.step = f"task {task.name}"
         self.output_type = self.cfg["output_type"]
         self.has_choice = self.cfg.get("doc_to_choice") is not None
+        self.choice_memo: dict[str, Any] = {}
 
     def run(self) -> None:
         files = list(dict.fromkeys(self.task.files.values()))
@@ -169,6 +181,9 @@ class _TaskCheck:
     def _compile(self, key: str) -> Any:
         template = self.env.from_string(self.cfg[key])
         template.owner = key  # so a limit or undefined variable names the key
+        # The same globals as a plain dict: Jinja copies them into every render's context, and
+        # copying its ChainMap costs more than the rendering of a short prompt.
+        template.globals = dict(template.globals)
         return template
 
     def _columns(self, files: list[str]) -> None:
@@ -276,11 +291,7 @@ class _TaskCheck:
             return doc[value]
         text = self.templates[key].render(**doc)
         if key == "doc_to_choice":
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                raise _Unresolvable("does not render to a Python list literal (lm-eval reads it with "
-                                    "ast.literal_eval)") from None
+            return self._choices(text)
         if key in ("doc_to_text", "doc_to_target") and text.isdigit() and self.has_choice:
             try:
                 return ast.literal_eval(text)
@@ -292,6 +303,20 @@ class _TaskCheck:
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 return text
         return text
+
+    def _choices(self, text: str) -> Any:
+        """`ast.literal_eval(text)`, as lm-eval reads rendered choices; remembered, since choice
+        lists repeat across rows and parsing is most of the cost of a row."""
+        if text in self.choice_memo:
+            return self.choice_memo[text]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise _Unresolvable("does not render to a Python list literal (lm-eval reads it with "
+                                "ast.literal_eval)") from None
+        if len(self.choice_memo) < _MEMO:
+            self.choice_memo[text] = value
+        return value
 
     def _target_problem(self, values: dict[str, Any]) -> str | None:
         """Why the resolved values are unusable for the task's output type, or None."""
