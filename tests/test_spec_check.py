@@ -319,8 +319,8 @@ def test_no_message_shows_row_content(data: Path, tmp_path: Path, capsys: pytest
 
 def test_100k_rows_in_seconds(tmp_path: Path):
     """The whole check of a 100,000-row multiple-choice file: parse, columns, three templates per row,
-    targets, distinct documents. Measured about 3 s on a quiet 2-core machine; the bound leaves room
-    for a busy one while still catching anything worse than linear."""
+    targets, distinct documents. Measured 3 s of CPU time (6-7 s wall on a 2-core machine shared with
+    other jobs); the bound leaves room for a busy machine while still catching anything worse than linear."""
     folder = tmp_path / "data"
     folder.mkdir()
     mc = mc_records()
