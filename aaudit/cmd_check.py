@@ -85,10 +85,9 @@ def _check(args: argparse.Namespace) -> int:
         if args.data is not None and not args.data.is_dir():
             raise UnusableInput(f"--data {args.data}: no such folder (give the folder you will seal as the dataset)")
     except UnusableInput as exc:
-        if not args.json:
-            raise
-        print(json.dumps({"passed": False, "error": str(exc), "unusable_input": True}))
-        return 2
+        if args.json:  # stdout stays one JSON object; the one-line message still goes to stderr
+            print(json.dumps({"passed": False, "error": str(exc), "unusable_input": True}))
+        raise
     subject = f"{args.spec}" + (f" against {args.data}" if args.data is not None else "")
     verdict, spec = check_spec(data, subject)
     if spec is not None and args.data is not None:
@@ -99,7 +98,11 @@ def _check(args: argparse.Namespace) -> int:
         as_json(verdict, sys.stdout, passed=verdict.verified, summary=summary(verdict))
     else:
         table(verdict, sys.stdout, last_line=summary(verdict))
-    return 0 if verdict.verified else 1
+    if not verdict.verified:
+        sys.stdout.flush()
+        raise VerificationError(f"{len(verdict.failures)} step(s) of the spec check failed; fix what their reasons "
+                                "name, then check again")
+    return 0
 
 
 def summary(verdict: Verdict) -> str:

@@ -44,10 +44,17 @@ def data(tmp_path: Path) -> Path:
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit code and everything printed; with --json, stdout must be one JSON object (returned as
+    its text) and a failure still says so in one line on stderr."""
     code = main(argv)
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert SECRET not in out + err, "a message showed the row's content"
+    if code:
+        assert err.strip().splitlines()[-1].startswith("aaudit "), err
+    if "--json" in argv:
+        json.loads(out)
+        return code, out
     return code, out + err
 
 
