@@ -10,11 +10,14 @@ session is signed with the party's identity key (verifier/binding.py).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -25,13 +28,17 @@ from enclave.keys import TLS_NAME
 from protos import enclave_pb2 as pb
 from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
+from sealing.secretfile import write_secret_file
 from sealing.stream import SealedAsset, SealedReader, read_key_file
 from verifier.binding import (
     NONCE_LEN,
+    attach_message,
     create_message,
     job_message,
     join_message,
     key_binding,
+    prepare_message,
+    prepared_wrap_info,
     run_message,
     upload_message,
     wrap_info,
@@ -39,10 +46,11 @@ from verifier.binding import (
 from verifier.errors import AAuditError, ParseError, UnusableInput, VerificationError
 from verifier.evidence import verify_evidence
 from verifier.inputs import host_port, load_json
-from verifier.manifest import ASSET_KINDS, ROLES, RunManifest, approval_message
+from verifier.manifest import ASSET_KINDS, REQUIRED_KINDS, ROLES, RunManifest, approval_message
 from verifier.models import CPU_PLATFORMS, Evidence, Verdict, b64e
 from verifier.platforms import allowlist
 from verifier.policy import Policy
+from verifier.prepare import PrepareBundle, parse_prepare_statement
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 5 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 _MAX_CERT = 16 << 10
@@ -63,14 +71,15 @@ class AttestationRefused(VerificationError):
 @dataclass(frozen=True)
 class ExpectedRun:
     """What a party agreed to before approving: every asset digest, the other party's key, and
-    whether per-sample records may leave the enclave (to the auditor)."""
+    whether per-sample records may leave the enclave (to the auditor). The judges digest is named
+    exactly when the agreed spec names judges: a manifest with judges nobody agreed to is refused."""
 
     digests: dict[str, str]
     parties: dict[str, bytes]
     allow_samples: bool = False
 
     def __post_init__(self) -> None:
-        missing = [k for k in ASSET_KINDS if k not in self.digests]
+        missing = [k for k in REQUIRED_KINDS if k not in self.digests]
         if missing:
             raise UnusableInput(f"an approval must name every asset digest; missing {', '.join(missing)}")
 
@@ -293,8 +302,9 @@ class EnclaveClient:
                 problems.append(f"manifest's {who} key is {b64e(m.parties.key(who))}, expected {b64e(key)}")
         for kind in ASSET_KINDS:
             got = m.digest_of(kind)
-            if got != expected.digests.get(kind):
-                problems.append(f"manifest has {kind} {got}, expected {expected.digests.get(kind)}")
+            want = expected.digests.get(kind)
+            if got != want:
+                problems.append(f"manifest has {kind} {got or 'none'}, expected {want or 'none'}")
         if m.output == "aggregate+samples" and not expected.allow_samples:
             problems.append(f"the spec sends per-sample records to {m.samples_recipient}; approve only with "
                             "allow_samples (--allow-samples) if you agreed to that")
@@ -338,6 +348,88 @@ class EnclaveClient:
         """The session's last bundle (encrypted samples, if any, in `self.samples`)."""
         return self._follow(self._stub.GetResult(pb.ResultRequest(session_id=session_id), timeout=self.timeout),
                             "fetching the result")
+
+    # --- step B: prepare ------------------------------------------------------------------------
+    def prepare(self, enclave: AttestedEnclave, session_id: str, identity: Any, method: str, out_dir: Path,
+                on_progress: Callable[[pb.Progress], None] | None = None) -> tuple[SealedAsset, bytes]:
+        """Ask the enclave to turn the session's model into Mq by `method`; write Mq as `aaudit seal`
+        would (out_dir/model.sealed, model.key (0600), model.json) and return it with the prepare
+        bundle's bytes. Mq's data key is wrapped to a key made for this request only, so no
+        long-lived provider key is needed and nobody else can open Mq."""
+        view = self.manifest(session_id)
+        m = view.manifest
+        problems = _enclave_problems(m, enclave)
+        model = m.digest_of("model")
+        if model is None:
+            problems.append("the session holds no model: upload M first")
+        if problems:
+            raise VerificationError("refusing to prepare: " + "; ".join(problems))
+        paths = {name: out_dir / name for name in ("model.sealed", "model.key", "model.json", "prepare.json")}
+        existing = [str(p) for p in paths.values() if p.exists() or p.is_symlink()]
+        if existing:
+            raise UnusableInput(f"{', '.join(existing)} already exist(s); choose another --out folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        recipient = keywrap.HpkeKeyPair.generate()
+        nonce = os.urandom(NONCE_LEN)
+        signature = identity.sign(prepare_message(enclave.signing_public, session_id, m.session.nonce, m.session.job,
+                                                  model, method, recipient.suite, recipient.public_bytes(), nonce))
+        events = self._stub.Prepare(pb.PrepareRequest(
+            session_id=session_id, role="provider", method=method, recipient_suite=recipient.suite,
+            recipient_public_key=recipient.public_bytes(), nonce=nonce, signature=signature))
+        partial = out_dir / ".model.sealed.partial"
+        sealed_sha256, done = hashlib.sha256(), None
+        try:
+            with open(partial, "xb") as sealed:
+                for event in events:
+                    kind = event.WhichOneof("event")
+                    if done is not None:
+                        raise EnclaveError(f"prepare: the enclave sent {kind} after the prepared model")
+                    if kind == "progress":
+                        if on_progress:
+                            on_progress(event.progress)
+                    elif kind == "sealed_chunk":
+                        sealed.write(event.sealed_chunk)
+                        sealed_sha256.update(event.sealed_chunk)
+                    else:
+                        done = event.prepared
+            if done is None:
+                raise EnclaveError("prepare: the enclave ended the stream without the prepared model")
+            bundle = PrepareBundle.from_json(load_json(done.bundle, "the enclave's prepare bundle"))
+            statement = parse_prepare_statement(bundle.envelope.payload)
+            p = statement.predicate
+            meta = load_json(done.sealed_meta, "the enclave's sealed-model description")
+            if not isinstance(meta, dict) or meta.get("digest") != p.prepared.digest                     or meta.get("sealed", {}).get("sha256") != sealed_sha256.hexdigest():
+                raise VerificationError("the sealed Mq received does not match its description or the statement")
+            if bundle.nonce != nonce.hex() or p.request.provider != identity.public_raw()                     or p.original.digest != model or p.method.name != method:
+                raise VerificationError("the prepare statement is not for this request (nonce, provider, model "
+                                        "or method differ)")
+            data_key = recipient.unwrap(done.wrapped_key, prepared_wrap_info(
+                p.prepared.digest, enclave.signing_public, identity.public_raw(), session_id, m.session.job, nonce))
+            write_secret_file(paths["model.key"], data_key)
+            del data_key
+            os.replace(partial, paths["model.sealed"])
+            meta.update(sealed={**meta["sealed"], "file": "model.sealed"}, keyFile="model.key")
+            paths["model.json"].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            paths["prepare.json"].write_bytes(done.bundle)
+        except grpc.RpcError as exc:
+            raise EnclaveError(f"prepare failed: {_error(exc, self.target)}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return SealedAsset.load(paths["model.json"]), done.bundle
+
+    def attach_prepared(self, enclave: AttestedEnclave, session_id: str, identity: Any,
+                        bundle: bytes) -> pb.AttachPreparedResult:
+        """Attach the prepare bundle of the session's model (Mq, uploaded before); the manifest then
+        names its statement, and both parties approve the chain."""
+        view = self.manifest(session_id)
+        problems = _enclave_problems(view.manifest, enclave)
+        if problems:
+            raise VerificationError("refusing to attach: " + "; ".join(problems))
+        parsed = PrepareBundle.from_json(load_json(bundle, "prepare bundle"))
+        signature = identity.sign(attach_message(enclave.signing_public, session_id, view.manifest.session.nonce,
+                                                 view.manifest.digest_of("model") or "", parsed.statement_digest))
+        return self._call(self._stub.AttachPrepared, pb.AttachPreparedRequest(
+            session_id=session_id, role="provider", bundle=bundle, signature=signature), timeout=self.timeout)
 
     def _follow(self, events: Iterator[pb.RunEvent], what: str,
                 on_progress: Callable[[pb.Progress], None] | None = None) -> dict[str, Any]:

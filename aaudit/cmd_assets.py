@@ -28,13 +28,16 @@ _ASSET_HELP = ("Hidden files are included; empty folders are not; symlinks must 
 
 def register(subparsers: Any) -> None:
     s = subparsers.add_parser(
-        "seal", help="encrypt a model, dataset or spec for upload to an enclave",
+        "seal", help="encrypt a model, dataset, spec or judge models for upload to an enclave",
         description="Encrypt a folder (or one file) into DIR/<kind>.sealed under a fresh random data key, "
         "written to DIR/<kind>.key (mode 0600: keep it secret; only its HPKE-wrapped form ever leaves your "
         "machine), and describe it in DIR/<kind>.json (digest, sizes; no secrets). Prints the canonical "
-        "digest, which the enclave recomputes on the bytes it decrypts. " + _ASSET_HELP,
+        "digest, which the enclave recomputes on the bytes it decrypts. The auditor's judge models (kind "
+        "judges) are one folder holding a <name>/ folder per [[judge]] of the spec, each a Hugging Face model "
+        "folder (config.json, safetensors weights, tokenizer files). " + _ASSET_HELP,
     )
-    s.add_argument("kind", choices=tuple(KINDS), help="what the asset is")
+    s.add_argument("kind", choices=tuple(KINDS), help="what the asset is (judges: the folder of the spec's "
+                   "judge models, one <name>/ folder each)")
     s.add_argument("path", type=Path, metavar="PATH", help="folder or file to seal")
     s.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the three output files "
                    "(created if missing; existing outputs are never overwritten)")

@@ -127,7 +127,7 @@ def check_before_sealing(path: Path) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from benchmarks.lm_eval_export import README, export_lm_eval, lm_eval_command
+    from benchmarks.lm_eval_export import README, export_lm_eval, lm_eval_command, project_metrics
     from benchmarks.spec import parse_spec
 
     spec = parse_spec(_read_spec(args.spec))
@@ -135,4 +135,7 @@ def _export(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  {path}")
     print(f"reproduce with (see {args.out / README}):\n  {shlex.join(lm_eval_command(spec, str(args.out), args.model_dir))}")
+    if own := project_metrics(spec):
+        print(f"note: {', '.join(own)} score with the project's own metrics, which stock lm_eval does not register; "
+              f"see {args.out / README}")
     return 0

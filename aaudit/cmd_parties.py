@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from verifier.errors import UnusableInput
+from verifier.inputs import read_file
 
 if TYPE_CHECKING:
     from verifier.policy import Policy
 
 ROLE_KINDS = {"provider": ("model",), "auditor": ("dataset", "spec")}
+# Uploaded when SEALED_DIR holds them: the auditor's judge models, which the spec's [[judge]]s need.
+OPTIONAL_ROLE_KINDS = {"provider": (), "auditor": ("judges",)}
 _KEY_FORMS = "its .pub file, or the key itself in base64 (as `aaudit keygen` prints it) or hex"
 
 
@@ -48,11 +51,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         _common(j, role)
         j.set_defaults(func=_policy_first(_join), role=role)
 
-        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)} into a session",
-                            description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)} in SEALED_DIR "
-                            "(written by `aaudit seal`) to the attested enclave key, for this session and this "
-                            "attestation only, sign the upload header, and stream the ciphertext.")
+        optional = "".join(f" (and {k}, if SEALED_DIR holds them)" for k in OPTIONAL_ROLE_KINDS[role])
+        u = rsub.add_parser("upload", help=f"upload sealed {' and '.join(kinds)}{optional} into a session",
+                            description=f"Wrap the data key(s) of the sealed {' and '.join(kinds)}{optional} in "
+                            "SEALED_DIR (written by `aaudit seal`) to the attested enclave key, for this session and "
+                            "this attestation only, sign the upload header, and stream the ciphertext."
+                            + (" Judge models (the spec's [[judge]]s) are sealed as one folder holding a <name>/ "
+                               "folder per judge: `aaudit seal judges JUDGES_DIR --out SEALED_DIR`."
+                               if OPTIONAL_ROLE_KINDS[role] else ""))
         u.add_argument("sealed", type=Path, metavar="SEALED_DIR", help="the folder `aaudit seal` wrote")
+        if role == "provider":
+            u.add_argument("--prepared-from", type=Path, metavar="PREPARE.json",
+                           help="the model is an Mq made by `aaudit provider prepare`: attach this prepare bundle "
+                           "(SEALED_DIR/prepare.json) after the upload, so the run manifest both parties approve "
+                           "names it and the audit bundle carries the chain M -> Mq")
         _session(u)
         _common(u, role)
         u.set_defaults(func=_policy_first(_upload), role=role)
@@ -72,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         for kind in other_kinds:
             a.add_argument(f"--expect-{kind}", required=True, metavar="sha256:HEX",
                            help=f"the agreed {kind} digest, as `aaudit digest` prints it")
+        for kind in OPTIONAL_ROLE_KINDS[other]:
+            a.add_argument(f"--expect-{kind}", metavar="sha256:HEX",
+                           help=f"the agreed {kind} digest, as `aaudit digest` prints it; required exactly when "
+                           f"the spec names {kind} (a manifest with {kind} you did not agree to is refused)")
         a.add_argument("--allow-samples", action="store_true",
                        help="agree that per-sample records go (encrypted) to the spec's samples_recipient")
         _common(a, role)
@@ -103,6 +119,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         r.set_defaults(func=_policy_first(_result), role=role)
 
         if role == "provider":
+            from verifier.prepare import METHODS
+
+            pp = rsub.add_parser("prepare", help="step B: turn the session's model M into Mq in the enclave",
+                                 description="Ask the enclave to turn the model you uploaded into this session (M) "
+                                 "into Mq by METHOD, inside the TEE: a dtype cast, or int8 / int4 weight-only "
+                                 "quantisation with torchao. Mq comes back sealed under a new data key that only "
+                                 "you can unwrap, written to OUT as `aaudit seal` would (model.sealed, model.key "
+                                 "(mode 0600), model.json), with the signed prepare bundle OUT/prepare.json that "
+                                 "links digest(M) -> digest(Mq). Upload Mq with `aaudit provider upload OUT "
+                                 "--prepared-from OUT/prepare.json` to audit it; `aaudit-verify prepare` checks "
+                                 "the bundle alone.")
+            pp.add_argument("method", choices=METHODS, metavar="METHOD",
+                            help=f"how to make Mq: one of {', '.join(METHODS)}")
+            _session(pp)
+            pp.add_argument("--out", type=Path, required=True, metavar="DIR",
+                            help="folder for model.sealed, model.key, model.json and prepare.json (created if "
+                            "missing; existing files are never overwritten)")
+            _common(pp, role)
+            pp.set_defaults(func=_policy_first(_prepare), role=role)
+
             from aaudit.cmd_gateway import register_provision
 
             register_provision(rsub)
@@ -173,6 +209,11 @@ def _client(args: argparse.Namespace):  # noqa: ANN202
     from aaudit.client import EnclaveClient
 
     return EnclaveClient(args.enclave, insecure_plaintext=args.insecure_plaintext_loopback)
+
+
+def _own_kinds(role: str, folder: Path) -> tuple[str, ...]:
+    """The kinds `role` uploads from SEALED_DIR: its required ones, and the optional ones sealed there."""
+    return ROLE_KINDS[role] + tuple(k for k in OPTIONAL_ROLE_KINDS[role] if (folder / f"{k}.json").is_file())
 
 
 def _sealed(folder: Path, kind: str):  # noqa: ANN202
@@ -261,7 +302,7 @@ def _upload(args: argparse.Namespace) -> int:
     from sealing.identity import load_identity
 
     identity = load_identity(args.identity)
-    assets = [_sealed(args.sealed, kind) for kind in ROLE_KINDS[args.role]]
+    assets = [_sealed(args.sealed, kind) for kind in _own_kinds(args.role, args.sealed)]
     with _client(args) as client:
         for asset in assets:
             enclave = _attested(client, args)  # one fresh attestation (and nonce) per upload
@@ -270,7 +311,32 @@ def _upload(args: argparse.Namespace) -> int:
                                     on_progress=byte_counter(progress, f"upload {asset.kind}", asset.sealed_size))
             print(f"{res.kind}: accepted, enclave computed {res.digest} ({res.plaintext_bytes} bytes); "
                   f"manifest now {res.manifest_digest}")
+        if getattr(args, "prepared_from", None) is not None:
+            bundle = read_file(args.prepared_from, "prepare bundle")
+            res = client.attach_prepared(_attested(client, args), args.session, identity, bundle)
+            print(f"prepare statement {res.statement_digest} attached; manifest now {res.manifest_digest}")
     return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from aaudit.progress import Progress
+    from sealing.identity import load_identity
+    from verifier.prepare import verify_prepare
+
+    identity = load_identity(args.identity)
+    with _client(args) as client, Progress() as progress:
+        enclave = _attested(client, args)
+        asset, bundle = client.prepare(enclave, args.session, identity, args.method, args.out,
+                                       on_progress=lambda p: progress.update(p.stage, p.fraction, p.message))
+    verdict, _ = verify_prepare(json.loads(bundle), _enclave_policy(args), at=datetime.now(timezone.utc))
+    print(f"Mq digest: {asset.digest} ({args.method})")
+    print(f"  {asset.sealed_path}  sealed Mq: {asset.file_count} files, {asset.plaintext_size} bytes")
+    print(f"  {asset.key_path}  data key (secret, mode 0600)")
+    print(f"  {args.out / 'prepare.json'}  prepare bundle: {'verified' if verdict.verified else 'NOT VERIFIED'} "
+          "against --policy")
+    for step in verdict.failures:
+        print(f"  FAILED {step.name}: {step.reason}", file=sys.stderr)
+    return 0 if verdict.verified else 1
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -279,9 +345,10 @@ def _approve(args: argparse.Namespace) -> int:
     from verifier.inputs import asset_digest
 
     other = _other(args.role)
-    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}") for kind in ROLE_KINDS[other]}
+    agreed = {kind: asset_digest(getattr(args, f"expect_{kind}"), f"--expect-{kind}")
+              for kind in (*ROLE_KINDS[other], *OPTIONAL_ROLE_KINDS[other]) if getattr(args, f"expect_{kind}")}
     identity = load_identity(args.identity)
-    digests = {kind: _sealed(args.sealed, kind).digest for kind in ROLE_KINDS[args.role]}
+    digests = {kind: _sealed(args.sealed, kind).digest for kind in _own_kinds(args.role, args.sealed)}
     digests.update(agreed)
     expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
     with _client(args) as client:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.dataset import DatasetError, parse_jsonl, record_line
+from benchmarks.judges import METRIC_JUDGE_KIND
 from benchmarks.spec import AuditSpec, SpecError, TaskSpec, parse_spec
 from benchmarks.summary import check_aggregate, result_keys, summarize_tasks
 from benchmarks.templates import TemplateLimit, TemplateUndefined, lm_eval_environment
@@ -149,6 +150,8 @@ class _TaskCheck:
         self.output_type = self.cfg["output_type"]
         self.has_choice = self.cfg.get("doc_to_choice") is not None
         self.choice_memo: dict[str, Any] = {}
+        # The project's metrics (judges, ROUGE-L) score one reference per document: a list fails the job
+        self.one_reference = sorted(m["metric"] for m in self.cfg["metric_list"] if m["metric"] in METRIC_JUDGE_KIND)
 
     def run(self) -> None:
         files = list(dict.fromkeys(self.task.files.values()))
@@ -269,14 +272,15 @@ class _TaskCheck:
         else:
             self.verdict.ok(f"{self.step}: templates render", f"{', '.join(self.keys)} resolve for {rows_done} "
                             f"row(s) in the enclave's sandbox, as lm-eval resolves them{note}")
-        if self.output_type not in _TARGET_RULE:
+        if self.output_type not in _TARGET_RULE and not self.one_reference:
             return
         if targets.count:
             self.verdict.fail(f"{self.step}: targets", targets.reason())
         elif rendered.count or skipped:
             self.verdict.skip(f"{self.step}: targets", "checked only for the rows that rendered: fix those first")
         else:
-            self.verdict.ok(f"{self.step}: targets", _TARGET_RULE[self.output_type])
+            self.verdict.ok(f"{self.step}: targets", _TARGET_RULE.get(
+                self.output_type, f"every reference is one text, as {', '.join(self.one_reference)} needs"))
 
     def _value(self, key: str, doc: dict[str, Any]) -> Any:
         """What lm-eval 0.4's ConfigurableTask makes of `key` for the document `doc`."""
@@ -321,6 +325,8 @@ class _TaskCheck:
     def _target_problem(self, values: dict[str, Any]) -> str | None:
         """Why the resolved values are unusable for the task's output type, or None."""
         text, target = values.get("doc_to_text"), values.get("doc_to_target")
+        if self.one_reference and isinstance(target, list) and len(target) != 1:
+            return f"doc_to_target gives a list; {', '.join(self.one_reference)} scores one reference per document"
         if self.output_type != "multiple_choice":
             if self.output_type in ("loglikelihood", "loglikelihood_rolling") and "doc_to_target" in values \
                     and not isinstance(target, str):

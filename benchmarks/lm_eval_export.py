@@ -13,6 +13,7 @@ import shlex
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from benchmarks.judges import METRIC_JUDGE_KIND
 from benchmarks.spec import AuditSpec, lm_eval_cli_args, spec_to_lm_eval_yaml
 from verifier.errors import UnusableInput
 
@@ -53,6 +54,10 @@ def _readme(spec: AuditSpec, include_path: str, data_dir: str, model_dir: str) -
     except PackageNotFoundError:  # the YAML is still lm-eval 0.4's; only the version line is missing
         lm_eval = "lm-eval"
     command = shlex.join(lm_eval_command(spec, include_path, model_dir))
+    own = project_metrics(spec)
+    note = (f"\nTasks {', '.join(own)} use the project's own metrics, which stock lm-eval does not register: "
+            "reproduce them with `benchmarks.judges.judge_metrics` around `lm_eval.simple_evaluate` (docs/SPEC.md, "
+            "\"Judges and judge metrics\").\n") if own else ""
     return f"""# Spec {spec.name!r} (version {spec.version}) as stock lm-eval tasks
 
 Written by `aaudit auditor export-lm-eval` for {lm_eval}. One YAML per task: the task config the
@@ -66,4 +71,9 @@ enclave gives lm-eval, with the data read by lm-eval's `json` loader from `{data
 does; the model options are the spec's `[engine]`. Add `--log_samples --output_path OUT` for the
 per-sample records. The `datasets` library keeps an Arrow copy of the data in its cache
 (`HF_DATASETS_CACHE`): keep that on a private disk, or delete it after the run.
-"""
+{note}"""
+
+
+def project_metrics(spec: AuditSpec) -> list[str]:
+    """The tasks that score with the project's own metrics (judges, ROUGE-L), which `lm_eval` alone lacks."""
+    return [t.name for t in spec.tasks if any(m["metric"] in METRIC_JUDGE_KIND for m in t.config["metric_list"])]

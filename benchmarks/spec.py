@@ -57,18 +57,26 @@ DEADLINE_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 @dataclass(frozen=True)
 class MetricRule:
-    """What lm-eval 0.4.13 registers for a metric: its aggregation, direction and output types."""
+    """What lm-eval 0.4.13 registers for a metric: its aggregation, direction and output types;
+    the options a spec may give it (`kwargs`, of which `required` must be given), and for a judge
+    metric the kind of `[[judge]]` its `judge` option names."""
 
     aggregation: str
     higher_is_better: bool
     output_types: frozenset[str]
     kwargs: frozenset[str] = frozenset()
+    required: frozenset[str] = frozenset()
+    judge_kind: str | None = None
 
+
+_GEN = frozenset({"generate_until"})
 
 # Metrics lm-eval registers and computes locally (numpy, sacrebleu, scikit-learn), restricted to the
 # output types whose `process_results` produces them. Anything else would fall back to
-# `evaluate.load`, which fetches code from the network. tests/test_spec.py checks this table
-# against lm-eval's registry.
+# `evaluate.load`, which fetches code from the network. The last four are the project's own
+# (benchmarks.judges), registered with lm-eval by the runner: the judge metrics, scored by a
+# `[[judge]]` model of the auditor's, and ROUGE-L, which lm-eval does not register. tests/test_spec.py
+# checks this table against lm-eval's registry.
 METRICS: dict[str, MetricRule] = {
     "acc": MetricRule("mean", True, frozenset({"multiple_choice", "loglikelihood"})),
     "acc_norm": MetricRule("mean", True, frozenset({"multiple_choice"})),
@@ -89,7 +97,17 @@ METRICS: dict[str, MetricRule] = {
     "chrf": MetricRule("chrf", True, frozenset({"generate_until"})),
     "chrf++": MetricRule("chrf++", True, frozenset({"generate_until"})),
     "ter": MetricRule("ter", False, frozenset({"generate_until"})),
+    "judge_toxicity": MetricRule("mean", False, _GEN, frozenset({"judge", "label", "threshold"}),
+                                 frozenset({"judge", "label"}), "classifier"),
+    "judge_similarity": MetricRule("mean", True, _GEN, frozenset({"judge"}), frozenset({"judge"}), "encoder"),
+    "judge_rubric": MetricRule("mean", True, _GEN, frozenset({"judge", "template", "choices"}),
+                               frozenset({"judge", "template", "choices"}), "causal_lm"),
+    "rougeL": MetricRule("mean", True, _GEN, frozenset({"use_stemmer"})),
 }
+MAX_LABEL = 128  # characters of a classifier label
+MAX_CHOICES = 32  # choices of a rubric
+MAX_CHOICE = 64  # characters of one choice
+RUBRIC_VARIABLES = frozenset({"prediction", "reference"})  # what a rubric template may read
 
 # lm-eval's built-in response filters (lm_eval/filters) and the arguments each accepts.
 FILTERS: dict[str, frozenset[str]] = {
@@ -324,6 +342,7 @@ def parse_spec(data: bytes) -> AuditSpec:
         if t.name in seen:
             raise SpecError(f"task {_q(t.name)}: the name is used twice")
         seen.add(t.name)
+    _check_judge_use(tasks, judges)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
                      engine=engine, judges=judges, description=description, samples_recipient=recipient,
                      min_documents=min_documents, deadline_s=deadline_s)
@@ -668,17 +687,85 @@ def _check_metrics(value: Any, output_type: str, where: str) -> list[dict[str, A
         hib = entry.get("higher_is_better", rule.higher_is_better)
         if hib is not rule.higher_is_better:
             raise SpecError(f"{at}: higher_is_better for {_q(metric)} is {str(rule.higher_is_better).lower()}")
+        missing = sorted(rule.required - set(entry))
+        if missing:
+            raise SpecError(f"{at}: metric {_q(metric)} needs {', '.join(missing)}"
+                            + (f" (`judge` names a [[judge]] of kind {rule.judge_kind})" if rule.judge_kind else ""))
         checked: dict[str, Any] = {"metric": metric, "aggregation": agg, "higher_is_better": hib}
         for key in sorted(set(entry) & rule.kwargs):
-            val = entry[key]
-            if key == "regexes_to_ignore":
-                checked[key] = _regex_list(val, f"{at}.{key}")
-            elif not isinstance(val, bool):
-                raise SpecError(f"{at}: {key} must be true or false")
-            else:
-                checked[key] = val
+            checked[key] = _metric_option(key, entry[key], at)
         out.append(checked)
     return out
+
+
+def _metric_option(key: str, val: Any, at: str) -> Any:
+    """One metric option, checked for its type and bounds (which judge `judge` names is checked
+    once all tasks are read, by `_check_judge_use`)."""
+    if key == "regexes_to_ignore":
+        return _regex_list(val, f"{at}.{key}")
+    if key == "judge":
+        if not isinstance(val, str) or not _NAME_RE.fullmatch(val):
+            raise SpecError(f"{at}: judge must name a [[judge]] of the spec")
+        return val
+    if key == "label":
+        if not isinstance(val, str) or not 0 < len(val) <= MAX_LABEL:
+            raise SpecError(f"{at}: label must be one of the classifier judge's label names (its config.json "
+                            f"id2label), 1-{MAX_LABEL} characters")
+        return val
+    if key == "threshold":
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 < val <= 1:
+            raise SpecError(f"{at}: threshold must be a probability above 0 and at most 1 (default 0.5)")
+        return float(val)
+    if key == "template":
+        if not isinstance(val, str) or not val:
+            raise SpecError(f"{at}: template must be a Jinja template string, the judge's prompt")
+        _check_template(val, at, "template")
+        extra = sorted(_template_variables(val) - RUBRIC_VARIABLES)
+        if extra:
+            raise SpecError(f"{at}: template reads {', '.join(map(_q, extra))}; a rubric template may read only "
+                            f"{' and '.join(sorted(RUBRIC_VARIABLES))}")
+        return val
+    if key == "choices":
+        if (not isinstance(val, list) or not 2 <= len(val) <= MAX_CHOICES
+                or not all(isinstance(c, str) and 0 < len(c) <= MAX_CHOICE for c in val)
+                or len(set(val)) != len(val)):
+            raise SpecError(f"{at}: choices must be a list of 2-{MAX_CHOICES} distinct non-empty strings of at most "
+                            f"{MAX_CHOICE} characters, ordered worst to best")
+        return list(val)
+    if not isinstance(val, bool):  # the flags: ignore_case, ignore_punctuation, ignore_numbers, use_stemmer
+        raise SpecError(f"{at}: {key} must be true or false")
+    return val
+
+
+def _template_variables(text: str) -> frozenset[str]:
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(_template_env().parse(text)))
+
+
+def _check_judge_use(tasks: list[TaskSpec], judges: tuple[JudgeSpec, ...]) -> None:
+    """Every judge metric names a [[judge]] of its kind, and every [[judge]] is named by one: an
+    unused judge would be uploaded and approved for nothing."""
+    kinds = {j.name: j.kind for j in judges}
+    used: set[str] = set()
+    for task in tasks:
+        for i, entry in enumerate(task.config["metric_list"]):
+            rule = METRICS[entry["metric"]]
+            if rule.judge_kind is None:
+                continue
+            at, name = f"task {_q(task.name)}: metric_list[{i}]", entry["judge"]
+            if name not in kinds:
+                raise SpecError(f"{at}: judge {_q(name)} is not a [[judge]] of the spec"
+                                + (f" (judges: {', '.join(map(repr, kinds))})" if kinds else
+                                   "; add [[judge]] name = ..., kind = ... for the judge model"))
+            if kinds[name] != rule.judge_kind:
+                raise SpecError(f"{at}: metric {_q(entry['metric'])} needs a judge of kind {rule.judge_kind}; "
+                                f"judge {_q(name)} is a {kinds[name]}")
+            used.add(name)
+    for name in kinds:
+        if name not in used:
+            raise SpecError(f"spec: judge {_q(name)} is used by no metric; remove its [[judge]] table or name it "
+                            "in a judge metric")
 
 
 def _check_generation(value: Any, where: str) -> dict[str, Any]:

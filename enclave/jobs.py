@@ -15,13 +15,13 @@ fresh interpreter needs 10 s to import the same modules; the fork server pays th
 keys, and forks only from its single Python thread (torch and pyarrow leave idle native threads
 that are fork-safe before CUDA is initialised, as in PyTorch's own DataLoader workers). Each child
 receives only what `run_job` sends over its pipe: the model folder's path, the spec, the dataset
-bytes and the device. As with any spawn or forkserver child, multiprocessing re-imports the
+bytes, the device and the judges folder's path (if the spec names judges). As with any spawn or forkserver child, multiprocessing re-imports the
 server's main module as `__mp_main__`, so entry points keep their work (and key creation) under
 `if __name__ == "__main__"` or in functions, as `aaudit` does.
 
 Wire protocol on the job's duplex pipe (pickle frames of multiprocessing.Connection):
-parent -> child: `(model_dir: str, spec, device, names)` then one `send_bytes` per dataset in
-`names` order (bytes never pass through a file or a second pickle copy);
+parent -> child: `(model_dir: str, spec, device, names, judges_dir: str | None)` then one
+`send_bytes` per dataset in `names` order (bytes never pass through a file or a second pickle copy);
 child -> parent: JSON arrays, never pickles (the child runs a party's templates and model, so the
 server does not unpickle what it sends): any number of `["progress", stage, fraction, message]`, then
 `["done", {AuditRun's fields}]` or `["failed", message]`.
@@ -91,8 +91,10 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, device: str | None,
-            deadline_s: float, progress: Callable[[str, float, str], None], cancel: threading.Event) -> AuditRun:
-    """Run `enclave.runner.run_audit` in a child process and return its `AuditRun`.
+            deadline_s: float, progress: Callable[[str, float, str], None], cancel: threading.Event,
+            judges_dir: Path | None = None) -> AuditRun:
+    """Run `enclave.runner.run_audit` in a child process and return its `AuditRun`; `judges_dir` is
+    the unsealed judges asset (the spec's `[[judge]]` models), None when the spec names none.
 
     Blocks; calls `progress(stage, fraction, message)` in this thread as the child reports. Raises
     JobDeadline after `deadline_s` seconds (counted from this call), JobCancelled soon after
@@ -106,7 +108,7 @@ def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, dev
         child.start()
         theirs.close()
         names = list(datasets)
-        ours.send((str(model_dir), spec, device, names))
+        ours.send((str(model_dir), spec, device, names, None if judges_dir is None else str(judges_dir)))
         for name in names:
             ours.send_bytes(datasets[name])
         while True:
@@ -176,12 +178,13 @@ def _child_main(conn: Connection) -> None:
     """The job process: receive the inputs, run the audit, send progress and the verdict."""
     _die_with_parent()
     _detach()
-    model_dir, spec, device, names = conn.recv()
+    model_dir, spec, device, names, judges_dir = conn.recv()
     datasets = {name: conn.recv_bytes() for name in names}
     try:
         from enclave.runner import run_audit
 
         run = run_audit(Path(model_dir), spec, datasets, device=device,
+                        judges_dir=None if judges_dir is None else Path(judges_dir),
                         progress=lambda stage, fraction, message: _send(conn, "progress", stage, float(fraction),
                                                                         message))
     except AAuditError as exc:

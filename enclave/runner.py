@@ -24,7 +24,7 @@ import math
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
 from importlib.util import find_spec
@@ -32,14 +32,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from benchmarks.dataset import DatasetError, parse_jsonl, record_line
+from benchmarks.judges import JudgeError, Judges, judge_metrics
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
 from benchmarks.templates import TemplateUndefined, lm_eval_environment
 from verifier.merkle import root_hash
 from verifier.errors import UnusableInput
 from verifier.models import canonical_json
 
-__all__ = ["AuditRun", "DatasetError", "EngineUnavailable", "InMemoryDataset", "ProgressFn", "TemplateUndefined",
-           "engine_problem", "run_audit"]
+__all__ = ["AuditRun", "DatasetError", "EngineUnavailable", "InMemoryDataset", "JudgeError", "ProgressFn",
+           "TemplateUndefined", "engine_problem", "run_audit"]
 
 # Environment of a run. Hugging Face libraries read their offline switches when imported (and
 # `_enforce_offline` covers those imported earlier); lm-eval reads DISABLE_MULTIPROC when it
@@ -75,17 +76,23 @@ class AuditRun:
     finished_at: str
     samples_root: str
     records: list[dict[str, Any]]
+    judges: list[dict[str, str]] = field(default_factory=list)  # {"name", "kind", "dtype"}: runtime.judges
 
 
 def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
-              progress: ProgressFn | None = None, device: str | None = None) -> AuditRun:
-    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes.
+              progress: ProgressFn | None = None, device: str | None = None,
+              judges_dir: Path | None = None) -> AuditRun:
+    """Evaluate the model in `model_dir` on the spec's tasks; `datasets` maps bundle file -> bytes;
+    `judges_dir` holds the spec's judges, judge `j` in `judges_dir / j.name`.
 
     One run per process at a time: a run sets RUN_ENV and swaps lm-eval's template environment and
     log level, so the enclave calls it in a child process per job (`enclave.jobs.run_job`).
     `progress(stage, fraction)` gets the phase (e.g. "loglikelihood 120/576") and the overall
     fraction of model requests answered. Raises `EngineUnavailable` before reading anything when
-    this image lacks the spec's engine."""
+    this image lacks the spec's engine, and `JudgeError` before loading the model when a judge
+    folder of `judges_dir` (one per [[judge]] of the spec) is missing or unsafe to load. The judge
+    metrics (benchmarks.judges) load each judge once, on this run's device, after the model's
+    generations; on CUDA the audited model's weights are released first if the judge needs the room."""
     report = progress or (lambda stage, fraction, message: None)
     started = _now()
     problem = engine_problem(spec.engine)
@@ -97,6 +104,13 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    applied: list[tuple[str, str, dict[str, Any]]] = []  # filled before the model's weights are released
+
+    def release_model() -> None:
+        applied.append(_applied(lm, spec.engine))
+        _release_weights(lm, spec.engine)
+
+    judges = Judges(spec.judges, judges_dir, device, release_model)  # checks the folders before any loading
     report("loading model", 0.0, "")
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -109,7 +123,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         task_dicts.append(cfg)
     report("evaluating", 0.0, "building requests")
     try:
-        with _quiet_lm_eval(), _sandboxed_templates(spec):
+        with _quiet_lm_eval(), _sandboxed_templates(spec), judge_metrics(judges):
             lm = _engine_lm(Path(model_dir), spec, device, _Counter(phases, report))
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
@@ -121,7 +135,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         raise TemplateUndefined(_document_at(exc, spec, rows, datasets), exc.reads, exc.owners, {}) from None
     records = [rec for task in spec.tasks for rec in _records(task.name, out["samples"][task.name])]
     report("done", 1.0, "")
-    applied_device, applied_dtype, engine = _applied(lm, spec.engine)
+    applied_device, applied_dtype, engine = applied[0] if applied else _applied(lm, spec.engine)
     engine_versions = {"vllm": version("vllm")} if spec.engine.name == "vllm" else {}
     return AuditRun(
         results={t: _json_safe(out["results"][t]) for t in spec.task_names},
@@ -138,6 +152,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         finished_at=_now(),
         samples_root=root_hash([canonical_json(r) for r in records]).hex(),
         records=records,
+        judges=[asdict(j) for j in judges.info()],
     )
 
 
@@ -190,6 +205,15 @@ def _engine_lm(model_dir: Path, spec: AuditSpec, device: str, counter: Any) -> A
         lm.detected_batch_sizes = []
     lm.set_cache_hook(counter)
     return lm
+
+
+def _release_weights(lm: Any, engine: EngineSpec) -> None:
+    """Free the audited model's GPU memory for the judges once its generations are done: hf's
+    weights move to the meta device (lm-eval reads only their count and dtype afterwards). vLLM
+    keeps the share of the GPU that `gpu_memory_utilization` reserved; a spec with judges leaves
+    them room by lowering it."""
+    if engine.name == "hf":
+        lm.model.to("meta")
 
 
 def _applied(lm: Any, engine: EngineSpec) -> tuple[str, str, dict[str, Any]]:

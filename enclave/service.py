@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ import grpc
 
 from enclave.jobs import JobCancelled, JobDeadline, JobFailed, run_job
 from enclave.keys import BootKeys
+from enclave.prepare import Prepared, output_bound, prepare
 from enclave.report import build_bundle, build_statement, encrypt_samples
 from enclave.session import (
     Busy,
@@ -32,6 +34,7 @@ from enclave.session import (
     Limits,
     NoSuchSession,
     NotAParty,
+    PrepareInputs,
     Sessions,
     Upload,
 )
@@ -119,12 +122,13 @@ def _rpc_stream(method: Callable[..., Iterator[R]]) -> Callable[..., Iterator[R]
 
 @dataclass
 class _Job:
-    inputs: JobInputs
+    inputs: JobInputs | PrepareInputs
     nonce: bytes
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     error: AAuditError | None = None
     bundle: bytes | None = None
     samples: bytes | None = None
+    prepared: Prepared | None = None  # a prepare job's result (step B)
 
 
 @dataclass
@@ -353,7 +357,10 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                 job = self._queue.popleft()
                 self._queue_changed.notify_all()
             try:
-                self._run(job)
+                if isinstance(job.inputs, PrepareInputs):
+                    self._run_prepare(job)
+                else:
+                    self._run(job)
             finally:
                 with self._queue_changed:
                     self._queue_changed.notify_all()
@@ -379,7 +386,8 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                 raise JobCancelled("the job was cancelled before it started")
             progress("run", 0.0, "loading model and running lm-eval in a job process")
             run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
-                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel)
+                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel,
+                          judges_dir=inputs.judges_dir)
             progress("report", 0.0, "signing the statement and taking the final attestation")
             if inputs.spec.output == "aggregate+samples":
                 job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)
@@ -388,7 +396,7 @@ class EnclaveService(pb_grpc.EnclaveServicer):
                                         code_identity=self.code_identity, nonce=job.nonce,
                                         samples_ciphertext=job.samples)
             bundle = build_bundle(statement, keys=self.keys, tls_public=self.tls_public, attester=self.attester,
-                                  nonce=job.nonce)
+                                  nonce=job.nonce, prepare=inputs.prepared)
             job.bundle = bundle
             result = (bundle, job.samples)
             progress("report", 1.0, "done")
@@ -402,6 +410,89 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         finally:
             self.sessions.end_job(inputs.session_id, inputs.manifest.session.job, result)
             job.events.put(_DONE)
+
+    # --- step B: prepare jobs ------------------------------------------------------------------
+    @_rpc_stream
+    def Prepare(self, request: pb.PrepareRequest, context: grpc.ServicerContext) -> Iterator[pb.PrepareEvent]:
+        with self._queue_changed:
+            inputs = self.sessions.queue_prepare(request.session_id, request.role, request.method,
+                                                 request.recipient_suite, request.recipient_public_key, request.nonce,
+                                                 request.signature, len(self._queue))
+            job = _Job(inputs, request.nonce)
+            self._queue.append(job)
+            self._queue_changed.notify_all()
+        log.info("session %s: prepare job %d (%s) queued by the provider", inputs.session_id, inputs.job,
+                 inputs.method)
+        while True:
+            try:
+                event = job.events.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                if not context.is_active():  # the provider went away: stop the job, its end wipes Mq
+                    inputs.cancel.set()
+                    continue
+                position = self._position(inputs.session_id)
+                yield pb.PrepareEvent(progress=pb.Progress(stage="queued" if position else "prepare", fraction=0.0,
+                                                           message=f"position {position} in the queue" if position
+                                                           else "working"))
+                continue
+            if event is _DONE:
+                break
+            stage, fraction, message = event
+            yield pb.PrepareEvent(progress=pb.Progress(stage=stage, fraction=fraction, message=message))
+        if job.error is not None:
+            raise job.error
+        done = job.prepared
+        assert done is not None
+        try:
+            with open(done.sealed.sealed_path, "rb") as sealed:  # ciphertext only
+                while chunk := sealed.read(SAMPLES_CHUNK_BYTES):
+                    yield pb.PrepareEvent(sealed_chunk=chunk)
+            meta = json.dumps(done.sealed.to_json(), sort_keys=True).encode()
+            yield pb.PrepareEvent(prepared=pb.PreparedModel(wrapped_key=done.wrapped_key, sealed_meta=meta,
+                                                            bundle=done.bundle))
+        finally:
+            wipe(done.folder)
+            self.sessions.tmpfs.release(output_bound(inputs.method, inputs.model_bytes) * 2)
+
+    def _run_prepare(self, job: _Job) -> None:
+        inputs = job.inputs
+        assert isinstance(inputs, PrepareInputs)
+
+        def progress(stage: str, fraction: float, message: str = "") -> None:
+            job.events.put((stage, float(fraction), message))
+
+        reserved = output_bound(inputs.method, inputs.model_bytes) * 2  # Mq's plaintext, then its ciphertext
+        try:
+            if not self.sessions.job_running(inputs.session_id, inputs.job):
+                raise JobCancelled("the prepare job was cancelled before it started")
+            self.sessions.tmpfs.reserve(reserved)
+            try:
+                job.prepared = prepare(inputs, workdir=self.workdir, keys=self.keys, tls_public=self.tls_public,
+                                       attester=self.attester, code_identity=self.code_identity, device=self.device,
+                                       progress=progress)
+            except BaseException:
+                self.sessions.tmpfs.release(reserved)
+                raise
+            log.info("session %s: prepare job %d finished: %s -> %s", inputs.session_id, inputs.job,
+                     inputs.model_digest, job.prepared.sealed.digest)
+        except AAuditError as exc:
+            job.error = exc if isinstance(exc, JobFailed) else JobFailed(f"prepare job failed: {exc}")
+            log.error("session %s: prepare job ended: %s", inputs.session_id, type(exc).__name__)
+        except Exception as exc:
+            job.error = JobFailed(f"prepare job failed: {type(exc).__name__}")
+            log.error("session %s: prepare job failed: %s", inputs.session_id, type(exc).__name__)
+        finally:
+            self.sessions.end_job(inputs.session_id, inputs.job, None)
+            job.events.put(_DONE)
+
+    @_rpc
+    def AttachPrepared(self, request: pb.AttachPreparedRequest,
+                       context: grpc.ServicerContext) -> pb.AttachPreparedResult:
+        statement, manifest = self.sessions.attach_prepared(request.session_id, request.role, request.bundle,
+                                                            request.signature)
+        log.info("session %s: the provider attached prepare statement %s; approvals reset", request.session_id,
+                 statement)
+        return pb.AttachPreparedResult(statement_digest=statement, manifest_digest=manifest)
 
     @_rpc
     def CancelJob(self, request: pb.SessionAction, context: grpc.ServicerContext) -> pb.SessionInfo:

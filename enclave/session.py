@@ -5,7 +5,9 @@ sessions. A session is created by one party naming both parties' identity keys a
 other's signature; from then on only those two keys act in it, each by signing what it asks for
 (verifier/binding.py). A stranger can create sessions of its own but never reach into another.
 A session keeps its assets across jobs (one upload, many audits); each job has its own manifest
-(its number in it), approvals and bundle, and closing the session wipes the plaintext.
+(its number in it), approvals and bundle, and closing the session wipes the plaintext. The
+auditor's judge models (`judges`, a folder of `<name>/` model folders) are an asset like the others,
+unsealed to tmpfs like the model, and required exactly when the spec names `[[judge]]`s.
 
 Attacks this module refuses (tests/test_session.py, tests/test_sessions_attacks.py):
 - a captured upload replayed under another key, into another session, or after its job: the header
@@ -36,9 +38,11 @@ from enclave.workdir import wipe
 from sealing.stream import DirectorySink, MemorySink, Unsealer
 from verifier.binding import (
     NONCE_LEN,
+    attach_message,
     create_message,
     job_message,
     join_message,
+    prepare_message,
     run_message,
     upload_message,
     wrap_info,
@@ -46,12 +50,14 @@ from verifier.binding import (
 from verifier.errors import AAuditError, UnusableInput
 from verifier.manifest import (
     ASSET_KINDS,
+    REQUIRED_KINDS,
     ROLES,
     UPLOADER_ROLE,
     AssetRef,
     EnclaveRef,
     Limits as ManifestLimits,
     Parties,
+    PrepareRef,
     RunManifest,
     SessionRef,
     TaskRef,
@@ -59,10 +65,13 @@ from verifier.manifest import (
     verify_party_signature,
 )
 
-# Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model on tmpfs.
-DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20}
+# Sealed bytes accepted per asset kind: datasets and specs live in enclave memory, the model and
+# the judges on tmpfs (FOLDER_KINDS). A `Limits.max_bytes` that leaves a kind out keeps its default.
+DEFAULT_MAX_BYTES = {"model": 1 << 40, "dataset": 8 << 30, "spec": 1 << 20, "judges": 1 << 40}
+FOLDER_KINDS = ("model", "judges")
 MAX_OPEN_NONCES = 65536  # ~6 MiB; an Attest flood needs this many calls to evict a party's nonce
 SESSION_ID_BYTES = 16
+MAX_PREPARE_BUNDLE_BYTES = 8 << 20  # evidence with certificate chains, far below this
 
 
 class SessionError(AAuditError):
@@ -103,7 +112,7 @@ class Limits:
     join_timeout_s: float = 120.0          # a session nobody joined by then is closed
     party_keys: frozenset[bytes] | None = None  # when set, only sessions naming these keys may be created
     max_memory_bytes: int = 8 << 30        # datasets and specs, all sessions together
-    max_tmpfs_bytes: int = 1 << 40         # decrypted models, all sessions together
+    max_tmpfs_bytes: int = 1 << 40         # decrypted models and judges, all sessions together
     max_bytes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_BYTES))
     max_concurrent_uploads: int = 8
     upload_idle_s: float = 30.0
@@ -158,7 +167,7 @@ class Asset:
     budget: ByteBudget
     reserved: int
     files: dict[str, bytes] | None = field(default=None, repr=False)  # dataset / spec
-    folder: Path | None = None                                          # model, on tmpfs
+    folder: Path | None = None                                          # model, judges: on tmpfs
     listing: list[dict[str, Any]] = field(default_factory=list, repr=False)  # per file: path, sha256, size
 
     def drop(self) -> None:
@@ -203,6 +212,7 @@ class Upload:
         self.unsealer.feed(chunk)
 
     def abort(self) -> None:
+        self.session.uploading.discard(self.kind)
         self.unsealer.abort()
         if self.folder is not None:
             wipe(self.folder)
@@ -226,6 +236,30 @@ class JobInputs:
     party_nonces: dict[str, str]
     deadline_s: int
     cancel: threading.Event
+    prepared: bytes | None = None  # the prepare bundle the manifest names (step B), carried into the bundle
+    judges_dir: Path | None = None   # the judges asset's folder on tmpfs, when the spec names judges
+    judges_listing: list[dict[str, Any]] = field(default_factory=list)  # its files: the judge subjects
+
+
+@dataclass
+class PrepareInputs:
+    """What one prepare job (step B) needs: the session's model M and the provider's signed request."""
+
+    session_id: str
+    job: int
+    session_nonce: bytes
+    model_dir: Path
+    model_digest: str
+    model_listing: list[dict[str, Any]]
+    model_bytes: int
+    method: str
+    recipient_suite: str
+    recipient: bytes
+    provider: bytes
+    signature: bytes
+    nonce: bytes
+    deadline_s: int
+    cancel: threading.Event
 
 
 @dataclass
@@ -244,8 +278,10 @@ class AuditSession:
     problems: tuple[str, ...] = ()
     generation: int = 0                 # bumps whenever an asset lands: summaries are made outside the lock
     result: tuple[bytes, bytes | None] | None = None
+    prepared: tuple[bytes, PrepareRef] | None = None  # attached prepare bundle of the model (step B)
     cancel: threading.Event = field(default_factory=threading.Event)
     last_activity: float = field(default_factory=time.monotonic)
+    uploading: set[str] = field(default_factory=set)  # asset kinds with an upload in flight
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -256,6 +292,7 @@ class AuditSession:
             asset.drop()
         self.assets.clear()
         self.approvals.clear()
+        self.prepared = None
         self.spec = None
         self.tasks, self.problems = (), ()
 
@@ -298,7 +335,7 @@ class Sessions:
         self.workdir = workdir
         self.limits = limits or Limits()
         self.memory = ByteBudget("dataset and spec bytes in memory", self.limits.max_memory_bytes)
-        self.tmpfs = ByteBudget("decrypted model bytes on tmpfs", self.limits.max_tmpfs_bytes)
+        self.tmpfs = ByteBudget("decrypted model and judges bytes on tmpfs", self.limits.max_tmpfs_bytes)
         self._lock = threading.RLock()
         self._sessions: dict[str, AuditSession] = {}
         self.nonces = NonceBook()
@@ -429,15 +466,40 @@ class Sessions:
             raise SessionError(f"{kind}: the wrapped data key does not open for this enclave, session, party, "
                                "asset kind, digest and nonce (wrapped for another context, or altered)") from None
         folder, budget = None, self.memory
-        if kind == "model":
-            folder, budget = self.workdir / f"model-{secrets.token_hex(8)}", self.tmpfs
+        if kind in FOLDER_KINDS:
+            folder, budget = self.workdir / f"{kind}-{secrets.token_hex(8)}", self.tmpfs
             sink: Any = DirectorySink(folder)
         else:
             sink = MemorySink()
         unsealer = Unsealer(stream_header, data_key, kind, sink, expected_kind=kind)
         del data_key
+        with self._lock:
+            try:
+                self._require_open_locked(session, f"{kind} upload")
+                self._replace_locked(session, kind)
+            except BaseException:
+                unsealer.abort()
+                raise
         return Upload(session, kind, digest, party_key, attest_nonce, unsealer, sink, folder,
-                      self.limits.max_bytes[kind], budget)
+                      self.limits.max_bytes.get(kind, DEFAULT_MAX_BYTES[kind]), budget)
+
+    def _replace_locked(self, session: AuditSession, kind: str) -> None:
+        """Start an upload of `kind`: one at a time per session and kind, and the plaintext held once.
+        The asset it replaces is dropped now, not when the new one lands (a model is the largest
+        thing an enclave holds; two copies would double tmpfs and memory); the spec (1 MiB at most)
+        is kept until its replacement parses, since a spec refused at parse time should lose nothing."""
+        if kind in session.uploading:
+            raise Busy(f"{kind} upload refused: another {kind} upload into session {session.id} is in progress; "
+                       "wait for it to finish")
+        session.uploading.add(kind)
+        if kind != "spec" and kind in session.assets:
+            session.generation += 1  # a summary made from the old asset is stale
+            session.assets.pop(kind).drop()
+            session.approvals.clear()
+            if kind == "model":
+                session.prepared = None  # a prepare bundle speaks for the model it came with
+            if kind == "dataset":
+                session.tasks, session.problems = (), ()
 
     def finish_upload(self, up: Upload) -> tuple[Asset, str]:
         try:
@@ -464,7 +526,7 @@ class Sessions:
                 data = asset.files if up.kind == "dataset" else (session.assets["dataset"].files
                                                                 if "dataset" in session.assets else None)
             # Parsing a dataset can take long: done outside the lock every other client needs.
-            summary = self._summary(current_spec, data) if up.kind != "model" else None
+            summary = self._summary(current_spec, data) if up.kind not in FOLDER_KINDS else None
             with self._lock:
                 self._check_still_open_locked(session, asset)
                 if session.generation != generation:
@@ -472,6 +534,8 @@ class Sessions:
                 old = session.assets.pop(up.kind, None)
                 if old is not None:
                     old.drop()
+                if up.kind == "model":
+                    session.prepared = None  # a prepare bundle speaks for the model it came with
                 session.assets[up.kind] = asset
                 if up.kind == "spec":
                     session.spec = spec
@@ -479,6 +543,7 @@ class Sessions:
                     session.tasks, session.problems = summary
                 session.generation += 1
                 session.approvals.clear()  # any new asset voids every approval
+                session.uploading.discard(up.kind)
                 session.touch()
                 return asset, self._manifest_locked(session).digest()
 
@@ -526,15 +591,18 @@ class Sessions:
             samples_recipient=spec.samples_recipient if spec is not None else None,
             tasks=session.tasks,
             limits=limits,
+            prepared_from=session.prepared[1] if session.prepared is not None else None,
         )
 
     def _problems_locked(self, session: AuditSession) -> list[str]:
-        missing = [k for k in ASSET_KINDS if k not in session.assets]
+        missing = [k for k in REQUIRED_KINDS if k not in session.assets]
         uploads = " and ".join(f"`aaudit {role} upload`" for role in dict.fromkeys(UPLOADER_ROLE[k] for k in missing))
         problems = [f"missing asset(s): {', '.join(missing)}; upload into this session with {uploads} (an "
                     "enclave restart drops every upload)"] if missing else []
         if session.state is State.AWAITING_JOIN:
             problems.append(f"waiting for the {' and '.join(r for r in ROLES if r not in session.joined)} to join")
+        if session.spec is not None:
+            problems += judges_problems(session.spec, session.assets.get("judges"))
         return problems + list(session.problems)
 
     def manifest(self, session_id: str) -> tuple[RunManifest, list[str], list[str], AuditSession]:
@@ -603,7 +671,87 @@ class Sessions:
                 party_nonces={UPLOADER_ROLE[k]: a.attest_nonce.hex() for k, a in session.assets.items()},
                 deadline_s=manifest.limits.deadline_seconds,
                 cancel=session.cancel,
+                prepared=session.prepared[0] if session.prepared is not None else None,
+                judges_dir=session.assets["judges"].folder if "judges" in session.assets else None,
+                judges_listing=session.assets["judges"].listing if "judges" in session.assets else [],
             )
+
+    # --- step B: prepare jobs ------------------------------------------------------------------
+    def queue_prepare(self, session_id: str, role: str, method: str, recipient_suite: str, recipient: bytes,
+                      nonce: bytes, signature: bytes, queued_jobs: int) -> PrepareInputs:
+        """Move the session to QUEUED for a prepare job the provider signed (enclave/prepare.py).
+        The auditor's approval is not needed: the job only reads the provider's model and returns Mq
+        sealed to the provider; an audit of Mq names the result in a manifest both approve."""
+        from sealing.keywrap import DEFAULT_SUITE
+        from verifier.prepare import METHODS
+
+        _check_len(nonce, NONCE_LEN, "prepare nonce")
+        if role != "provider":
+            raise NotAParty("prepare refused: only the session's provider may ask to prepare its model")
+        if method not in METHODS:
+            raise UnusableInput(f"unknown prepare method {_q(method)}; known: {', '.join(METHODS)}")
+        if recipient_suite != DEFAULT_SUITE or len(recipient) != 32:
+            raise UnusableInput(f"the recipient key must be a 32-byte {DEFAULT_SUITE} public key")
+        with self._lock:
+            session = self._get_locked(session_id)
+            model = session.assets.get("model")
+            digest = model.digest if model is not None else ""
+            self._check_signed_locked(session, role, prepare_message(
+                self.keys.signing_public, session.id, session.nonce, session.job, digest, method, recipient_suite,
+                recipient, nonce), signature, "prepare")
+            self._require_open_locked(session, "prepare")
+            if model is None:
+                raise SessionError("prepare refused: the session holds no model; upload M with `aaudit provider "
+                                   "upload` first")
+            if queued_jobs >= self.limits.max_queued_jobs:
+                raise LimitReached(f"{queued_jobs} jobs are waiting for the accelerator, this enclave's limit; "
+                                   "retry later")
+            session.state = State.QUEUED
+            session.cancel = threading.Event()
+            session.touch()
+            return PrepareInputs(session.id, session.job, session.nonce, model.folder,  # type: ignore[arg-type]
+                                 model.digest, model.listing, model.plaintext_bytes, method, recipient_suite,
+                                 recipient, session.parties.provider, signature, nonce, self.limits.max_deadline_s,
+                                 session.cancel)
+
+    def attach_prepared(self, session_id: str, role: str, bundle: bytes, signature: bytes) -> tuple[str, str]:
+        """Attach the prepare bundle of the session's model; returns (statement digest, manifest digest).
+        The enclave checks what it can see (the statement is signed by the key the bundle names and
+        made the session's model for this provider); the parties and verifiers check the evidence."""
+        from verifier import dsse
+        from verifier.inputs import load_json
+        from verifier.prepare import PrepareBundle, parse_prepare_statement
+
+        if role != "provider":
+            raise NotAParty("attach refused: only the session's provider may attach a prepare bundle")
+        if len(bundle) > MAX_PREPARE_BUNDLE_BYTES:
+            raise UnusableInput(f"a prepare bundle is at most {MAX_PREPARE_BUNDLE_BYTES} bytes")
+        parsed = PrepareBundle.from_json(load_json(bundle, "prepare bundle"))  # ParseError is UnusableInput
+        statement = parse_prepare_statement(parsed.envelope.payload)
+        if not dsse.verify(parsed.envelope, parsed.enclave.signing_key.public):
+            raise UnusableInput("prepare bundle: the statement's signature does not verify with the enclave key "
+                                "the bundle names (altered?)")
+        p = statement.predicate
+        with self._lock:
+            session = self._get_locked(session_id)
+            model = session.assets.get("model")
+            digest = model.digest if model is not None else ""
+            self._check_signed_locked(session, role, attach_message(self.keys.signing_public, session.id,
+                                                                    session.nonce, digest, parsed.statement_digest),
+                                      signature, "attach")
+            self._require_open_locked(session, "attach")
+            if model is None:
+                raise SessionError("attach refused: upload the prepared model (Mq) first, then attach its bundle")
+            if p.prepared.digest != model.digest:
+                raise SessionError(f"attach refused: the prepare bundle made {p.prepared.digest}, but the session's "
+                                   f"model is {model.digest}; upload the Mq that bundle names")
+            if p.request.provider != session.parties.provider:
+                raise SessionError("attach refused: the prepare bundle was requested by another provider key")
+            session.prepared = (bundle, PrepareRef(parsed.statement_digest, p.original.digest, p.method.name))
+            session.generation += 1
+            session.approvals.clear()
+            session.touch()
+            return parsed.statement_digest, self._manifest_locked(session).digest()
 
     def job_running(self, session_id: str, job: int) -> bool:
         """The queue picked this session's job; False if it was cancelled or closed meanwhile."""
@@ -679,6 +827,42 @@ class Sessions:
             for session in list(self._sessions.values()):
                 session.cancel.set()
                 self._close_locked(session)
+
+
+def judges_problems(spec: AuditSpec, judges: Asset | None) -> list[str]:
+    """Why the judges asset does not fit the spec: absent although the spec names judges, no
+    `<name>/` folder for a judge the spec names, or folders and files no judge of the spec names
+    (weights the job would never load, yet both parties would approve them). Each blocks approval,
+    so the auditor can upload a corrected spec or judges asset next."""
+    named = [j.name for j in spec.judges]
+    if judges is None:
+        return [f"the spec names judge(s) {_listed(named)} but no judges asset was uploaded; seal their folders "
+                "with `aaudit seal judges FOLDER` and upload it with `aaudit auditor upload`"] if named else []
+    folders: set[str] = set()
+    loose = 0
+    for entry in judges.listing:
+        head, sep, _ = entry["path"].partition("/")
+        if sep:
+            folders.add(head)
+        else:
+            loose += 1
+    problems = []
+    if absent := [n for n in named if n not in folders]:
+        problems.append(f"the judges asset has no folder for judge(s) {_listed(absent)} named by the spec (expected "
+                        "<name>/ with the judge's config.json, safetensors weights and tokenizer)")
+    if unused := sorted(folders - set(named)):
+        problems.append(f"the judges asset holds folder(s) {_listed(unused)} that no [[judge]] of the spec names; "
+                        "seal only the spec's judges")
+    if loose:
+        problems.append(f"the judges asset holds {loose} file(s) outside any judge folder; seal a folder holding "
+                        "only one <name>/ folder per [[judge]] of the spec")
+    return problems
+
+
+def _listed(names: list[str], shown: int = 8) -> str:
+    """Names quoted and cut short: a problem never lists thousands of folders."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(_q(n) for n in names[:shown]) + more
 
 
 def _q(text: object) -> str:

@@ -207,3 +207,61 @@ class ResultRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class PrepareRequest(_message.Message):
+    __slots__ = ("session_id", "role", "method", "recipient_suite", "recipient_public_key", "nonce", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_SUITE_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    role: str
+    method: str
+    recipient_suite: str
+    recipient_public_key: bytes
+    nonce: bytes
+    signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., method: _Optional[str] = ..., recipient_suite: _Optional[str] = ..., recipient_public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class PreparedModel(_message.Message):
+    __slots__ = ("wrapped_key", "sealed_meta", "bundle")
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_META_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    wrapped_key: bytes
+    sealed_meta: bytes
+    bundle: bytes
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., sealed_meta: _Optional[bytes] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+
+class PrepareEvent(_message.Message):
+    __slots__ = ("progress", "sealed_chunk", "prepared")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    sealed_chunk: bytes
+    prepared: PreparedModel
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., sealed_chunk: _Optional[bytes] = ..., prepared: _Optional[_Union[PreparedModel, _Mapping]] = ...) -> None: ...
+
+class AttachPreparedRequest(_message.Message):
+    __slots__ = ("session_id", "role", "bundle", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    role: str
+    bundle: bytes
+    signature: bytes
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., bundle: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class AttachPreparedResult(_message.Message):
+    __slots__ = ("statement_digest", "manifest_digest")
+    STATEMENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    statement_digest: str
+    manifest_digest: str
+    def __init__(self, statement_digest: _Optional[str] = ..., manifest_digest: _Optional[str] = ...) -> None: ...

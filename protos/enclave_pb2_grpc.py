@@ -84,6 +84,16 @@ class EnclaveStub:
                 request_serializer=protos_dot_enclave__pb2.ResultRequest.SerializeToString,
                 response_deserializer=protos_dot_enclave__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.Prepare = channel.unary_stream(
+                '/aaudit.enclave.v1.Enclave/Prepare',
+                request_serializer=protos_dot_enclave__pb2.PrepareRequest.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.PrepareEvent.FromString,
+                _registered_method=True)
+        self.AttachPrepared = channel.unary_unary(
+                '/aaudit.enclave.v1.Enclave/AttachPrepared',
+                request_serializer=protos_dot_enclave__pb2.AttachPreparedRequest.SerializeToString,
+                response_deserializer=protos_dot_enclave__pb2.AttachPreparedResult.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -156,6 +166,21 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prepare(self, request, context):
+        """Step B: the provider's signed request turns the session's model M into Mq in the enclave;
+        streams progress, then Mq sealed under a new data key, then the wrapped key and prepare bundle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachPrepared(self, request, context):
+        """The provider attaches the prepare bundle of the session's model (Mq); the manifest names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +233,16 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.GetResult,
                     request_deserializer=protos_dot_enclave__pb2.ResultRequest.FromString,
                     response_serializer=protos_dot_enclave__pb2.RunEvent.SerializeToString,
+            ),
+            'Prepare': grpc.unary_stream_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=protos_dot_enclave__pb2.PrepareRequest.FromString,
+                    response_serializer=protos_dot_enclave__pb2.PrepareEvent.SerializeToString,
+            ),
+            'AttachPrepared': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachPrepared,
+                    request_deserializer=protos_dot_enclave__pb2.AttachPreparedRequest.FromString,
+                    response_serializer=protos_dot_enclave__pb2.AttachPreparedResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +515,60 @@ class Enclave:
             '/aaudit.enclave.v1.Enclave/GetResult',
             protos_dot_enclave__pb2.ResultRequest.SerializeToString,
             protos_dot_enclave__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/Prepare',
+            protos_dot_enclave__pb2.PrepareRequest.SerializeToString,
+            protos_dot_enclave__pb2.PrepareEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachPrepared(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aaudit.enclave.v1.Enclave/AttachPrepared',
+            protos_dot_enclave__pb2.AttachPreparedRequest.SerializeToString,
+            protos_dot_enclave__pb2.AttachPreparedResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,8 @@ The format, byte for byte:
     sealed file = header || chunk_0 || chunk_1 || ... || chunk_(n-1)
 
     header (53 bytes)  = fields || commitment
-      fields (21)      = magic "AAUDSEAL" || version u8 (1) || kind u8 (1 model, 2 dataset, 3 spec)
+      fields (21)      = magic "AAUDSEAL" || version u8 (1) || kind u8 (1 model, 2 dataset, 3 spec,
+                         4 judges)
                          || chunk size u32 BE (plaintext bytes per chunk) || nonce prefix (7 random bytes)
       aead key || commitment = HKDF-SHA256(data key, salt = none,
                                            info = "attestable-audits/v1/seal\\0" || fields, 64 bytes)
@@ -44,7 +45,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sealing.digest import MAX_PATH_BYTES, ListingBuilder, path_problem
 from sealing.errors import SealError
 
-KINDS: dict[str, int] = {"model": 1, "dataset": 2, "spec": 3}
+KINDS: dict[str, int] = {"model": 1, "dataset": 2, "spec": 3, "judges": 4}
 MAGIC = b"AAUDSEAL"
 VERSION = 1
 DATA_KEY_LEN = 32

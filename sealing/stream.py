@@ -70,7 +70,7 @@ __all__ = [
     "end_record", "file_record", "parse_header", "read_key_file", "seal",
 ]
 
-Kind = Literal["model", "dataset", "spec"]
+Kind = Literal["model", "dataset", "spec", "judges"]
 DEFAULT_CHUNK_SIZE = 1 << 20
 META_FORMAT = "attestable-audits/sealed-asset/v1"
 

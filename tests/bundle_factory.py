@@ -32,6 +32,7 @@ from verifier.statement import (
     PlatformInfo,
     Runtime,
     SamplesInfo,
+    judge_subjects,
     model_subjects,
 )
 
@@ -88,12 +89,14 @@ class Made:
 
 def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, Ed25519PrivateKey] | None = None,
                 edit_payload: Callable[[bytes], bytes] | None = None, provider: Ed25519PrivateKey | None = None,
-                model_listing: list[dict[str, Any]] | None = None) -> Made:
+                model_listing: list[dict[str, Any]] | None = None,
+                judges_listing: list[dict[str, Any]] | None = None) -> Made:
     """A bundle of one sim-attested audit; `approvers` overrides who signs each role's approval
     (the manifest still names the real parties); `provider` and `model_listing` (a real model's
     `sealing.digest.file_listing`) name a real provider key and model instead of random ones. The
     subjects are the model's files and the manifest's model digest is their listing's, as an
-    honest enclave writes them."""
+    honest enclave writes them. `judges_listing` (paths `<judge>/<file>`) adds a judges asset and its
+    `judge/` subjects."""
     signing = Ed25519PrivateKey.generate()
     signing_pub = _raw(signing)
     hpke_pub = X25519PrivateKey.generate().public_key().public_bytes_raw()
@@ -101,7 +104,8 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
     provider, auditor = provider or Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     listing = random_model_listing() if model_listing is None else model_listing
     digests = {"model": digest_of_listing(listing),
-               **{kind: "sha256:" + os.urandom(32).hex() for kind in ("dataset", "spec")}}
+               **{kind: "sha256:" + os.urandom(32).hex() for kind in ("dataset", "spec")},
+               **({"judges": digest_of_listing(judges_listing)} if judges_listing else {})}
     manifest = RunManifest(
         session=SessionRef("ab" * 16, os.urandom(32), 1),
         enclave=EnclaveRef("sim", CODE_IDENTITY, signing_pub),
@@ -113,7 +117,7 @@ def make_bundle(*, results: dict[str, Any] | None = None, approvers: dict[str, E
     signers = {"provider": provider, "auditor": auditor, **(approvers or {})}
     now = datetime.now(timezone.utc).isoformat()
     statement = AuditStatement(
-        subject=model_subjects(listing),
+        subject=model_subjects(listing) + judge_subjects(judges_listing or []),
         predicate=AuditPredicate(
             manifest=manifest, manifest_digest=digest,
             approvals=tuple(Approval(role, _raw(key), key.sign(approval_message(digest)))

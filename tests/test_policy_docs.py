@@ -86,15 +86,16 @@ def test_every_key_the_page_names_is_a_key_the_parser_knows(section: str, platfo
 
 def test_the_common_keys_are_the_parsers() -> None:
     keys = set(_table_keys("## Keys every policy may have"))
-    for key in ("allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "code_identity",
-                "provider_key", "auditor_key", "public_key", "require_inclusion", "required", "driver_versions",
-                "vbios_versions"):
+    for key in ("allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "judges_digest",
+                "code_identity", "provider_key", "auditor_key", "public_key", "require_inclusion", "required",
+                "driver_versions", "vbios_versions", "original_model_digest", "methods"):
         assert key in keys, key
-    for key in ("allow_simulated", "max_age", "expect", "log", "threshold", "nvidia"):
+    for key in ("allow_simulated", "max_age", "expect", "log", "threshold", "nvidia", "prepare"):
         assert key in policy._TOP_KEYS
-    assert set(keys) <= {"allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest",
+    assert set(keys) <= {"allow_simulated", "max_age", "model_digest", "dataset_digest", "spec_digest", "judges_digest",
                          "code_identity", "provider_key", "auditor_key", "task", "metric", "min", "max", "public_key",
-                         "require_inclusion", "required", "driver_versions", "vbios_versions"}
+                         "require_inclusion", "required", "driver_versions", "vbios_versions",
+                         "original_model_digest", "methods"}
     # the [nvidia] keys are the module's, the threshold keys the parser's
     platforms.get("nvidia").parse_policy({"driver_versions": ["1.0"], "vbios_versions": ["1.0"]})
     policy.parse({"allow_simulated": True, "threshold": [{"task": "t", "metric": "m", "min": 0, "max": 1}]})

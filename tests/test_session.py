@@ -412,3 +412,47 @@ def test_aggregate_output_refuses_tasks_of_too_few_documents(tmp_path: Path, sea
         manifest, _, problems, _ = w.sessions.manifest(sid)
         assert manifest.limits is not None and manifest.limits.min_documents == max(5, floor)
         assert bool(problems) is refused, problems
+
+
+def test_reupload_holds_the_plaintext_once(tmp_path: Path, sealed: dict) -> None:
+    """A model or dataset re-upload drops the old plaintext when it starts, so tmpfs and memory never
+    hold two copies; a second upload of the same kind meanwhile is refused; a spec is kept until its
+    replacement parses."""
+    world = World(tmp_path, sealed)
+    sid = world.open()
+    world.provision(sid)
+    work = world.sessions.workdir
+    old_model = world.sessions.get(sid).assets["model"]
+    model_bytes, data_bytes = world.sessions.tmpfs.used, world.sessions.get(sid).assets["dataset"].reserved
+    assert model_bytes > 0 and list(work.iterdir()) == [old_model.folder]
+
+    for kind, budget, size in (("model", world.sessions.tmpfs, model_bytes),
+                               ("dataset", world.sessions.memory, data_bytes)):
+        h = world.capture(sid, kind, world.provider if kind == "model" else world.auditor)
+        before = budget.used
+        up = world.sessions.begin_upload(h.session_id, h.kind, h.digest, h.wrapped_key, h.stream_header,
+                                         h.party_key, h.attest_nonce, h.signature)
+        assert kind not in world.sessions.get(sid).assets and budget.used == before - size, "old copy dropped"
+        if kind == "model":
+            assert not old_model.folder.exists()
+        second = world.capture(sid, kind, world.provider if kind == "model" else world.auditor)
+        with pytest.raises(Busy, match=f"another {kind} upload into session .* is in progress"):
+            world.send(second)
+        peak = before - size
+        for c in h.chunks:
+            up.feed(c)
+            peak = max(peak, budget.used)
+        assert peak <= before, f"{kind}: never two plaintext copies"
+        world.sessions.finish_upload(up)
+        assert world.sessions.get(sid).assets[kind].digest == sealed[kind].digest
+
+    _, _, problems, _ = world.sessions.manifest(sid)
+    assert problems == [], problems  # the task summary came back with the new dataset
+    h = world.capture(sid, "model", world.provider)
+    up = world.sessions.begin_upload(h.session_id, h.kind, h.digest, h.wrapped_key, h.stream_header,
+                                     h.party_key, h.attest_nonce, h.signature)
+    up.abort()  # a re-upload that fails leaves the model missing, and says so
+    _, _, problems, _ = world.sessions.manifest(sid)
+    assert problems and "missing asset(s): model" in problems[0]
+    world.send(world.capture(sid, "model", world.provider))  # and the kind is free to upload again
+    assert "model" in world.sessions.get(sid).assets and world.sessions.tmpfs.used == model_bytes

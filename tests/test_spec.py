@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import tomllib
 from typing import Any
 
@@ -217,10 +218,20 @@ def test_metric_table_matches_lm_eval_registry():
     import lm_eval.filters  # noqa: F401  (registers the filters)
     from lm_eval.api import registry
 
-    for name, rule in METRICS.items():
-        assert name in registry.metric_registry, name
-        assert registry.get_metric_aggregation(name) is registry.get_aggregation(rule.aggregation), name
-        assert registry.is_higher_better(name) is rule.higher_is_better, name
+    from benchmarks.judges import PROJECT_METRICS, judge_metrics
+
+    # The project's own metrics (benchmarks.judges) must not shadow one of lm-eval's: checked before
+    # they are registered (in a fresh process; another test may have run an audit, which registers them).
+    for name in set(METRICS) - set(PROJECT_METRICS):
+        assert registry.metric_registry.get(name).__module__.startswith("lm_eval."), name
+    for name, (fn, _) in PROJECT_METRICS.items():
+        assert registry.metric_registry.get(name, fn) is fn, f"lm-eval registers {name} itself"
+    with judge_metrics(None):
+        for name, rule in METRICS.items():
+            assert name in registry.metric_registry, name
+            assert registry.get_metric_aggregation(name) is registry.get_aggregation(rule.aggregation), name
+            assert registry.is_higher_better(name) is rule.higher_is_better, name
+            assert (rule.judge_kind is not None) <= (name in PROJECT_METRICS), name
     for name in FILTERS:
         assert name in registry.filter_registry, name
 
@@ -605,9 +616,24 @@ def judges(*tables: str) -> bytes:
 
 
 def test_judges_parse_in_order():
-    spec = parse_spec(judges('name = "tox"\nkind = "classifier"', 'name = "enc"\nkind = "encoder"'))
+    gen = parse_spec(demo_spec_toml().encode()).tasks[1]
+    assert gen.config["output_type"] == "generate_until"
+    text = judges('name = "tox"\nkind = "classifier"', 'name = "enc"\nkind = "encoder"').decode() + f"""
+[[task]]
+name = "judged"
+dataset = "gen.jsonl"
+
+[task.config]
+output_type = "generate_until"
+doc_to_text = {json.dumps(gen.config["doc_to_text"])}
+doc_to_target = {json.dumps(gen.config["doc_to_target"])}
+metric_list = [{{ metric = "judge_similarity", judge = "enc" }},
+               {{ metric = "judge_toxicity", judge = "tox", label = "toxic" }}]
+"""
+    spec = parse_spec(text.encode())
     assert [(j.name, j.kind) for j in spec.judges] == [("tox", "classifier"), ("enc", "encoder")]
     assert parse_spec(BASE.encode()).judges == ()
+    refused(judges('name = "tox"\nkind = "classifier"'), "judge 'tox' is used by no metric")
 
 
 @pytest.mark.parametrize("tables, fragment", [

@@ -301,6 +301,27 @@ def test_lm_eval_functions_are_noted_not_rendered(data: Path):
     assert v.verified
 
 
+def test_the_paper_presets_pass_on_their_data_and_judge_references_are_one_text(tmp_path: Path):
+    """The paper's three audits (judges included) against the tiny data of their columns; a judge metric
+    with a list of references per document is caught here, not after the run."""
+    from benchmarks.paper_presets import PAPER_PRESETS, paper_spec
+    from benchmarks.tiny_judges import write_tiny_paper_data
+
+    write_tiny_paper_data(tmp_path / "data")
+    spec = paper_spec(list(PAPER_PRESETS)).replace('output = "aggregate"', 'output = "aggregate"\nmin_documents = 10')
+    v = verdict_of(spec, tmp_path)  # the spec names data/<file>: the bundle is the folder holding data/
+    assert v.verified, [s for s in v.steps if s.status.value == "failed"]
+    assert step(v, "task paper_xsum: targets").reason == ("every reference is one text, as judge_similarity, "
+                                                          "rougeL needs")
+    rows = [json.loads(line) for line in (tmp_path / "data" / "xsum.jsonl").read_text().splitlines()]
+    rows[2]["summary"] = ["one", "two"]
+    _write(tmp_path / "data" / "xsum.jsonl", rows)
+    xsum = paper_spec(["paper_xsum"]).replace('output = "aggregate"', 'output = "aggregate"\nmin_documents = 10')
+    xsum = xsum.replace('doc_to_target = "{{summary}}"', 'doc_to_target = "summary"')
+    assert failed(verdict_of(xsum, tmp_path), "task paper_xsum: targets") == (
+        "data/xsum.jsonl line 3: doc_to_target gives a list; judge_similarity, rougeL scores one reference per document")
+
+
 def test_no_message_shows_row_content(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """Every failure kind at once, through the command line, in text and JSON: the secret never shows."""
     rows = _rows(mc_records())
@@ -411,6 +432,7 @@ def test_exported_yaml_reproduces_the_enclave_numbers(tmp_path: Path, capsys: py
     readme = (tmp_path / "tasks" / "README.md").read_text()
     (command,) = [line.strip() for line in readme.splitlines() if line.strip().startswith("lm_eval ")]
     assert command in out  # printed as well
+    assert "project's own metrics" not in readme  # this spec uses lm-eval's metrics only
     # lm-eval's json loader keeps an Arrow copy of the data: in this test's folder, not the user's cache
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     monkeypatch.setattr(sys, "argv", [*shlex.split(command), "--device", "cpu", "--output_path", "out"])

@@ -269,9 +269,10 @@ def test_every_subcommand_on_hostile_input_exits_1_or_2(data: st.DataObject, tmp
 
 def test_the_walk_reaches_every_subcommand_and_option() -> None:
     """The property test draws from the parser itself, so a new subcommand or option is covered."""
-    assert set(SUBCOMMANDS) == {"bundle", "disclosure", "evidence", "sample"}
+    assert set(SUBCOMMANDS) == {"bundle", "disclosure", "evidence", "sample", "prepare"}
     files = {a.dest for p in SUBCOMMANDS.values() for a in p._actions if _takes_file(a)}
-    assert files == {"bundle", "disclosure", "policy", "witness_state", "evidence", "certs", "collateral", "sample"}
+    assert files == {"bundle", "disclosure", "policy", "witness_state", "evidence", "certs", "collateral", "sample",
+                     "prepare"}
 
 
 def test_installed_command_on_deep_input(tmp_path: Path) -> None:

@@ -17,6 +17,12 @@
         upload          fields: session id, kind, digest, stream header, wrapped key, attestation nonce
         run             fields: session id, manifest digest, run nonce
         cancel, close   fields: session id, manifest digest
+        prepare         fields: session id, session nonce, job number (decimal), model digest, method,
+                                recipient HPKE suite, recipient public key, client nonce
+        prepare-attach  fields: session id, session nonce, model digest, prepare statement digest
+    prepared wrap info = "attestable-audits/v1/prepared-wrap\\0" || lp(prepared model digest)
+                        || lp(signing public key) || lp(provider's public key) || lp(session id)
+                        || lp(job number, decimal) || lp(client nonce)
 
 A party message is what a party signs with its Ed25519 identity key; text fields are UTF-8.
 
@@ -118,6 +124,35 @@ def job_message(action: str, enclave_signing_public: bytes, session_id: str, man
     if action not in ("cancel", "close"):
         raise ValueError(f"unknown session action {action!r}")
     return _party_message(action, enclave_signing_public, session_id.encode(), manifest_digest.encode())
+
+
+def prepare_message(enclave_signing_public: bytes, session_id: str, session_nonce: bytes, job: int,
+                    model_digest: str, method: str, recipient_suite: str, recipient_public: bytes,
+                    nonce: bytes) -> bytes:
+    """Signed by the provider to ask for a prepare job (step B): this method on the model the
+    session holds now, as this session's job number `job`, with Mq's data key wrapped to
+    `recipient_public`. Another session, job or model cannot reuse it."""
+    return _party_message("prepare", enclave_signing_public, session_id.encode(), session_nonce, str(job).encode(),
+                          model_digest.encode(), method.encode(), recipient_suite.encode(), recipient_public, nonce)
+
+
+def attach_message(enclave_signing_public: bytes, session_id: str, session_nonce: bytes, model_digest: str,
+                   statement_digest: str) -> bytes:
+    """Signed by the provider to attach a prepare bundle to the session's model: the run manifest
+    then names that prepare statement, so both parties approve the chain M -> Mq."""
+    return _party_message("prepare-attach", enclave_signing_public, session_id.encode(), session_nonce,
+                          model_digest.encode(), statement_digest.encode())
+
+
+_PREPARED_WRAP = b"attestable-audits/v1/prepared-wrap\x00"
+
+
+def prepared_wrap_info(prepared_digest: str, enclave_signing_public: bytes, provider_public: bytes,
+                       session_id: str, job: int, nonce: bytes) -> bytes:
+    """HPKE `info` for the data key of a prepared model Mq, wrapped to the provider's recipient key:
+    bound to Mq's digest, the enclave boot, the provider, the session, the job and its nonce."""
+    return (_PREPARED_WRAP + _lp(prepared_digest.encode()) + _lp(enclave_signing_public) + _lp(provider_public)
+            + _lp(session_id.encode()) + _lp(str(job).encode()) + _lp(nonce))
 
 
 _SAMPLES = b"attestable-audits/v1/samples\x00"

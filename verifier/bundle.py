@@ -65,6 +65,8 @@ class AuditBundle:
     final_evidence: Evidence
     log_entry: dict[str, Any] | None = field(default=None, metadata={"optional": True})
     media_type: str = MEDIA_TYPE
+    # The prepare bundle (verifier/prepare.py) of the model, when the manifest names one (step B).
+    prepare: dict[str, Any] | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict[str, Any]:
         return wire.to_json(self)
@@ -92,11 +94,54 @@ def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witnes
 
 def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:
     parsed = AuditBundle.from_json(bundle)
+    nonce, evidence, envelope = bytes.fromhex(parsed.nonce), parsed.evidence, parsed.envelope
+    verdict = Verdict(subject="audit bundle", unpinned=policy.unpinned(evidence.platform))
+    verify_signed(parsed, policy, at=at, verdict=verdict)
+
+    try:
+        statement = parse_statement(envelope.payload)
+    except ParseError as exc:
+        verdict.fail("statement", str(exc))
+        return verdict
+    verdict.ok("statement", "in-toto Statement v1 with the audit/v2 predicate")
+    verdict.check("statement nonce", statement.nonce == nonce.hex(),
+                  "statement carries the run nonce", f"statement nonce {statement.nonce} is not the bundle's {nonce.hex()}")
+    verdict.check("statement platform", statement.platform == evidence.platform,
+                  f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
+    _manifest_and_approvals(statement, parsed.enclave.signing_key.public, verdict)
+    _party_keys(statement, policy, verdict)
+    allowlist.check(verdict, "code identity", statement.code_identity, policy.code_identities)
+    _expected_digests(statement, policy, verdict)
+    from verifier.prepare import check_chain  # the prepare module builds on this one
+
+    check_chain(parsed.prepare, statement, policy, at=at, verdict=verdict)
+    _thresholds(statement, policy, verdict)
+    _age(statement, policy, at, verdict)
+    if parsed.log_entry is not None or (policy.log is not None and policy.log.require_inclusion):
+        from verifier.logentry import verify_log_entry
+
+        verify_log_entry(bundle, policy.log, verdict, witness_state)
+    else:
+        verdict.skip("transparency log", "bundle has no log entry and the policy does not require one")
+    verdict.claims.update(
+        platform=evidence.platform,
+        model_digest=statement.digest_of("model"),
+        dataset_digest=statement.digest_of("dataset"),
+        spec_digest=statement.digest_of("spec"),
+        **({"judges_digest": statement.digest_of("judges")} if statement.digest_of("judges") else {}),
+        results=statement.results,
+        finished_at=statement.finished_at.isoformat(),
+    )
+    return verdict
+
+
+def verify_signed(parsed: Any, policy: Policy, *, at: datetime, verdict: Verdict) -> None:
+    """The steps every signed enclave bundle shares (an audit bundle, a prepare bundle): the session
+    evidence binds the enclave's keys and the client nonce, the DSSE envelope is signed by that key,
+    and the final evidence binds this exact statement, from the same enclave image."""
     keys, nonce = parsed.enclave, bytes.fromhex(parsed.nonce)
     signing_pub = keys.signing_key.public
     evidence, final, envelope = parsed.evidence, parsed.final_evidence, parsed.envelope
-
-    verdict = Verdict(subject="audit bundle", unpinned=policy.unpinned(evidence.platform))
     # 1. The session evidence: a CPU TEE vouching for the enclave's keys and this run's nonce.
     if evidence.platform not in CPU_PLATFORMS:
         verdict.fail("evidence platform", f"{evidence.platform} evidence cannot stand alone; a CPU TEE must vouch")
@@ -113,38 +158,6 @@ def verify_bundle(bundle: Any, policy: Policy, *, at: datetime, witness_state: s
     verify_evidence(final, at=at, policy=policy, verdict=verdict, prefix="final evidence: ",
                     expected_report_data=statement_binding(signing_pub, envelope.payload))
     _same_enclave(platforms.get(evidence.platform), verdict)
-
-    try:
-        statement = parse_statement(envelope.payload)
-    except ParseError as exc:
-        verdict.fail("statement", str(exc))
-        return verdict
-    verdict.ok("statement", "in-toto Statement v1 with the audit/v2 predicate")
-    verdict.check("statement nonce", statement.nonce == nonce.hex(),
-                  "statement carries the run nonce", f"statement nonce {statement.nonce} is not the bundle's {nonce.hex()}")
-    verdict.check("statement platform", statement.platform == evidence.platform,
-                  f"statement says {statement.platform}", f"statement says {statement.platform}, evidence is {evidence.platform}")
-    _manifest_and_approvals(statement, signing_pub, verdict)
-    _party_keys(statement, policy, verdict)
-    allowlist.check(verdict, "code identity", statement.code_identity, policy.code_identities)
-    _expected_digests(statement, policy, verdict)
-    _thresholds(statement, policy, verdict)
-    _age(statement, policy, at, verdict)
-    if parsed.log_entry is not None or (policy.log is not None and policy.log.require_inclusion):
-        from verifier.logentry import verify_log_entry
-
-        verify_log_entry(bundle, policy.log, verdict, witness_state)
-    else:
-        verdict.skip("transparency log", "bundle has no log entry and the policy does not require one")
-    verdict.claims.update(
-        platform=evidence.platform,
-        model_digest=statement.digest_of("model"),
-        dataset_digest=statement.digest_of("dataset"),
-        spec_digest=statement.digest_of("spec"),
-        results=statement.results,
-        finished_at=statement.finished_at.isoformat(),
-    )
-    return verdict
 
 
 def _same_enclave(platform: platforms.Platform, verdict: Verdict) -> None:
@@ -168,6 +181,7 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
                   f"the subjects name {files} whose listing hashes to the manifest's model digest",
                   f"the subjects ({files}) hash to {st.subject_digest}, but the manifest's model is "
                   f"{st.digest_of('model')}: subjects and model digest disagree")
+    _judge_subjects(st, verdict)
     verdict.check("manifest names this enclave", st.manifest.enclave.signing_key == signing_pub,
                   "approvals were given to this enclave boot key", "manifest names another enclave key")
     for role in ROLES:
@@ -179,6 +193,21 @@ def _manifest_and_approvals(st: AuditStatement, signing_pub: bytes, verdict: Ver
         ok = any(a.public_key == key and verify_approval(key, st.manifest_digest, a.signature) for a in approvals)
         verdict.check(f"{role} approval", ok, f"{role} signed the manifest",
                       f"{role} approval signature does not verify with the manifest's {role} key")
+
+
+def _judge_subjects(st: AuditStatement, verdict: Verdict) -> None:
+    """The `judge/` subjects name exactly the judges asset both parties approved, as the model's do."""
+    want, got = st.digest_of("judges"), st.judges_subject_digest
+    if want is None and got is None:
+        verdict.skip("judge subjects", "the audit used no judge models")
+        return
+    n = len(st.judges_listing)
+    files = f"{n} judge file{'s' if n != 1 else ''}"
+    verdict.check("judge subjects", got == want,
+                  f"the subjects name {files} whose listing hashes to the manifest's judges digest",
+                  f"the judge subjects ({files}) hash to {got}, but the manifest's judges are {want}: "
+                  "subjects and judges digest disagree" if got is not None else
+                  f"the manifest names judges {want}, but the statement has no judge subjects")
 
 
 def _party_keys(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
@@ -198,11 +227,14 @@ def _party_keys(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
 
 
 def _expected_digests(st: AuditStatement, policy: Policy, verdict: Verdict) -> None:
-    for kind in ("model", "dataset", "spec"):
+    judges = "judges_digest" in policy.expect or st.digest_of("judges") is not None
+    for kind in ("model", "dataset", "spec", *(("judges",) if judges else ())):
         want = policy.expect.get(f"{kind}_digest")
         got = st.digest_of(kind)
         if want is None:
             verdict.skip(f"{kind} digest", f"{got} (not pinned by policy)")
+            if kind == "judges":
+                verdict.unpinned.append("judges digest")  # any judge would pass, as any model would
         else:
             verdict.check(f"{kind} digest", got == want, f"{got} as the policy expects",
                           f"statement has {got}, policy expects {want}")

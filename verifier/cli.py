@@ -53,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "VERIFIED (UNPINNED: ...))")
     _common(b)
 
+    pr = sub.add_parser("prepare", help="verify a prepare bundle (step B: M -> Mq in an enclave) on its own",
+                        description="Verify a prepare bundle written by `aaudit provider prepare`: platform evidence, "
+                        "key binding, DSSE signature, the final evidence bound to the prepare statement, the "
+                        "provider's signed request, the code identity, and the policy's [prepare] pins (original "
+                        "model digest, accepted methods). An audit bundle of Mq carries this bundle and `bundle` "
+                        "checks the whole chain M -> Mq -> R.")
+    pr.add_argument("prepare", metavar="PREPARE.json", help="the prepare bundle to check")
+    pr.add_argument("--policy", required=True, metavar="POLICY.toml", help="what the bundle must satisfy "
+                    "(docs/POLICY.md; [prepare] pins the original model and the methods)")
+    pr.add_argument("--allow-unpinned", action="store_true", help="exit 0 even when the policy leaves the original "
+                    "model digest or the code identity unpinned")
+    _common(pr)
+
     d = sub.add_parser("disclosure", help="verify a user's disclosure: audit bundle, serving evidence, receipts",
                        description="Verify a disclosure (docs/RECEIPTS.md): the audit bundle under the policy, the "
                        "serving evidence binding the gateway's keys, and per exchange the receipt's signature, the "
@@ -134,6 +147,12 @@ def _bundle(args: argparse.Namespace) -> Verdict:
                               witness_state=args.witness_state)
 
 
+def _prepare(args: argparse.Namespace) -> Verdict:
+    from verifier.prepare import verify_prepare_file
+
+    return verify_prepare_file(args.prepare, policy_mod.load(args.policy), at=parse_time(args.at))
+
+
 def _disclosure(args: argparse.Namespace) -> Verdict:
     from verifier.disclosure import verify_disclosure_file
 
@@ -150,7 +169,8 @@ def _sample(args: argparse.Namespace) -> Verdict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        verdict = {"evidence": _evidence, "bundle": _bundle, "disclosure": _disclosure, "sample": _sample}[
+        verdict = {"evidence": _evidence, "bundle": _bundle, "disclosure": _disclosure, "sample": _sample,
+                   "prepare": _prepare}[
             args.command](args)
     except UnusableInput as exc:
         _report_error(args, str(exc))

@@ -6,14 +6,15 @@ before signing (aaudit/client.py), and the verifier parses it out of the stateme
 
 An approval is Ed25519 over "attestable-audits/v1/approval\\0" || manifest digest; the manifest
 names the enclave boot key, the session (id, fresh random nonce, job number), both parties' keys,
-every asset digest, the output policy and, per task, the number of documents and the metrics that
-will be published, so an approval can never carry over to another enclave, session or job.
+every asset digest (the auditor's judge models too, when the spec names judges), the output policy
+and, per task, the number of documents and the metrics that will be published, so an approval can
+never carry over to another enclave, session or job.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,8 +25,12 @@ from verifier.models import canonical_json
 
 MANIFEST_VERSION = 2
 ROLES = ("provider", "auditor")
-ASSET_KINDS = ("model", "dataset", "spec")
-UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor"}
+ASSET_KINDS = ("model", "dataset", "spec", "judges")
+UPLOADER_ROLE = {"model": "provider", "dataset": "auditor", "spec": "auditor", "judges": "auditor"}
+# The auditor's judge models (a folder of `<name>/` model folders): present exactly when the spec
+# names `[[judge]]`s, which the enclave enforces; a manifest without them is complete.
+OPTIONAL_KINDS = ("judges",)
+REQUIRED_KINDS = tuple(k for k in ASSET_KINDS if k not in OPTIONAL_KINDS)
 OUTPUT_POLICIES = ("aggregate", "aggregate+samples")
 _APPROVAL = b"attestable-audits/v1/approval\x00"
 
@@ -77,6 +82,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PrepareRef:
+    """The prepare statement (step B) the provider attached to the model: the model was made from
+    `original_model_digest` by `method` in an attested enclave. The audit bundle carries that
+    statement's bundle; `statement_digest` (sha256 of its DSSE payload) pins it."""
+
+    statement_digest: str
+    original_model_digest: str
+    method: str
+
+
+@dataclass(frozen=True)
 class RunManifest:
     session: SessionRef
     enclave: EnclaveRef
@@ -87,6 +103,7 @@ class RunManifest:
     tasks: tuple[TaskRef, ...] = ()
     limits: Limits | None = None
     version: int = MANIFEST_VERSION
+    prepared_from: PrepareRef | None = field(default=None, metadata={"optional": True})
 
     def to_json(self) -> dict:
         return wire.to_json(self)
@@ -111,7 +128,7 @@ class RunManifest:
 
     @property
     def complete(self) -> bool:
-        return set(self.assets) == set(ASSET_KINDS) and self.output is not None
+        return set(REQUIRED_KINDS) <= set(self.assets) and self.output is not None
 
     def digest_of(self, kind: str) -> str | None:
         asset = self.assets.get(kind)
@@ -141,5 +158,6 @@ def verify_approval(public_raw: bytes, digest: str, signature: bytes) -> bool:
     return verify_party_signature(public_raw, message, signature)
 
 
-__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "Parties", "ROLES", "RunManifest", "SessionRef",
-           "TaskRef", "UPLOADER_ROLE", "approval_message", "verify_approval", "verify_party_signature"]
+__all__ = ["ASSET_KINDS", "AssetRef", "EnclaveRef", "Limits", "OPTIONAL_KINDS", "Parties", "PrepareRef",
+           "REQUIRED_KINDS", "ROLES", "RunManifest", "SessionRef", "TaskRef", "UPLOADER_ROLE", "approval_message",
+           "verify_approval", "verify_party_signature"]

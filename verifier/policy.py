@@ -17,6 +17,7 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     model_digest = "sha256:<hex>"
     dataset_digest = "sha256:<hex>"
     spec_digest = "sha256:<hex>"
+    judges_digest = "sha256:<hex>" # optional: the auditor's judge models (a bundle without judges fails)
     code_identity = ["<hex>"]      # enclave code identities allowed (`aaudit enclave measure`)
     # The party keys: each the text of the party's `aaudit keygen` .pub file. The manifest must
     # name that key, and every approval of that role must be signed by it.
@@ -36,10 +37,15 @@ Each platform table is parsed by its platform module (`verifier.platforms.*.pars
     public_key = "<C2SP note verifier key>"
     require_inclusion = true
 
+    [prepare]                      # step B: the audited model was made from a pinned original
+    original_model_digest = "sha256:<hex>"   # digest(M); the audit must carry a prepare statement
+    methods = ["int8-weight-only"] # the accepted methods (verifier/prepare.py METHODS)
+
 Allow-lists (measurements, PCRs, code_identity, ...) follow one rule, `verifier.platforms.allowlist`.
 A bundle verdict names what its policy leaves unpinned (`Policy.unpinned`): the model, dataset and
 spec digests, the code identity (neither `code_identity` nor the platform's launch measurement) and
-the log (no `[log]` with `require_inclusion = true`).
+the log (no `[log]` with `require_inclusion = true`); for an audit that used judges, also the judges
+digest unless pinned (added by the bundle check, which sees the statement).
 """
 
 from __future__ import annotations
@@ -62,8 +68,9 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_AGE_S = 100 * 365 * 86400  # a century: longer is a typo, and would overflow date arithmetic
 _HARDWARE = ("sev-snp", "tdx", "nitro", "nvidia")
-_TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "sim", *_HARDWARE}
-_ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")
+_TOP_KEYS = {"allow_simulated", "max_age", "expect", "threshold", "log", "prepare", "sim", *_HARDWARE}
+_ASSET_DIGESTS = ("model_digest", "dataset_digest", "spec_digest")  # every audit has these
+_OPTIONAL_DIGESTS = ("judges_digest",)  # only an audit whose spec names judges has it
 
 
 @dataclass(frozen=True)
@@ -89,18 +96,27 @@ class LogPolicy:
 
 
 @dataclass(frozen=True)
+class PreparePolicy:
+    """`[prepare]`: the original model an audited Mq must come from, and how it may have been made."""
+
+    original_model_digest: str | None
+    methods: tuple[str, ...] | None   # None: any method the verifier knows
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed policy. `platforms` maps an accepted platform name to its module's policy object."""
 
     platforms: dict[str, Any] = field(default_factory=dict)
     gpu_required: bool = False
     max_age_s: int | None = None
-    expect: dict[str, str] = field(default_factory=dict)  # model_digest, dataset_digest, spec_digest
+    expect: dict[str, str] = field(default_factory=dict)  # model_, dataset_, spec_ and judges_digest
     code_identities: allowlist.AllowList | None = None  # None: not pinned
     thresholds: tuple[Threshold, ...] = ()
     log: LogPolicy | None = None
     source: str = "<policy>"
     party_keys: dict[str, bytes] = field(default_factory=dict)  # role -> raw Ed25519 key
+    prepare: PreparePolicy | None = None
 
     def accepts(self, platform: str) -> bool:
         return platform in self.platforms
@@ -113,7 +129,8 @@ class Policy:
     def unpinned(self, platform: str) -> list[str]:
         """What this policy leaves open for a bundle whose evidence is from `platform`: any model
         that any auditor ran on any code would pass these checks."""
-        out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect]
+        out = [key.replace("_", " ") for key in _ASSET_DIGESTS if key not in self.expect
+               and not (key == "model_digest" and self.prepare and self.prepare.original_model_digest)]
         if self.code_identities is None and not self.pins_measurement(platform):
             out.append("code identity")
         if self.log is None or not self.log.require_inclusion:
@@ -176,7 +193,7 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
                   for role in ROLES if f"{role}_key" in expect}
     digests = {k: v for k, v in expect.items() if k not in {"code_identity", *(f"{r}_key" for r in ROLES)}}
     for key, value in digests.items():
-        _require(key in _ASSET_DIGESTS, where, f"unknown key {key!r}")
+        _require(key in _ASSET_DIGESTS + _OPTIONAL_DIGESTS, where, f"unknown key {key!r}")
         _require(isinstance(value, str) and _DIGEST.match(value) is not None, where,
                  f"{key} must be 'sha256:' and 64 lowercase hex digits")
 
@@ -204,7 +221,33 @@ def parse(data: dict[str, Any], source: str = "<policy>") -> Policy:
         _require(isinstance(req, bool), f"{source} [log]", "require_inclusion must be set to true or false")
         log = LogPolicy(table["public_key"], req)
 
-    return Policy(accepted, gpu_required, max_age_s, digests, code_ids, tuple(thresholds), log, source, party_keys)
+    return Policy(accepted, gpu_required, max_age_s, digests, code_ids, tuple(thresholds), log, source, party_keys,
+                  _prepare_policy(data.get("prepare"), f"{source} [prepare]"))
+
+
+def _prepare_policy(table: Any, where: str) -> PreparePolicy | None:
+    """`[prepare]`: a pinned original model digest (an audit then needs a prepare statement from it)
+    and/or the accepted methods."""
+    if table is None:
+        return None
+    from verifier.prepare import METHODS
+
+    _require(isinstance(table, dict), where, "must be a table")
+    _require(set(table) <= {"original_model_digest", "methods"}, where,
+             f"unknown key(s) {', '.join(sorted(set(table) - {'original_model_digest', 'methods'}))}")
+    _require(bool(table), where, "pins nothing: give original_model_digest and/or methods")
+    original = table.get("original_model_digest")
+    _require(original is None or (isinstance(original, str) and _DIGEST.match(original) is not None), where,
+             "original_model_digest must be 'sha256:' and 64 lowercase hex digits (`aaudit digest MODEL_DIR`)")
+    methods = table.get("methods")
+    if methods is not None:
+        _require(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods), where,
+                 "methods must be a non-empty list of method names")
+        unknown = [m for m in methods if m not in METHODS]
+        _require(not unknown, where, f"unknown method(s) {', '.join(map(repr, unknown[:5]))}; known: "
+                 f"{', '.join(METHODS)}")
+        methods = tuple(methods)
+    return PreparePolicy(original, methods)
 
 
 def _finite(value: Any) -> bool:

@@ -9,6 +9,11 @@ Any tool that matches subjects by sha256 (and anyone holding the files and `sha2
 them; the project's own model digest stays the run manifest's `assets.model.digest`, and the
 subjects recomputed into the canonical listing must hash to it (`AuditStatement.subject_digest`,
 checked by the verifier's "model subjects" step), so the two can never disagree.
+
+When the spec names judges, the auditor's judge models follow the model's files in the same form,
+`{"name": "judge/<judge>/<path>", ...}` for each file of the judges asset (whose listing paths are
+`<judge>/<path>`), sorted by name; recomputed into a listing they must hash to the manifest's
+`assets.judges.digest` (`AuditStatement.judges_subject_digest`, the "judge subjects" step).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from verifier.models import digest_of_listing
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://attestable-audits.github.io/predicate/audit/v2"
 MODEL_SUBJECT_PREFIX = "model/"
+JUDGE_SUBJECT_PREFIX = "judge/"
+_SUBJECT_PREFIXES = (MODEL_SUBJECT_PREFIX, JUDGE_SUBJECT_PREFIX)  # subject order: model files, then judge files
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_JSON_INT = 2**53 - 1   # RFC 8785 represents integers exactly up to here
 
@@ -48,7 +55,8 @@ class FileAnnotations:
 
 @dataclass(frozen=True)
 class FileSubject:
-    """One model file as an in-toto ResourceDescriptor: "model/<relative path>", sha256, size."""
+    """One model file as an in-toto ResourceDescriptor: "model/<relative path>", sha256, size (or
+    one file of the judges asset: "judge/<judge>/<path>")."""
 
     name: str
     digest: dict[str, str]
@@ -56,7 +64,8 @@ class FileSubject:
 
     @property
     def path(self) -> str:
-        return self.name.removeprefix(MODEL_SUBJECT_PREFIX)
+        """The file's path in its asset's listing: the name without `model/` or `judge/`."""
+        return self.name.partition("/")[2]
 
     def listing_entry(self) -> dict[str, Any]:
         """This file's entry in the canonical listing (`sealing/digest.py`)."""
@@ -65,7 +74,17 @@ class FileSubject:
 
 def model_subjects(listing: Iterable[Mapping[str, Any]]) -> tuple[FileSubject, ...]:
     """The statement's subjects for a model's canonical listing, in listing order."""
-    return tuple(FileSubject(MODEL_SUBJECT_PREFIX + e["path"], {"sha256": e["sha256"]}, FileAnnotations(e["size"]))
+    return _file_subjects(MODEL_SUBJECT_PREFIX, listing)
+
+
+def judge_subjects(listing: Iterable[Mapping[str, Any]]) -> tuple[FileSubject, ...]:
+    """The subjects for the judges asset's canonical listing (paths `<judge>/<path>`), in listing
+    order; they follow the model's subjects."""
+    return _file_subjects(JUDGE_SUBJECT_PREFIX, listing)
+
+
+def _file_subjects(prefix: str, listing: Iterable[Mapping[str, Any]]) -> tuple[FileSubject, ...]:
+    return tuple(FileSubject(prefix + e["path"], {"sha256": e["sha256"]}, FileAnnotations(e["size"]))
                  for e in sorted(listing, key=lambda e: e["path"]))
 
 
@@ -115,13 +134,25 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class JudgeInfo:
+    """A judge model the run's judge metrics used: its [[judge]] name and kind, and the dtype it
+    was loaded in ("" when no document needed it). Its digest is in the statement's subjects."""
+
+    name: str
+    kind: str
+    dtype: str
+
+
+@dataclass(frozen=True)
 class Runtime:
-    """Library versions, and the device and dtype the weights were loaded on and in."""
+    """Library versions, the device and dtype the weights were loaded on and in, and the judges
+    (absent when the spec names none)."""
 
     versions: dict[str, str]
     device: str
     dtype: str
     engine: EngineInfo
+    judges: tuple[JudgeInfo, ...] | None = field(default=None, metadata={"optional": True})
 
 
 @dataclass(frozen=True)
@@ -185,13 +216,25 @@ class AuditStatement:
     @property
     def model_listing(self) -> list[dict[str, Any]]:
         """The model's canonical listing, read back from the subjects."""
-        return [s.listing_entry() for s in self.subject]
+        return [s.listing_entry() for s in self.subject if s.name.startswith(MODEL_SUBJECT_PREFIX)]
+
+    @property
+    def judges_listing(self) -> list[dict[str, Any]]:
+        """The judges asset's canonical listing, read back from the `judge/` subjects (empty: no judges)."""
+        return [s.listing_entry() for s in self.subject if s.name.startswith(JUDGE_SUBJECT_PREFIX)]
 
     @property
     def subject_digest(self) -> str:
         """The project's model digest of the files the subjects name; a statement that verifies has
         it equal to the manifest's model digest (the "model subjects" step)."""
         return digest_of_listing(self.model_listing)
+
+    @property
+    def judges_subject_digest(self) -> str | None:
+        """The judges digest of the files the `judge/` subjects name, None when there are none; a
+        statement that verifies has it equal to the manifest's judges digest (the "judge subjects" step)."""
+        listing = self.judges_listing
+        return digest_of_listing(listing) if listing else None
 
     @property
     def finished_at(self) -> datetime:
@@ -215,22 +258,26 @@ def _time(text: str, what: str) -> datetime:
 
 
 def _check_subjects(subjects: tuple[FileSubject, ...]) -> None:
-    """Subjects are model files, each with one sha256 and a size, named in strict listing order
-    (so one listing has exactly one encoding and no file is named twice)."""
-    if not subjects:
+    """Subjects are model files, then judge files, each with one sha256 and a size, named in strict
+    listing order within each (so one listing has exactly one encoding and no file is named twice)."""
+    if not any(s.name.startswith(MODEL_SUBJECT_PREFIX) for s in subjects):
         raise ParseError("statement: no subject; expected one per model file")
-    previous = ""
+    previous: tuple[int, str] = (0, "")
     for i, s in enumerate(subjects):
         where = f"statement: subject[{i}]"
-        if not s.name.startswith(MODEL_SUBJECT_PREFIX) or s.name == MODEL_SUBJECT_PREFIX:
-            raise ParseError(f"{where}: name must be {MODEL_SUBJECT_PREFIX}<path of a model file>")
+        group = next((g for g, prefix in enumerate(_SUBJECT_PREFIXES) if s.name.startswith(prefix)), None)
+        judge, slash, rest = s.path.partition("/")
+        if group is None or not s.path or (group == 1 and not (judge and slash and rest)):
+            raise ParseError(f"{where}: name must be {MODEL_SUBJECT_PREFIX}<path of a model file> or "
+                             f"{JUDGE_SUBJECT_PREFIX}<judge>/<path of its file>")
         if set(s.digest) != {"sha256"} or not _HEX64.fullmatch(s.digest["sha256"]):
             raise ParseError(f"{where}: digest must be exactly {{\"sha256\": <64 lowercase hex>}}")
         if not 0 <= s.annotations.size <= _MAX_JSON_INT:
             raise ParseError(f"{where}: annotations.size must be a byte count from 0 to 2**53 - 1")
-        if s.name <= previous:
-            raise ParseError(f"{where}: subjects must be sorted by name, each file once")
-        previous = s.name
+        if (group, s.name) <= previous:
+            raise ParseError(f"{where}: subjects must be sorted by name, each file once (the model's files, then "
+                             "the judges')")
+        previous = (group, s.name)
 
 
 def parse_statement(payload: bytes) -> AuditStatement:
