@@ -73,6 +73,10 @@ def _seal(args: argparse.Namespace) -> int:
     chunk_size = args.chunk_kib * 1024
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise UnusableInput(f"--chunk-kib must be within 1..{MAX_CHUNK_SIZE // 1024}")
+    if args.kind == "spec":
+        from aaudit.cmd_check import check_before_sealing
+
+        check_before_sealing(args.path)  # a spec the enclave would refuse is refused here, before sealing
     total = sum(f.size for f in asset_files(args.path))
     with _progress_bar(total) as advance:
         asset = seal(args.path, args.out, args.kind, chunk_size=chunk_size, progress=advance)

@@ -115,6 +115,18 @@ def limited_environment(filters: dict[str, Callable[..., Any]], owners: dict[str
     return env
 
 
+def lm_eval_environment(owners: dict[str, list[str]] | None = None) -> LimitedEnvironment:
+    """lm-eval's own template settings and filters (its `regex_replace` among them) in the limited
+    sandbox: what the runner renders a spec's templates with, and what `aaudit auditor check`
+    renders them with on the auditor's machine, so that a template passing the check renders the
+    same in the enclave."""
+    import lm_eval.utils as lm_utils
+
+    plain = lm_utils.env
+    return limited_environment(plain.filters, owners, loader=plain.loader, undefined=plain.undefined,
+                               keep_trailing_newline=plain.keep_trailing_newline)
+
+
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     """Refuse `*` and `**` whose result would be too large, before computing it."""
     if operator == "*":

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from benchmarks.dataset import DatasetError, parse_jsonl, record_line
 from benchmarks.judges import JudgeError, Judges, judge_metrics
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
-from benchmarks.templates import TemplateUndefined, limited_environment
+from benchmarks.templates import TemplateUndefined, lm_eval_environment
 from verifier.merkle import root_hash
 from verifier.errors import UnusableInput
 from verifier.models import canonical_json
@@ -346,8 +346,7 @@ def _sandboxed_templates(spec: AuditSpec) -> Iterator[None]:
         for source in _strings(lm_eval_task_config(task)):
             owners.setdefault(source, []).append(task.name)
     plain = lm_utils.env
-    lm_utils.env = limited_environment(plain.filters, owners, loader=plain.loader, undefined=plain.undefined,
-                                       keep_trailing_newline=plain.keep_trailing_newline)
+    lm_utils.env = lm_eval_environment(owners)
     try:
         yield
     finally:

@@ -41,7 +41,8 @@ EXPECTED_NOT_RUN = {
     ("docs/TRANSPARENCY_LOG.md", "aaudit log serve --db /var/lib/aaudit/log.db --listen 0.0.0.0:7300 --origin example.com/audits"),
 }
 # Where a document's script runs, relative to the sandbox (FORMATS.md's check reads a bundle next to its model).
-CWD = {"docs/FORMATS.md": "readme/demo-out"}
+# SPEC.md's checks read the demo's spec and data as `make demo` leaves them in demo-out/.
+CWD = {"docs/FORMATS.md": "readme/demo-out", "docs/SPEC.md": "readme"}
 
 
 def blocks(doc: str) -> list[tuple[str, str]]:

@@ -12,7 +12,8 @@ from verifier.models import Status, Verdict
 _MARK = {Status.OK: "ok", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}
 
 
-def table(verdict: Verdict, out: TextIO, *, allow_unpinned: bool = False) -> None:
+def table(verdict: Verdict, out: TextIO, *, allow_unpinned: bool = False, last_line: str | None = None) -> None:
+    """The step table, claims and warnings, then `last_line` (by default the verdict line)."""
     width = max(60, min(shutil.get_terminal_size((100, 20)).columns, 140))
     name_w = min(max((len(s.name) for s in verdict.steps), default=4), 42)
     reason_w = max(20, width - name_w - 12)
@@ -29,7 +30,7 @@ def table(verdict: Verdict, out: TextIO, *, allow_unpinned: bool = False) -> Non
     out.write("\n")
     for w in verdict.warnings:
         out.write(f"WARNING: {w}\n")
-    out.write(verdict_line(verdict, allow_unpinned=allow_unpinned) + "\n")
+    out.write((last_line or verdict_line(verdict, allow_unpinned=allow_unpinned)) + "\n")
 
 
 def verdict_line(verdict: Verdict, *, allow_unpinned: bool = False) -> str:
