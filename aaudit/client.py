@@ -77,6 +77,7 @@ class ExpectedRun:
     digests: dict[str, str]
     parties: dict[str, bytes]
     allow_samples: bool = False
+    original_model: str | None = None  # set: the model must come from this digest by a prepare job (step B)
 
     def __post_init__(self) -> None:
         missing = [k for k in REQUIRED_KINDS if k not in self.digests]
@@ -305,6 +306,11 @@ class EnclaveClient:
             want = expected.digests.get(kind)
             if got != want:
                 problems.append(f"manifest has {kind} {got or 'none'}, expected {want or 'none'}")
+        if expected.original_model is not None:
+            origin = m.prepared_from.original_model_digest if m.prepared_from is not None else None
+            if origin != expected.original_model:
+                problems.append(f"the manifest's model was prepared from {origin or 'no prepare statement'}, "
+                                f"expected a prepare statement from {expected.original_model}")
         if m.output == "aggregate+samples" and not expected.allow_samples:
             problems.append(f"the spec sends per-sample records to {m.samples_recipient}; approve only with "
                             "allow_samples (--allow-samples) if you agreed to that")

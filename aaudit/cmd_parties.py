@@ -90,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            f"the spec names {kind} (a manifest with {kind} you did not agree to is refused)")
         a.add_argument("--allow-samples", action="store_true",
                        help="agree that per-sample records go (encrypted) to the spec's samples_recipient")
+        a.add_argument("--expect-original-model", metavar="sha256:HEX",
+                       help="the audited model must have been prepared (step B) from this model digest: the "
+                       "manifest must name a prepare statement from it (`aaudit provider prepare`), or refuse")
         _common(a, role)
         a.set_defaults(func=_policy_first(_approve), role=role)
 
@@ -350,7 +353,10 @@ def _approve(args: argparse.Namespace) -> int:
     identity = load_identity(args.identity)
     digests = {kind: _sealed(args.sealed, kind).digest for kind in _own_kinds(args.role, args.sealed)}
     digests.update(agreed)
-    expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples)
+    original = (asset_digest(args.expect_original_model, "--expect-original-model") if args.expect_original_model
+                else None)
+    expected = ExpectedRun(digests, {other: load_public_raw(getattr(args, f"expect_{other}"))}, args.allow_samples,
+                           original)
     with _client(args) as client:
         enclave = _attested(client, args)
         view = client.manifest(args.session)

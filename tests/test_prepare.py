@@ -32,7 +32,7 @@ from sealing.stream import MemorySink, SealedReader, Unsealer, read_key_file
 from verifier import policy
 from verifier.binding import prepare_message
 from verifier.bundle import verify_bundle
-from verifier.errors import PolicyError
+from verifier.errors import PolicyError, VerificationError
 from verifier.models import Verdict, canonical_json
 from verifier.prepare import METHODS, PrepareBundle, check_chain, parse_prepare_statement, verify_prepare
 from verifier.statement import parse_statement
@@ -87,8 +87,13 @@ def audit(enclave: RunningEnclave, parties, prepared: dict) -> dict:
                    "spec": parties.sealed["spec"].digest}
         c.approve(e, sid, "provider", parties.provider,
                   ExpectedRun(digests, {"auditor": parties.auditor.public_raw()}, True))
-        c.approve(e, sid, "auditor", parties.auditor,
-                  ExpectedRun(digests, {"provider": parties.provider.public_raw()}, True))
+        auditor = ExpectedRun(digests, {"provider": parties.provider.public_raw()}, True,
+                              original_model=parties.sealed["model"].digest)
+        other = "sha256:" + "0" * 64
+        with pytest.raises(VerificationError, match=f"prepared from {parties.sealed['model'].digest}, expected a "
+                                                    f"prepare statement from {other}"):
+            c.approve(e, sid, "auditor", parties.auditor, dataclasses.replace(auditor, original_model=other))
+        c.approve(e, sid, "auditor", parties.auditor, auditor)  # the auditor insists on the chain from M
         return c.run(e, sid, "auditor", parties.auditor, nonce())
 
 
