@@ -146,9 +146,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
             register_provision(rsub)
         if role == "auditor":
-            from aaudit.cmd_check import register_auditor
+            from aaudit.cmd_check import register_auditor as register_check
+            from aaudit.cmd_datasets import register_auditor as register_datasets
 
-            register_auditor(rsub)
+            register_check(rsub)
+            register_datasets(rsub)
             o = rsub.add_parser("open-samples", help="decrypt and check the per-sample records of an audit",
                                 description="Decrypt the per-sample records the enclave encrypted to your samples "
                                 "key (output = \"aggregate+samples\"), check them against the signed statement "

@@ -44,6 +44,19 @@ def parse_jsonl(name: str, datasets: dict[str, bytes]) -> list[dict[str, Any]]:
     return rows
 
 
+def hf_dataset(rows: list[dict[str, Any]]) -> Any:
+    """The rows as an in-memory `datasets.Dataset`, as lm-eval gets them: every key of any row is a
+    column (as the json loader makes it), None where a row lacks it. Nothing is written to disk.
+    Turns datasets' progress bars off for the process: lm-eval's `process_docs` maps and filters
+    these rows, and a bar per call is only noise in the enclave's log."""
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+
+    columns = dict.fromkeys(k for row in rows for k in row)
+    return Dataset.from_dict({col: [row.get(col) for row in rows] for col in columns})
+
+
 def _records(text: str) -> list[tuple[int, str]]:
     """(line number, line) of each record: every line that is not blank."""
     # not splitlines(): JSON strings may hold U+2028

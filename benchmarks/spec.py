@@ -4,7 +4,11 @@ Auditor-supplied Python never runs inside the enclave, because code chosen by on
 the other party's secrets (the weights) and smuggle them out through the results. So a spec names
 lm-eval task settings by value only: Jinja prompt templates (checked here and rendered in a sandbox
 by the runner), metrics from lm-eval's registry that compute locally, lm-eval's built-in filters,
-and bounded generation settings. Everything else is refused with the task and key named.
+and bounded generation settings. The one exception is Python that ships inside the installed lm-eval
+package itself: its built-in tasks name functions of their own `utils.py`, and a spec may name such
+a function as `{ lm_eval_function = "dir/file.py:name" }` in doc_to_text, doc_to_target,
+doc_to_choice, process_docs, process_results and a metric's `aggregation` (checked by benchmarks.lm_eval_functions without running it). Everything else is
+refused with the task and key named.
 
 The spec also bounds the run: `deadline` (how long the job may take, capped by the operator) and
 `min_documents` (with `output = "aggregate"`, no task may be so small that an aggregate is one
@@ -27,6 +31,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.lm_eval_functions import FUNCTION_KEY, LmEvalFunctionError, check_function_ref, is_function_ref
 from verifier.errors import ParseError, UnusableInput
 from verifier.inputs import parse_public_key
 
@@ -109,6 +114,9 @@ MAX_CHOICES = 32  # choices of a rubric
 MAX_CHOICE = 64  # characters of one choice
 RUBRIC_VARIABLES = frozenset({"prediction", "reference"})  # what a rubric template may read
 
+# Aggregations a metric computed by lm-eval's own `process_results` may name: those of the metrics above.
+AGGREGATIONS = frozenset(rule.aggregation for rule in METRICS.values())
+
 # lm-eval's built-in response filters (lm_eval/filters) and the arguments each accepts.
 FILTERS: dict[str, frozenset[str]] = {
     "take_first": frozenset(),
@@ -137,14 +145,12 @@ TEMPLATE_FILTERS = frozenset({
 CONFIG_KEYS = frozenset({
     "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "description", "gen_prefix",
     "target_delimiter", "fewshot_delimiter", "num_fewshot", "repeats", "metric_list", "generation_kwargs",
-    "filter_list", "task_alias", "metadata", "fewshot_config",
+    "filter_list", "task_alias", "metadata", "fewshot_config", "process_docs", "process_results",
 })
 SAMPLERS = ("default", "first_n")  # lm-eval's few-shot samplers (lm_eval/api/samplers.py)
 # Keys refused with a specific reason, because an auditor is likely to try them.
 FORBIDDEN_KEYS: dict[str, str] = {
     "custom_dataset": "it names Python code; the dataset comes from the [[task]] `dataset` file",
-    "process_docs": "it names Python code; auditor-supplied Python never runs in the enclave",
-    "process_results": "it names Python code; use metrics from the allow-list",
     "class": "it names a Python task class; auditor-supplied Python never runs in the enclave",
     "dataset_path": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
     "dataset_name": "the data comes from the auditor's sealed bundle, named by [[task]] `dataset`",
@@ -179,6 +185,7 @@ TASK_KEYS = frozenset({"name", "dataset", "split", "fewshot_dataset", "fewshot_s
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 _SPLIT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 _FILE_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,254}")
+_METRIC_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _DEADLINE_RE = re.compile(r"([0-9]{1,9})([smh])")
 # What `_check_toml_shape` sees of a TOML text: strings and comments (skipped whole), then the
 # characters that nest or split keys. Multi-line strings may end with up to two extra quotes. Each
@@ -507,10 +514,26 @@ def spec_to_lm_eval_yaml(spec: AuditSpec, data_dir: str) -> dict[str, str]:
         style = '"' if "\n" in value else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
+    class Function(str):
+        """A function of lm-eval's task code, written as lm-eval's `!function` tag with the module's
+        dotted name (lm-eval imports it when no file of that name lies beside the YAML)."""
+
+    def function_tag(dumper: yaml.SafeDumper, value: Function) -> yaml.Node:
+        return dumper.represent_scalar("!function", str(value))
+
+    def tagged(value: Any) -> Any:
+        if is_function_ref(value):
+            module, name = value[FUNCTION_KEY].split(":")
+            return Function("lm_eval.tasks." + module.removesuffix(".py").replace("/", ".") + "." + name)
+        if isinstance(value, dict):
+            return {k: tagged(v) for k, v in value.items()}
+        return [tagged(v) for v in value] if isinstance(value, list) else value
+
     Dumper.add_representer(str, str_style)
+    Dumper.add_representer(Function, function_tag)
     out = {}
     for task in spec.tasks:
-        cfg = lm_eval_task_config(task)
+        cfg = tagged(lm_eval_task_config(task))
         files = {split: posixpath.join(data_dir, name) for split, name in task.files.items()}
         source = {"dataset_path": "json", "dataset_kwargs": {"data_files": files}}
         cfg = {"task": cfg.pop("task"), **source, **cfg}
@@ -593,8 +616,18 @@ def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         raise SpecError(f"{where}: output_type {_q(output_type)} must be one of {', '.join(OUTPUT_TYPES)}")
     out["output_type"] = output_type
 
+    for key in ("process_docs", "process_results"):
+        if key in cfg:
+            if not isinstance(cfg[key], dict) or FUNCTION_KEY not in cfg[key]:
+                raise SpecError(f"{where}: {key} names Python code: only a function of lm-eval's own task code may "
+                                f"be named, as {{ {FUNCTION_KEY} = \"dir/file.py:name\" }}; auditor-supplied Python "
+                                "never runs in the enclave")
+            out[key] = _function(cfg[key], where, key)
     for key in ("doc_to_text", "doc_to_target"):
         value = cfg.get(key)
+        if isinstance(value, dict) and FUNCTION_KEY in value:
+            out[key] = _function(value, where, key)
+            continue
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise SpecError(f"{where}: {key} is required and must be a template string (or an int)")
         if isinstance(value, str):
@@ -602,7 +635,9 @@ def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         out[key] = value
     if "doc_to_choice" in cfg:
         choice = cfg["doc_to_choice"]
-        if isinstance(choice, str):
+        if isinstance(choice, dict) and FUNCTION_KEY in choice:
+            choice = _function(choice, where, "doc_to_choice")
+        elif isinstance(choice, str):
             _check_template(choice, where, "doc_to_choice")
         elif isinstance(choice, list):
             if not choice or not all(isinstance(c, str) for c in choice):
@@ -642,7 +677,10 @@ def _check_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
                 raise SpecError(f"{where}: metadata.version must be a number from 0 to {MAX_TASK_VERSION}")
         out["metadata"] = dict(meta)
 
-    out["metric_list"] = _check_metrics(cfg.get("metric_list"), output_type, where)
+    if "process_results" in out:  # lm-eval's own function computes the metrics: see _check_function_metrics
+        out["metric_list"] = _check_function_metrics(cfg.get("metric_list"), where)
+    else:
+        out["metric_list"] = _check_metrics(cfg.get("metric_list"), output_type, where)
     if "generation_kwargs" in cfg:
         if output_type != "generate_until":
             raise SpecError(f"{where}: generation_kwargs only apply to output_type generate_until")
@@ -766,6 +804,47 @@ def _check_judge_use(tasks: list[TaskSpec], judges: tuple[JudgeSpec, ...]) -> No
         if name not in used:
             raise SpecError(f"spec: judge {_q(name)} is used by no metric; remove its [[judge]] table or name it "
                             "in a judge metric")
+
+
+def _check_function_metrics(value: Any, where: str) -> list[dict[str, Any]]:
+    """`metric_list` of a task whose `process_results` is a function of lm-eval's task code: that
+    function computes the per-document values, so the metric names are whatever it returns (any
+    identifier) and each entry must say how lm-eval aggregates it, by an aggregation of lm-eval's
+    registry or by a function of lm-eval's task code, and which direction is better."""
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{where}: metric_list is required: a list of {{ metric = ..., aggregation = ..., "
+                        "higher_is_better = ... }} tables")
+    out = []
+    for i, entry in enumerate(value):
+        at = f"{where}: metric_list[{i}]"
+        if not isinstance(entry, dict):
+            raise SpecError(f"{at} must be a table")
+        _no_unknown(entry, frozenset({"metric", "aggregation", "higher_is_better"}), at)
+        metric = entry.get("metric")
+        if not isinstance(metric, str) or not _METRIC_NAME_RE.fullmatch(metric):
+            raise SpecError(f"{at}: `metric` must be the name of a value process_results returns (letters, digits, "
+                            "'_', starting with a letter)")
+        if any(m["metric"] == metric for m in out):
+            raise SpecError(f"{at}: metric {_q(metric)} is listed twice")
+        agg = entry.get("aggregation")
+        if isinstance(agg, dict) and FUNCTION_KEY in agg:
+            agg = _function(agg, where, f"metric_list[{i}].aggregation")
+        elif agg not in AGGREGATIONS:
+            raise SpecError(f"{at}: aggregation is required with process_results: one of "
+                            f"{', '.join(sorted(AGGREGATIONS))}, or {{ {FUNCTION_KEY} = \"dir/file.py:name\" }}")
+        hib = entry.get("higher_is_better")
+        if not isinstance(hib, bool):
+            raise SpecError(f"{at}: higher_is_better (true or false) is required with process_results")
+        out.append({"metric": metric, "aggregation": agg, "higher_is_better": hib})
+    return out
+
+
+def _function(value: dict[str, Any], where: str, key: str) -> dict[str, str]:
+    """A checked function reference (see benchmarks.lm_eval_functions), or a SpecError naming task and key."""
+    try:
+        return {FUNCTION_KEY: check_function_ref(value)}
+    except LmEvalFunctionError as exc:
+        raise SpecError(f"{where}: {key}: {exc}") from None
 
 
 def _check_generation(value: Any, where: str) -> dict[str, Any]:
@@ -902,7 +981,9 @@ def _no_function_tags(value: Any, where: str, path: str = "config") -> None:
     """Catch lm-eval's `!function module.name` YAML tag pasted into TOML as a string."""
     if isinstance(value, str):
         if value.lstrip().startswith("!function"):
-            raise SpecError(f"{where}: {path} uses '!function'; auditor-supplied Python never runs in the enclave")
+            raise SpecError(f"{where}: {path} uses '!function'; auditor-supplied Python never runs in the enclave "
+                            f"(a function of lm-eval's own task code is named as {{ {FUNCTION_KEY} = "
+                            "\"dir/file.py:name\" }})")
     elif isinstance(value, dict):
         for k, v in value.items():
             _no_function_tags(v, where, f"{path}.{k}")

@@ -7,7 +7,8 @@ many documents lm-eval will score and which result keys it will report, for the 
 before approving, and `check_aggregate` refuses tasks below the spec's `min_documents` or the
 operator's floor, whichever is higher.
 
-Documents are counted twice: `documents`, the rows lm-eval scores, and `distinct`, how many of them
+Documents are counted twice: `documents`, the rows lm-eval scores (after the task's own
+`process_docs`, when it names lm-eval's, see `scored_documents`), and `distinct`, how many of them
 differ in the columns the task's templates read (twenty copies of one question are one document);
 the minimum applies to `distinct`. A count bounds what one result reveals, not what several reveal together or what documents of
 known score hide: two tasks that differ in one document give its score by difference, and padding
@@ -20,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.dataset import DatasetError, parse_jsonl
+from benchmarks.dataset import DatasetError, hf_dataset, parse_jsonl
+from benchmarks.lm_eval_functions import LmEvalFunctionError, resolve_functions
 from benchmarks.spec import AuditSpec, SpecError, TaskSpec
 from verifier.models import canonical_json
 
@@ -56,11 +58,27 @@ def summarize_tasks(spec: AuditSpec, datasets: dict[str, bytes]) -> tuple[TaskSu
                     rows[name] = parse_jsonl(name, datasets)
                 except DatasetError as exc:
                     raise DatasetError(f"task {task.name!r}: {exc}") from None
-        docs = rows[task.dataset]
+        docs = scored_documents(task, rows[task.dataset])
         columns = used_columns(task)
         distinct = len({canonical_json({c: d.get(c) for c in columns} if columns is not None else d) for d in docs})
         out.append(TaskSummary(task.name, len(docs), distinct, result_keys(task)))
     return tuple(out)
+
+
+def scored_documents(task: TaskSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents lm-eval scores from the rows of the task's evaluated file: the rows themselves,
+    or, when the task names lm-eval's own `process_docs` (Winogender's and CrowS-Pairs' subsets
+    filter rows, BBQ adds columns), what that function returns for them, run here exactly as lm-eval
+    runs it. Otherwise rows that the function drops would count towards `min_documents`. Only then
+    are `datasets` and the lm-eval module imported; the dataset stays in memory."""
+    ref = task.config.get("process_docs")
+    if ref is None:
+        return rows
+    try:
+        processed = resolve_functions(ref)(hf_dataset(rows))
+    except LmEvalFunctionError as exc:
+        raise LmEvalFunctionError(f"task {task.name!r}: process_docs: {exc}") from None
+    return processed.to_list()
 
 
 def used_columns(task: TaskSpec) -> frozenset[str] | None:

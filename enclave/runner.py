@@ -6,7 +6,9 @@ The numbers are stock lm-eval's: the spec's `[engine]` names lm-eval's own model
 version and its settings as applied (the dtype loaded, the batch sizes lm-eval found). Only the data source differs
 from `lm_eval --include_path` with `spec_to_lm_eval_yaml`: each task gets a `custom_dataset` that
 builds a `datasets.Dataset` in memory from the auditor's JSONL bytes, because `dataset_path: json`
-would leave an Arrow copy of the plaintext in the datasets cache.
+would leave an Arrow copy of the plaintext in the datasets cache. Functions a built-in task names
+(`{ lm_eval_function = "dir/file.py:name" }`, see benchmarks.lm_eval_functions) are imported from
+the installed lm-eval package and nowhere else.
 
 Settings that change the whole process (offline switches, lm-eval's template environment and log
 level, no process pool for bootstrapped stderr) are made by `run_audit` itself, not at import, and
@@ -31,8 +33,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmarks.dataset import DatasetError, parse_jsonl, record_line
+from benchmarks.dataset import DatasetError, hf_dataset, parse_jsonl, record_line
 from benchmarks.judges import JudgeError, Judges, judge_metrics
+from benchmarks.lm_eval_functions import resolve_functions
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
 from benchmarks.templates import TemplateUndefined, lm_eval_environment
 from verifier.merkle import root_hash
@@ -118,7 +121,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     phases = list(dict.fromkeys(_REQUEST_TYPE[t.config["output_type"]] for t in spec.tasks))
     task_dicts = []
     for task in spec.tasks:
-        cfg = lm_eval_task_config(task)
+        cfg = resolve_functions(lm_eval_task_config(task))  # lm-eval's own task functions, by reference
         cfg["custom_dataset"] = InMemoryDataset({split: (name, rows[name]) for split, name in task.files.items()})
         task_dicts.append(cfg)
     report("evaluating", 0.0, "building requests")
@@ -245,13 +248,9 @@ class InMemoryDataset:
         self._splits = splits  # split -> (bundle file, rows)
 
     def __call__(self, **_lm_eval_metadata: Any) -> Any:
-        from datasets import Dataset, DatasetDict
+        from datasets import DatasetDict
 
-        out = {}
-        for split, (_, rows) in self._splits.items():
-            columns = dict.fromkeys(k for row in rows for k in row)  # every key, as the json loader does
-            out[split] = Dataset.from_dict({col: [row.get(col) for row in rows] for col in columns})
-        return DatasetDict(out)
+        return DatasetDict({split: hf_dataset(rows) for split, (_, rows) in self._splits.items()})
 
     def __repr__(self) -> str:
         files = ", ".join(f"{split}: {name!r}" for split, (name, _) in self._splits.items())

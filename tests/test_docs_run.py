@@ -170,6 +170,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory):
                           capture_output=True, text=True, timeout=180)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
 
+    # docs/SPEC.md imports a locally saved ToxiGen copy: tiny rows of its columns, saved as `datasets` saves them.
+    from builtin_rows import preset_rows
+    from datasets import Dataset
+
+    Dataset.from_list(preset_rows("toxigen", 30)).save_to_disk(root / "spec" / "toxigen-test")
+
     deploy = root / "deploy"
     deploy.mkdir()
     from test_enclave_tools import NITRO_BUILD_OUTPUT, synthetic_ovmf
