@@ -267,7 +267,11 @@ def quantise(model_dir: Path, out_dir: Path, method: str, *, device: str | None 
         kwargs.update(dtype="auto", quantization_config=TorchAoConfig(config))
         library = "torchao"
     progress("prepare", 0.1, f"{method}: loading M and applying {library}")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    if info.get("missing_keys"):  # transformers fills them with random values: Mq would not be a function of M
+        raise JobFailed(f"M's checkpoint lacks {len(info['missing_keys'])} of the weights its config.json describes "
+                        "(transformers would initialise them at random, and Mq could be far larger than M); "
+                        "upload a complete save_pretrained folder")
     progress("prepare", 0.6, f"{method}: writing Mq (safetensors)")
     out_dir.mkdir(mode=0o700)
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -68,3 +68,26 @@ def test_prepare_refuses_a_model_whose_index_reads_another_folder(tmp_path: Path
     with pytest.raises(JobFailed, match="outside the folder"):
         quantise(model, tmp_path / "mq", "cast:float32", device="cpu")
     assert not (tmp_path / "mq").exists()
+
+
+def test_prepare_refuses_a_model_whose_checkpoint_lacks_weights(tmp_path: Path) -> None:
+    """A stranger's M of a few bytes whose config describes a large model: transformers would
+    initialise the missing weights at random, so the prepare job would write an Mq far beyond the
+    tmpfs it reserved (output_bound of M's bytes) and sign a link M -> Mq that M does not determine."""
+    import torch
+    from safetensors.torch import save_file
+
+    from benchmarks.demo_assets import build_tiny_model
+    from enclave.jobs import JobFailed
+    from enclave.prepare import output_bound, quantise
+
+    model = build_tiny_model(tmp_path / "model-m", seed=3)
+    config = json.loads((model / "config.json").read_text())
+    config.update(num_hidden_layers=4, hidden_size=128, intermediate_size=512)
+    (model / "config.json").write_text(json.dumps(config))
+    save_file({"unused": torch.zeros(1)}, str(model / "model.safetensors"))
+    m_bytes = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+    assert output_bound("cast:float32", m_bytes) < 4 << 20  # what the enclave would reserve for Mq
+    with pytest.raises(JobFailed, match="lacks"):
+        quantise(model, tmp_path / "mq", "cast:float32", device="cpu")
+    assert not (tmp_path / "mq").exists()
