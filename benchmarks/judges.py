@@ -55,7 +55,7 @@ _HEADROOM = 1.25  # weights plus activations, as a factor of the safetensors byt
 _HEADROOM_BYTES = 1 << 30
 
 __all__ = ["JudgeError", "JudgeInfo", "Judges", "check_judge_folder", "judge_metrics", "register_metrics",
-           "rubric_prompt"]
+           "rubric_prompt", "weight_index_escapes"]
 
 
 class JudgeError(UnusableInput):
@@ -79,6 +79,8 @@ def check_judge_folder(judges_dir: Path, name: str, kind: str) -> Path:
             raise JudgeError(f"judge {name!r}: {p.relative_to(folder)} is a pickle-based weight file, which could "
                              "run code when loaded; save the judge with safetensors (save_pretrained(..., "
                              "safe_serialization=True)), delete the pickle files and seal the folder again")
+    if escapes := weight_index_escapes(folder):
+        raise JudgeError(f"judge {name!r}: {escapes}; a judge's weights are files of its own folder")
     if not any(p.suffix == ".safetensors" for p in files):
         raise JudgeError(f"judge {name!r}: no *.safetensors weights in its folder; save it with save_pretrained")
     if not (folder / "config.json").is_file():
@@ -86,6 +88,27 @@ def check_judge_folder(judges_dir: Path, name: str, kind: str) -> Path:
     if kind == "encoder":
         _check_encoder_modules(folder, name)
     return folder
+
+
+def weight_index_escapes(folder: Path) -> str | None:
+    """Why a sharded checkpoint in `folder` would read weights from elsewhere, or None. A
+    `*.index.json` weight map names its shard files, and transformers opens each as
+    `os.path.join(index folder, shard)`: `../x` or an absolute path would load another folder's
+    weights (another asset on the same tmpfs) as if they were this one's."""
+    folder = folder.resolve()
+    for index in sorted(folder.rglob("*.index.json")):
+        rel = index.relative_to(folder)
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return f"{rel} is not a JSON weight index"
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            return f"{rel} has a weight_map that is not a table of file names"
+        for shard in set(weight_map.values()):
+            target = (index.parent / shard).resolve()
+            if not target.is_relative_to(folder):
+                return f"{rel} names a weight file outside the folder ({shard[:80]!r})"
+    return None
 
 
 def _check_encoder_modules(folder: Path, name: str) -> None:

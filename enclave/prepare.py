@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.judges import weight_index_escapes
 from enclave.jobs import GRACE_S, POLL_S, JobCancelled, JobDeadline, JobFailed, _context, _detach, \
     _die_with_parent, _exit_reason, _stop
 from enclave.keys import BootKeys
@@ -248,6 +249,8 @@ def quantise(model_dir: Path, out_dir: Path, method: str, *, device: str | None 
 
     if method not in METHODS:
         raise JobFailed(f"unknown prepare method {method!r}; known: {', '.join(METHODS)}")
+    if escapes := weight_index_escapes(model_dir):  # Mq, sealed to the provider, would carry those weights
+        raise JobFailed(f"the model cannot be prepared: {escapes}; M's weights are files of its own folder")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True,
                               "device_map": device}
@@ -264,7 +267,11 @@ def quantise(model_dir: Path, out_dir: Path, method: str, *, device: str | None 
         kwargs.update(dtype="auto", quantization_config=TorchAoConfig(config))
         library = "torchao"
     progress("prepare", 0.1, f"{method}: loading M and applying {library}")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    if info.get("missing_keys"):  # transformers fills them with random values: Mq would not be a function of M
+        raise JobFailed(f"M's checkpoint lacks {len(info['missing_keys'])} of the weights its config.json describes "
+                        "(transformers would initialise them at random, and Mq could be far larger than M); "
+                        "upload a complete save_pretrained folder")
     progress("prepare", 0.6, f"{method}: writing Mq (safetensors)")
     out_dir.mkdir(mode=0o700)
     model.save_pretrained(out_dir, safe_serialization=True)
