@@ -32,6 +32,12 @@ def register_auditor(rsub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="aggregate", choices=("aggregate", "aggregate+samples"),
                    help="what leaves the enclave (default: aggregate)")
     p.add_argument("--name", default="preset-audit", help="the spec's name (default: preset-audit)")
+    p.add_argument("--samples-recipient", metavar="KEY",
+                   help="paper presets with --output aggregate+samples: the auditor's samples public key "
+                   "(keys/auditor.samples.pub)")
+    p.add_argument("--toxic-label", default="toxic",
+                   help="paper_toxicchat: the classifier judge's name for the toxic class, from its config.json "
+                   "id2label (default: toxic)")
     p.add_argument("--out", type=Path, metavar="SPEC.toml", help="write the spec here (default: standard output)")
     p.set_defaults(func=_preset)
 
@@ -48,29 +54,50 @@ def register_auditor(rsub: argparse._SubParsersAction) -> None:
     what.add_argument("--columns", metavar="COL,COL", help="check these columns instead (a spec of your own)")
     i.add_argument("--split", metavar="SPLIT", help="which split of a save_to_disk DatasetDict (e.g. test)")
     i.add_argument("--all-columns", action="store_true", help="write every column, not only the checked ones")
+    i.add_argument("--sample", type=int, metavar="N",
+                   help="write N rows drawn without replacement with a seeded generator, in their original order "
+                   "(the paper's MMLU audit: 500)")
+    i.add_argument("--seed", type=int, default=1234, help="the seed of --sample (default: 1234)")
     i.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl",
                    help="the file to write, e.g. data/NAME.jsonl of your dataset bundle")
     i.set_defaults(func=_import_dataset)
 
 
 def _preset(args: argparse.Namespace) -> int:
-    from benchmarks.presets import preset_infos, preset_spec
+    from benchmarks.paper_presets import paper_spec
+    from benchmarks.presets import paper_preset_names, preset_infos, preset_spec
 
     if args.names == ["list"]:
         text = "".join(f"{i.name}\n    {i.summary}\n    " + "; ".join(f"{f}: {', '.join(c)}" for f, c in i.columns.items())
-                       + "\n" for i in preset_infos())
+                       + "".join(f"\n    judge {j.name} ({j.kind})" for j in i.judges) + "\n" for i in preset_infos())
         try:
             sys.stdout.write(text)
             sys.stdout.flush()
         except BrokenPipeError:  # `preset list | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
         return 0
-    text = preset_spec(args.names, data_dir=args.data_dir, num_fewshot=args.num_fewshot, seed=args.seed,
-                       output=args.output, spec_name=args.name)
+    paper = [n for n in args.names if n in paper_preset_names()]
+    if paper and len(paper) != len(args.names):
+        raise UnusableInput(f"write the paper's presets ({', '.join(paper)}) and lm-eval's built-in ones in separate "
+                            "specs (one session can run both, one job after the other)")
+    if paper:
+        if args.num_fewshot is not None:
+            raise UnusableInput("--num-fewshot does not apply to the paper's presets (MMLU is 5-shot, as in the paper)")
+        text = paper_spec(args.names, data_dir=args.data_dir, seed=args.seed, output=args.output,
+                          samples_recipient=args.samples_recipient, toxic_label=args.toxic_label,
+                          spec_name=args.name)
+    else:
+        if args.samples_recipient is not None:
+            raise UnusableInput("--samples-recipient applies to the paper's presets only")
+        text = preset_spec(args.names, data_dir=args.data_dir, num_fewshot=args.num_fewshot, seed=args.seed,
+                           output=args.output, spec_name=args.name)
     infos = {i.name: i for i in preset_infos()}
     for name in args.names:
         for file, cols in infos[name].columns.items():
             print(f"{name} reads {args.data_dir}/{file} with columns {', '.join(cols)}", file=sys.stderr)
+        for judge in infos[name].judges:
+            print(f"{name} scores with judge {judge.name} ({judge.kind}): the folder {judge.name}/ of the judges "
+                  "asset (`aaudit seal judges`)", file=sys.stderr)
     if args.out is None:
         sys.stdout.write(text)
     else:
@@ -100,6 +127,10 @@ def _import_dataset(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise UnusableInput(f"{args.out} exists; remove it or choose another --out")
     rows = load_rows(args.source, args.split)
+    if args.sample is not None:
+        from benchmarks.paper_presets import sample_rows
+
+        rows = sample_rows(rows, args.sample, seed=args.seed)
     data = to_jsonl(rows, columns, what, args.source, keep_all=args.all_columns)
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

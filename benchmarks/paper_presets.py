@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from benchmarks.presets import _toml  # one TOML writer for every preset
+from benchmarks.presets import toml_value  # one TOML writer for every preset
 from benchmarks.spec import JudgeSpec, SpecError, parse_spec
 
 ENCODER_JUDGE = "sentence-encoder"  # the paper: multilingual DistilUSE (sentence-transformers)
@@ -67,16 +67,16 @@ def paper_spec(names: Sequence[str], *, data_dir: str = "data", seed: int = 1234
     head = {"name": spec_name, "version": 1, "seed": seed, "output": output, "deadline": deadline}
     if samples_recipient is not None:
         head["samples_recipient"] = samples_recipient
-    lines = [f"{k} = {_toml(v)}" for k, v in head.items()]
-    lines += ["", "[engine]", 'name = "hf"', f"batch_size = {_toml(batch_size)}"]
+    lines = [f"{k} = {toml_value(v)}" for k, v in head.items()]
+    lines += ["", "[engine]", 'name = "hf"', f"batch_size = {toml_value(batch_size)}"]
     for judge in dict.fromkeys(j for n in names for j in PAPER_PRESETS[n].judges):
-        lines += ["", "[[judge]]", f"name = {_toml(judge.name)}", f"kind = {_toml(judge.kind)}"]
+        lines += ["", "[[judge]]", f"name = {toml_value(judge.name)}", f"kind = {toml_value(judge.kind)}"]
     for name in names:
         task, config = _TASKS[name](data_dir, toxic_label, threshold)
         if max_gen_toks is not None and "generation_kwargs" in config:
             config["generation_kwargs"]["max_gen_toks"] = max_gen_toks
-        lines += ["", "[[task]]", *(f"{k} = {_toml(v)}" for k, v in task.items()), "", "[task.config]",
-                  *(f"{k} = {_toml(v)}" for k, v in config.items())]
+        lines += ["", "[[task]]", *(f"{k} = {toml_value(v)}" for k, v in task.items()), "", "[task.config]",
+                  *(f"{k} = {toml_value(v)}" for k, v in config.items())]
     text = "\n".join(lines) + "\n"
     parse_spec(text.encode())
     return text

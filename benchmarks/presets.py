@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.lm_eval_functions import FUNCTION_KEY, LmEvalFunctionError, check_function_ref, tasks_root
-from benchmarks.spec import SpecError, parse_spec
+from benchmarks.spec import JudgeSpec, SpecError, parse_spec
 
 # Keys of lm-eval's YAML that locate data or organise tasks; the spec sets data itself.
 _DROPPED = {"task", "tag", "group", "dataset_path", "dataset_name", "training_split", "validation_split",
@@ -86,6 +86,15 @@ class PresetInfo:
     name: str
     summary: str
     columns: dict[str, tuple[str, ...]] = field(hash=False)
+    judges: tuple[JudgeSpec, ...] = ()  # the judges asset's models the preset's spec scores with
+
+
+def paper_preset_names() -> tuple[str, ...]:
+    """The paper's three audits (benchmarks.paper_presets), which `aaudit auditor preset` writes with
+    `paper_spec`: they need judges, so they are not read from lm-eval's task configs."""
+    from benchmarks.paper_presets import PAPER_PRESETS
+
+    return tuple(PAPER_PRESETS)
 
 
 def available_presets() -> dict[str, Path]:
@@ -94,9 +103,13 @@ def available_presets() -> dict[str, Path]:
 
 
 def preset_infos() -> list[PresetInfo]:
-    """Every built-in preset with its required columns, in the order `preset list` shows them."""
-    return [PresetInfo(name, summary, {f"{name}.jsonl": columns})
-            for name, (_, summary, columns) in _builtin().items()]
+    """Every preset with its required columns, in the order `preset list` shows them: the paper's
+    three audits, then lm-eval's built-in tasks."""
+    from benchmarks.paper_presets import PAPER_PRESETS
+
+    paper = [PresetInfo(p.name, p.summary, dict(p.files), p.judges) for p in PAPER_PRESETS.values()]
+    return paper + [PresetInfo(name, summary, {f"{name}.jsonl": columns})
+                    for name, (_, summary, columns) in _builtin().items()]
 
 
 def _builtin() -> dict[str, tuple[Path, str, tuple[str, ...]]]:
@@ -114,7 +127,7 @@ def preset_spec(names: Sequence[str], *, data_dir: str = "data", num_fewshot: in
     `num_fewshot` > 0, a task whose lm-eval config has a few-shot split (MMLU: `dev`) also reads
     `<data_dir>/<name>.<split>.jsonl`. The result is checked with `parse_spec` before it is returned."""
     presets = available_presets()
-    lines = [f"name = {_toml(spec_name)}", "version = 1", f"seed = {seed}", f"output = {_toml(output)}"]
+    lines = [f"name = {toml_value(spec_name)}", "version = 1", f"seed = {seed}", f"output = {toml_value(output)}"]
     for name in names:
         if name not in presets:
             raise SpecError(f"preset {name!r} is unknown (`aaudit auditor preset list` shows them all)")
@@ -129,8 +142,8 @@ def preset_spec(names: Sequence[str], *, data_dir: str = "data", num_fewshot: in
         if config.get("num_fewshot") and cfg.get("fewshot_split"):
             task["fewshot_dataset"] = f"{data_dir}/{name}.{cfg['fewshot_split']}.jsonl"
             task["fewshot_split"] = cfg["fewshot_split"]
-        lines += ["", "[[task]]", *(f"{k} = {_toml(v)}" for k, v in task.items()), "", "[task.config]",
-                  *(f"{_key(k)} = {_toml(v)}" for k, v in config.items())]
+        lines += ["", "[[task]]", *(f"{k} = {toml_value(v)}" for k, v in task.items()), "", "[task.config]",
+                  *(f"{_key(k)} = {toml_value(v)}" for k, v in config.items())]
     text = "\n".join(lines) + "\n"
     parse_spec(text.encode())  # a preset that the enclave would refuse is an error here, not there
     return text
@@ -175,17 +188,17 @@ def _function_ref(yaml_path: Path, qual: str) -> dict[str, str]:
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml(key)
+    return key if _BARE_KEY.fullmatch(key) else toml_value(key)
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
     """A TOML value. JSON strings are valid TOML basic strings (json.dumps never writes '\\/')."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise SpecError(f"preset: cannot write {type(value).__name__} values into a spec")

@@ -788,8 +788,8 @@ def _check_judge_use(tasks: list[TaskSpec], judges: tuple[JudgeSpec, ...]) -> No
     used: set[str] = set()
     for task in tasks:
         for i, entry in enumerate(task.config["metric_list"]):
-            rule = METRICS[entry["metric"]]
-            if rule.judge_kind is None:
+            rule = METRICS.get(entry["metric"])  # None: a value of lm-eval's own process_results
+            if rule is None or rule.judge_kind is None:
                 continue
             at, name = f"task {_q(task.name)}: metric_list[{i}]", entry["judge"]
             if name not in kinds:
