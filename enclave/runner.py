@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from benchmarks.dataset import DatasetError, hf_dataset, parse_jsonl, record_line
-from benchmarks.judges import JudgeError, Judges, judge_metrics
+from benchmarks.judges import JudgeError, Judges, judge_metrics, weight_index_escapes
 from benchmarks.lm_eval_functions import resolve_functions
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
 from benchmarks.templates import TemplateUndefined, lm_eval_environment
@@ -114,6 +114,8 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         _release_weights(lm, spec.engine)
 
     judges = Judges(spec.judges, judges_dir, device, release_model)  # checks the folders before any loading
+    if (escape := weight_index_escapes(Path(model_dir))) is not None:  # the index would load another asset's weights
+        raise UnusableInput(f"the model folder: {escape}; a checkpoint's weight index may name only its own files")
     report("loading model", 0.0, "")
     import lm_eval
     from lm_eval.tasks import TaskManager

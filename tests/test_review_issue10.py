@@ -91,3 +91,19 @@ def test_prepare_refuses_a_model_whose_checkpoint_lacks_weights(tmp_path: Path) 
     with pytest.raises(JobFailed, match="lacks"):
         quantise(model, tmp_path / "mq", "cast:float32", device="cpu")
     assert not (tmp_path / "mq").exists()
+
+
+def test_audit_refuses_a_model_whose_index_reads_another_folder(tmp_path: Path) -> None:
+    """The audited model's index, like a judge's, may name only its own files: the run stops before
+    any weights load."""
+    from benchmarks.demo_assets import build_tiny_model, demo_spec_toml, write_demo_data
+    from benchmarks.spec import parse_spec
+    from enclave.runner import run_audit
+    from verifier.errors import UnusableInput
+
+    build_tiny_model(tmp_path / "model", seed=3)
+    _shard_out(tmp_path / "model", tmp_path / "judges-0123" / "tox", absolute=False)
+    data = {p.name: p.read_bytes() for p in write_demo_data(tmp_path / "data").values()}
+    with pytest.raises(UnusableInput, match="the model folder: model.safetensors.index.json names a weight file "
+                                            "outside the folder"):
+        run_audit(tmp_path / "model", parse_spec(demo_spec_toml().encode()), data, device="cpu")
