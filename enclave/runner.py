@@ -33,7 +33,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from benchmarks.dataset import DatasetError, hf_dataset, parse_jsonl, record_line
+from benchmarks.dataset import DatasetError, arrow_dataset, parse_jsonl, record_line
 from benchmarks.judges import JudgeError, Judges, judge_metrics, weight_index_escapes
 from benchmarks.lm_eval_functions import resolve_functions
 from benchmarks.spec import AuditSpec, EngineSpec, lm_eval_task_config
@@ -101,8 +101,8 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     problem = engine_problem(spec.engine)
     if problem is not None:
         raise EngineUnavailable(problem)
-    rows = {name: parse_jsonl(name, datasets) for name in spec.datasets}  # fail before loading a model
     _enforce_offline()
+    tables = _load_datasets(spec, datasets)  # fail before loading a model
 
     import torch
 
@@ -124,7 +124,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
     task_dicts = []
     for task in spec.tasks:
         cfg = resolve_functions(lm_eval_task_config(task))  # lm-eval's own task functions, by reference
-        cfg["custom_dataset"] = InMemoryDataset({split: (name, rows[name]) for split, name in task.files.items()})
+        cfg["custom_dataset"] = InMemoryDataset({split: (name, tables[name]) for split, name in task.files.items()})
         task_dicts.append(cfg)
     report("evaluating", 0.0, "building requests")
     try:
@@ -137,7 +137,7 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
                 fewshot_random_seed=spec.seed,
             )
     except TemplateUndefined as exc:
-        raise TemplateUndefined(_document_at(exc, spec, rows, datasets), exc.reads, exc.owners, {}) from None
+        raise TemplateUndefined(_document_at(exc, spec, datasets), exc.reads, exc.owners, {}) from None
     records = [rec for task in spec.tasks for rec in _records(task.name, out["samples"][task.name])]
     report("done", 1.0, "")
     applied_device, applied_dtype, engine = applied[0] if applied else _applied(lm, spec.engine)
@@ -246,17 +246,31 @@ class InMemoryDataset:
     resolved config (which goes into the report): the repr must name the files, never the rows.
     """
 
-    def __init__(self, splits: dict[str, tuple[str, list[dict[str, Any]]]]) -> None:
-        self._splits = splits  # split -> (bundle file, rows)
+    def __init__(self, splits: dict[str, tuple[str, Any]]) -> None:
+        self._splits = splits  # split -> (bundle file, its datasets.Dataset, shared by every task reading it)
 
     def __call__(self, **_lm_eval_metadata: Any) -> Any:
         from datasets import DatasetDict
 
-        return DatasetDict({split: hf_dataset(rows) for split, (_, rows) in self._splits.items()})
+        return DatasetDict({split: dataset for split, (_, dataset) in self._splits.items()})
 
     def __repr__(self) -> str:
         files = ", ".join(f"{split}: {name!r}" for split, (name, _) in self._splits.items())
         return f"in-memory dataset ({files})"
+
+
+def _load_datasets(spec: AuditSpec, datasets: dict[str, bytes]) -> dict[str, Any]:
+    """Each bundle file the spec reads as one in-memory `datasets.Dataset`, shared by every task
+    that reads it: the job holds the JSONL bytes plus Arrow columns, at most 3x the bytes
+    (tests/test_dataset.py measures it). Arrow allocates from the C library's heap, like Python,
+    so the memory the rows free batch by batch (benchmarks.dataset.arrow_dataset) holds the
+    columns; with Arrow's default mimalloc pool the two never share pages and a file cost twice as
+    much resident memory. (lm-eval then keeps each document it scores as a dict, as it does in any
+    run.)"""
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    return {name: arrow_dataset(name, datasets) for name in spec.datasets}
 
 
 def _enforce_offline() -> None:
@@ -366,16 +380,16 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _document_at(exc: TemplateUndefined, spec: AuditSpec, rows: dict[str, list[dict[str, Any]]],
-                 datasets: dict[str, bytes]) -> str:
+def _document_at(exc: TemplateUndefined, spec: AuditSpec, datasets: dict[str, bytes]) -> str:
     """Where the document a template failed on is: task, data file, line and document index (as
-    lm-eval's doc_id counts), found by comparing it with the parsed rows; never its content."""
+    lm-eval's doc_id counts), found by comparing it with the rows parsed again (the run holds the
+    data as Arrow columns, not rows); never its content."""
     doc = exc.document
     for task in spec.tasks:
         if exc.owners and task.name not in exc.owners:
             continue
         for name in dict.fromkeys(task.files.values()):
-            for index, row in enumerate(rows[name]):
+            for index, row in enumerate(parse_jsonl(name, datasets)):
                 # lm-eval's documents have every column of the file; a row lacking one reads None there
                 if all(doc.get(k) == v for k, v in row.items()) and all(v is None for k, v in doc.items()
                                                                           if k not in row):
