@@ -40,7 +40,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from benchmarks.spec import AuditSpec
 from enclave.runner import AuditRun
@@ -102,25 +102,39 @@ def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, dev
     JobDeadline after `deadline_s` seconds (counted from this call), JobCancelled soon after
     `cancel` is set, JobFailed if the child raises or dies.
     """
+    names = list(datasets)
+
+    def send(conn: Connection) -> None:
+        conn.send((str(model_dir), spec, device, names, None if judges_dir is None else str(judges_dir)))
+        for name in names:
+            conn.send_bytes(datasets[name])
+
+    return supervise(_child_main, "audit job", send, _parse, deadline_s=deadline_s, progress=progress, cancel=cancel)
+
+
+def supervise(child_main: Callable[[Connection], None], what: str, send: Callable[[Connection], None],
+              parse: Callable[[bytes], list], *, deadline_s: float, progress: Callable[[str, float, str], None],
+              cancel: threading.Event) -> Any:
+    """Start `child_main` in a child of the fork server, `send` it its inputs over the pipe, relay its
+    progress, and return what it reports as done (messages read with `parse`). The one supervisor of
+    every kind of job (`what`: "audit job", "prepare job"): a deadline, a cancel and a dead child
+    end it the same way, the child stopped."""
     deadline = time.monotonic() + deadline_s
     context = _context()
     ours, theirs = context.Pipe(duplex=True)
-    child = context.Process(target=_child_main, args=(theirs,), name="audit-job", daemon=True)
+    child = context.Process(target=child_main, args=(theirs,), name=what.replace(" ", "-"), daemon=True)
     try:
         child.start()
         theirs.close()
-        names = list(datasets)
-        ours.send((str(model_dir), spec, device, names, None if judges_dir is None else str(judges_dir)))
-        for name in names:
-            ours.send_bytes(datasets[name])
+        send(ours)
         while True:
             if cancel.is_set():
-                raise JobCancelled("the audit job was cancelled and its process stopped")
+                raise JobCancelled(f"the {what} was cancelled and its process stopped")
             if time.monotonic() >= deadline:
-                raise JobDeadline(f"the audit job ran past its deadline of {deadline_s:g} s and was stopped")
+                raise JobDeadline(f"the {what} ran past its deadline of {deadline_s:g} s and was stopped")
             if not ours.poll(POLL_S):
                 continue
-            kind, *fields = _parse(ours.recv_bytes())
+            kind, *fields = parse(ours.recv_bytes())
             if kind == "done":
                 child.join(GRACE_S)  # let it exit on its own; _stop below ends it otherwise
                 return fields[0]
@@ -130,7 +144,7 @@ def run_job(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *, dev
     except (EOFError, OSError):  # the child closed its end without a verdict: it died
         if child.pid is not None:
             child.join(GRACE_S)
-        raise JobFailed(f"the audit job's process ended unexpectedly ({_exit_reason(child.exitcode)})") from None
+        raise JobFailed(f"the {what}'s process ended unexpectedly ({_exit_reason(child.exitcode)})") from None
     finally:
         _stop(child)
         ours.close()

@@ -36,7 +36,6 @@ import json
 import secrets
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -45,8 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.judges import weight_index_escapes
-from enclave.jobs import GRACE_S, POLL_S, JobCancelled, JobDeadline, JobFailed, _context, _detach, \
-    _die_with_parent, _exit_reason, _stop
+from enclave.jobs import JobFailed, _detach, _die_with_parent, supervise
 from enclave.keys import BootKeys
 from enclave.report import sign_and_attest
 from enclave.session import PrepareInputs
@@ -163,35 +161,9 @@ def run_prepare(model_dir: Path, out_dir: Path, method: str, *, device: str | No
                 progress: Callable[[str, float, str], None], cancel: threading.Event) -> dict[str, Any]:
     """Run `quantise` in a child process of the jobs' fork server; returns what it reports as done.
     Raises JobDeadline, JobCancelled or JobFailed like `enclave.jobs.run_job`."""
-    deadline = time.monotonic() + deadline_s
-    context = _context()
-    ours, theirs = context.Pipe(duplex=True)
-    child = context.Process(target=_child_main, args=(theirs,), name="prepare-job", daemon=True)
-    try:
-        child.start()
-        theirs.close()
-        ours.send((str(model_dir), str(out_dir), method, device))
-        while True:
-            if cancel.is_set():
-                raise JobCancelled("the prepare job was cancelled and its process stopped")
-            if time.monotonic() >= deadline:
-                raise JobDeadline(f"the prepare job ran past its deadline of {deadline_s:g} s and was stopped")
-            if not ours.poll(POLL_S):
-                continue
-            kind, *fields = _parse(ours.recv_bytes())
-            if kind == "done":
-                child.join(GRACE_S)
-                return fields[0]
-            if kind == "failed":
-                raise JobFailed(fields[0])
-            progress(*fields)
-    except (EOFError, OSError):
-        if child.pid is not None:
-            child.join(GRACE_S)
-        raise JobFailed(f"the prepare job's process ended unexpectedly ({_exit_reason(child.exitcode)})") from None
-    finally:
-        _stop(child)
-        ours.close()
+    return supervise(_child_main, "prepare job",
+                     lambda conn: conn.send((str(model_dir), str(out_dir), method, device)), _parse,
+                     deadline_s=deadline_s, progress=progress, cancel=cancel)
 
 
 _DONE_KEYS = {"library": str, "version": str, "config": dict, "versions": dict, "device": str}
