@@ -38,6 +38,9 @@ def register_auditor(rsub: argparse._SubParsersAction) -> None:
     p.add_argument("--toxic-label", default="toxic",
                    help="paper_toxicchat: the classifier judge's name for the toxic class, from its config.json "
                    "id2label (default: toxic)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="render every prompt with the model's own chat template (chat_template = true; for "
+                   "instruction-tuned models such as Llama-3.1-8B-Instruct)")
     p.add_argument("--out", type=Path, metavar="SPEC.toml", help="write the spec here (default: standard output)")
     p.set_defaults(func=_preset)
 
@@ -85,12 +88,12 @@ def _preset(args: argparse.Namespace) -> int:
             raise UnusableInput("--num-fewshot does not apply to the paper's presets (MMLU is 5-shot, as in the paper)")
         text = paper_spec(args.names, data_dir=args.data_dir, seed=args.seed, output=args.output,
                           samples_recipient=args.samples_recipient, toxic_label=args.toxic_label,
-                          spec_name=args.name)
+                          spec_name=args.name, chat_template=args.chat_template)
     else:
         if args.samples_recipient is not None:
             raise UnusableInput("--samples-recipient applies to the paper's presets only")
         text = preset_spec(args.names, data_dir=args.data_dir, num_fewshot=args.num_fewshot, seed=args.seed,
-                           output=args.output, spec_name=args.name)
+                           output=args.output, spec_name=args.name, chat_template=args.chat_template)
     infos = {i.name: i for i in preset_infos()}
     for name in args.names:
         for file, cols in infos[name].columns.items():

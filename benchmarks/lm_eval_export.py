@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from benchmarks.judges import METRIC_JUDGE_KIND
-from benchmarks.spec import AuditSpec, lm_eval_cli_args, spec_to_lm_eval_yaml
+from benchmarks.spec import AuditSpec, lm_eval_cli_args, lm_eval_prompt_args, spec_to_lm_eval_yaml
 from verifier.errors import UnusableInput
 
 README = "README.md"
@@ -22,8 +22,8 @@ README = "README.md"
 
 def lm_eval_command(spec: AuditSpec, include_path: str, model_dir: str) -> list[str]:
     """`lm_eval ...` for the spec's tasks as `export_lm_eval` writes them to `include_path`."""
-    return ["lm_eval", *lm_eval_cli_args(spec.engine, model_dir), "--include_path", include_path,
-            "--tasks", ",".join(spec.task_names), "--seed", str(spec.seed)]
+    return ["lm_eval", *lm_eval_cli_args(spec.engine, model_dir), *lm_eval_prompt_args(spec), "--include_path",
+            include_path, "--tasks", ",".join(spec.task_names), "--seed", str(spec.seed)]
 
 
 def export_lm_eval(spec: AuditSpec, out: Path, *, data_dir: str, model_dir: str) -> list[Path]:

@@ -56,7 +56,7 @@ PAPER_PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
 def paper_spec(names: Sequence[str], *, data_dir: str = "data", seed: int = 1234, output: str = "aggregate",
                samples_recipient: str | None = None, batch_size: int | str = "auto", deadline: str = "6h",
                toxic_label: str = "toxic", threshold: float = 0.5, max_gen_toks: int | None = None,
-               spec_name: str = "paper-audit") -> str:
+               spec_name: str = "paper-audit", chat_template: bool = False) -> str:
     """Spec TOML for the named paper presets, checked with `parse_spec`. `toxic_label` is the
     classifier judge's name for the toxic class (its config.json `id2label`); `max_gen_toks`
     replaces the generation tasks' answer lengths (XSum 64 tokens, ToxicChat 128)."""
@@ -65,6 +65,8 @@ def paper_spec(names: Sequence[str], *, data_dir: str = "data", seed: int = 1234
         raise SpecError(f"paper preset(s) {', '.join(map(repr, unknown)) or 'none'}: choose from "
                         f"{', '.join(PAPER_PRESETS)}")
     head = {"name": spec_name, "version": 1, "seed": seed, "output": output, "deadline": deadline}
+    if chat_template:
+        head["chat_template"] = True  # an instruction-tuned model answers in its chat format
     if samples_recipient is not None:
         head["samples_recipient"] = samples_recipient
     lines = [f"{k} = {toml_value(v)}" for k, v in head.items()]

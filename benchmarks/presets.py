@@ -122,12 +122,15 @@ def _builtin() -> dict[str, tuple[Path, str, tuple[str, ...]]]:
 
 
 def preset_spec(names: Sequence[str], *, data_dir: str = "data", num_fewshot: int | None = None,
-                seed: int = 1234, output: str = "aggregate", spec_name: str = "preset-audit") -> str:
+                seed: int = 1234, output: str = "aggregate", spec_name: str = "preset-audit",
+                chat_template: bool = False) -> str:
     """Spec TOML evaluating the named presets. Task `<name>` reads `<data_dir>/<name>.jsonl`; with
     `num_fewshot` > 0, a task whose lm-eval config has a few-shot split (MMLU: `dev`) also reads
     `<data_dir>/<name>.<split>.jsonl`. The result is checked with `parse_spec` before it is returned."""
     presets = available_presets()
     lines = [f"name = {toml_value(spec_name)}", "version = 1", f"seed = {seed}", f"output = {toml_value(output)}"]
+    if chat_template:
+        lines.append("chat_template = true")
     for name in names:
         if name not in presets:
             raise SpecError(f"preset {name!r} is unknown (`aaudit auditor preset list` shows them all)")

@@ -171,7 +171,9 @@ FORBIDDEN_KEYS: dict[str, str] = {
 }
 GENERATION_KEYS = frozenset({"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"})
 TOP_KEYS = frozenset({"name", "version", "seed", "output", "samples_recipient", "batch_size", "description",
-                      "min_documents", "deadline", "engine", "judge", "task"})
+                      "min_documents", "deadline", "engine", "judge", "task", "chat_template", "fewshot_as_multiturn",
+                      "system_instruction"})
+MAX_SYSTEM_INSTRUCTION = 8192  # characters
 JUDGE_KINDS = ("classifier", "encoder", "causal_lm")  # sequence classifier, sentence encoder, causal LM
 JUDGE_KEYS = frozenset({"name", "kind"})
 MAX_JUDGES = 8
@@ -287,6 +289,9 @@ class AuditSpec:
     samples_recipient: str | None = None  # base64 X25519 key of the auditor, for "aggregate+samples"
     min_documents: int = DEFAULT_MIN_DOCUMENTS
     deadline_s: int = DEFAULT_DEADLINE_S
+    chat_template: bool = False         # lm-eval's apply_chat_template: prompts in the model's own chat format
+    fewshot_as_multiturn: bool = False  # few-shot examples as earlier turns of the chat
+    system_instruction: str = ""        # lm-eval's system_instruction, the chat's system message
 
     @property
     def batch_size(self) -> int | str:
@@ -334,6 +339,7 @@ def parse_spec(data: bytes) -> AuditSpec:
     description = _str(doc, "description", "spec", default="")
     min_documents = _int(doc, "min_documents", "spec", lo=1, hi=MAX_MIN_DOCUMENTS, default=DEFAULT_MIN_DOCUMENTS)
     deadline_s = _deadline(doc["deadline"]) if "deadline" in doc else DEFAULT_DEADLINE_S
+    chat = _chat(doc)
     raw_tasks = doc.get("task")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise SpecError("spec: at least one [[task]] table is required")
@@ -352,7 +358,7 @@ def parse_spec(data: bytes) -> AuditSpec:
     _check_judge_use(tasks, judges)
     return AuditSpec(name=name, version=version, seed=seed, output=output, tasks=tuple(tasks),
                      engine=engine, judges=judges, description=description, samples_recipient=recipient,
-                     min_documents=min_documents, deadline_s=deadline_s)
+                     min_documents=min_documents, deadline_s=deadline_s, **chat)
 
 
 def _samples_recipient(doc: dict[str, Any], output: str) -> str | None:
@@ -451,6 +457,28 @@ def _judges(doc: dict[str, Any]) -> tuple[JudgeSpec, ...]:
     return tuple(out)
 
 
+def _chat(doc: dict[str, Any]) -> dict[str, Any]:
+    """`chat_template = true` renders every prompt with the model's own chat template (lm-eval's
+    `apply_chat_template`, what an instruction-tuned model such as Llama-3.1-8B-Instruct expects);
+    `fewshot_as_multiturn` puts the few-shot examples in earlier turns; `system_instruction` is the
+    system message. They change the prompts, so they are the spec's: both parties approve them."""
+    out: dict[str, Any] = {}
+    for key in ("chat_template", "fewshot_as_multiturn"):
+        if key in doc:
+            if not isinstance(doc[key], bool):
+                raise SpecError(f"spec: `{key}` must be true or false")
+            out[key] = doc[key]
+    if "system_instruction" in doc:
+        text = _str(doc, "system_instruction", "spec")
+        if not 0 < len(text) <= MAX_SYSTEM_INSTRUCTION:
+            raise SpecError(f"spec: `system_instruction` must be 1 to {MAX_SYSTEM_INSTRUCTION} characters")
+        out["system_instruction"] = text
+    if (out.get("fewshot_as_multiturn") or "system_instruction" in out) and not out.get("chat_template"):
+        raise SpecError("spec: fewshot_as_multiturn and system_instruction apply to chat prompts only; set "
+                        "chat_template = true")
+    return out
+
+
 def _deadline(value: Any) -> int:
     """`deadline = "90s" | "30m" | "2h"`: seconds, from 1 s to 7 days."""
     m = _DEADLINE_RE.fullmatch(value) if isinstance(value, str) else None
@@ -539,6 +567,17 @@ def spec_to_lm_eval_yaml(spec: AuditSpec, data_dir: str) -> dict[str, str]:
         cfg = {"task": cfg.pop("task"), **source, **cfg}
         out[task.name] = yaml.dump(cfg, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1_000_000)
     return out
+
+
+def lm_eval_prompt_args(spec: AuditSpec) -> list[str]:
+    """The stock `lm_eval` options that format prompts as the enclave does (chat template, few-shot
+    turns, system message)."""
+    args = ["--apply_chat_template"] if spec.chat_template else []
+    if spec.fewshot_as_multiturn:
+        args.append("--fewshot_as_multiturn")
+    if spec.system_instruction:
+        args += ["--system_instruction", spec.system_instruction]
+    return args
 
 
 def lm_eval_cli_args(engine: EngineSpec, model_dir: str) -> list[str]:

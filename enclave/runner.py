@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -114,6 +115,10 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
         _release_weights(lm, spec.engine)
 
     judges = Judges(spec.judges, judges_dir, device, release_model)  # checks the folders before any loading
+    if spec.chat_template and not _has_chat_template(Path(model_dir)):
+        raise UnusableInput("the spec asks for chat_template = true, but the model folder has no chat template (in "
+                            "tokenizer_config.json or chat_template.jinja): audit it without chat_template, or "
+                            "upload the model with its chat template")
     if (escape := weight_index_escapes(Path(model_dir))) is not None:  # the index would load another asset's weights
         raise UnusableInput(f"the model folder: {escape}; a checkpoint's weight index may name only its own files")
     report("loading model", 0.0, "")
@@ -134,7 +139,8 @@ def run_audit(model_dir: Path, spec: AuditSpec, datasets: dict[str, bytes], *,
                 model=lm, tasks=task_dicts, task_manager=TaskManager(include_defaults=False),
                 batch_size=spec.engine.batch_size, log_samples=True,
                 random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
-                fewshot_random_seed=spec.seed,
+                fewshot_random_seed=spec.seed, apply_chat_template=spec.chat_template,
+                fewshot_as_multiturn=spec.fewshot_as_multiturn, system_instruction=spec.system_instruction or None,
             )
     except TemplateUndefined as exc:
         raise TemplateUndefined(_document_at(exc, spec, datasets), exc.reads, exc.owners, {}) from None
@@ -257,6 +263,18 @@ class InMemoryDataset:
     def __repr__(self) -> str:
         files = ", ".join(f"{split}: {name!r}" for split, (name, _) in self._splits.items())
         return f"in-memory dataset ({files})"
+
+
+def _has_chat_template(model_dir: Path) -> bool:
+    """Whether transformers will find a chat template for the folder's tokenizer: a `chat_template`
+    in tokenizer_config.json, or the separate files newer versions save."""
+    if any((model_dir / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def _load_datasets(spec: AuditSpec, datasets: dict[str, bytes]) -> dict[str, Any]:
