@@ -33,6 +33,7 @@ from benchmarks.spec import AuditSpec, SpecError, TaskSpec, parse_spec
 from benchmarks.summary import check_aggregate, result_keys, summarize_tasks
 from benchmarks.templates import TemplateLimit, TemplateUndefined, lm_eval_environment
 from verifier.models import Verdict
+from verifier.errors import UnusableInput
 
 __all__ = ["TEMPLATE_KEYS", "check_data", "check_spec", "lm_eval_function"]
 
@@ -135,7 +136,7 @@ class _Problems:
         return "; ".join(parts) + (f"; and {rest} more problem(s)" if rest else "")
 
 
-class _Unresolvable(Exception):
+class _Unresolvable(UnusableInput):
     """A template rendered, but not to what lm-eval needs (a list of choices, an index)."""
 
 
