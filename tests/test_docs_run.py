@@ -174,7 +174,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory):
     from builtin_rows import preset_rows
     from datasets import Dataset
 
-    Dataset.from_list(preset_rows("toxigen", 30)).save_to_disk(root / "spec" / "toxigen-test")
+    Dataset.from_list(preset_rows("toxigen", 30)).save_to_disk(readme / "toxigen-test")  # SPEC.md runs in readme/
 
     deploy = root / "deploy"
     deploy.mkdir()
