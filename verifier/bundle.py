@@ -75,16 +75,21 @@ class AuditBundle:
     def from_json(cls, obj: Any, where: str = "bundle") -> "AuditBundle":
         if not isinstance(obj, dict) or obj.get("mediaType") != MEDIA_TYPE:
             raise ParseError(f"{where}: mediaType is not {MEDIA_TYPE}")
-        bundle = wire.from_json(cls, obj, where)
-        if bundle.enclave.signing_key.alg != "ed25519" or len(bundle.enclave.signing_key.public) != 32:
-            raise ParseError(f"{where}: enclave.signingKey must be a 32-byte ed25519 key")
-        try:
-            nonce = bytes.fromhex(bundle.nonce)
-        except ValueError:
-            raise ParseError(f"{where}: nonce is not hex") from None
-        if len(nonce) != NONCE_LEN:
-            raise ParseError(f"{where}: nonce must be {NONCE_LEN} bytes")
-        return bundle
+        return check_signer_and_nonce(wire.from_json(cls, obj, where), where)
+
+
+def check_signer_and_nonce(bundle: Any, where: str) -> Any:
+    """The fields every signed bundle (audit or prepare) shares: an Ed25519 enclave key and the
+    run's nonce, hex of NONCE_LEN bytes. Returns the bundle."""
+    if bundle.enclave.signing_key.alg != "ed25519" or len(bundle.enclave.signing_key.public) != 32:
+        raise ParseError(f"{where}: enclave.signingKey must be a 32-byte ed25519 key")
+    try:
+        nonce = bytes.fromhex(bundle.nonce)
+    except ValueError:
+        raise ParseError(f"{where}: nonce is not hex") from None
+    if len(nonce) != NONCE_LEN:
+        raise ParseError(f"{where}: nonce must be {NONCE_LEN} bytes")
+    return bundle
 
 
 def verify_bundle_file(path: str | Path, policy: Policy, *, at: datetime, witness_state: str | None = None) -> Verdict:

@@ -27,7 +27,7 @@ from typing import Any
 
 from verifier import dsse, wire
 from verifier.binding import NONCE_LEN, prepare_message
-from verifier.bundle import EnclaveKeys, verify_signed
+from verifier.bundle import EnclaveKeys, check_signer_and_nonce, verify_signed
 from verifier.errors import ParseError
 from verifier.inputs import load_json, read_file
 from verifier.manifest import SessionRef, verify_party_signature
@@ -125,16 +125,7 @@ class PrepareBundle:
         if not isinstance(obj, dict) or obj.get("mediaType") != MEDIA_TYPE:
             raise ParseError(f"{where}: mediaType is not {MEDIA_TYPE} (is this a prepare bundle from "
                              "`aaudit provider prepare`?)")
-        bundle = wire.from_json(cls, obj, where)
-        if bundle.enclave.signing_key.alg != "ed25519" or len(bundle.enclave.signing_key.public) != 32:
-            raise ParseError(f"{where}: enclave.signingKey must be a 32-byte ed25519 key")
-        try:
-            nonce = bytes.fromhex(bundle.nonce)
-        except ValueError:
-            raise ParseError(f"{where}: nonce is not hex") from None
-        if len(nonce) != NONCE_LEN:
-            raise ParseError(f"{where}: nonce must be {NONCE_LEN} bytes")
-        return bundle
+        return check_signer_and_nonce(wire.from_json(cls, obj, where), where)
 
     @property
     def statement_digest(self) -> str:
