@@ -15,8 +15,9 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def _spec(extra: str) -> str:
-    return demo_spec_toml().replace('output = "aggregate"', f'output = "aggregate"\n{extra}', 1)
+def _spec(extra: str, mc_only: bool = False) -> str:
+    text = demo_spec_toml().replace('output = "aggregate"', f'output = "aggregate"\n{extra}', 1)
+    return "[[task]]".join(text.split("[[task]]")[:2]) if mc_only else text
 
 
 def test_chat_keys_parse_and_are_refused_alone():
@@ -53,9 +54,9 @@ def test_chat_prompts_equal_stock_lm_eval_with_the_same_options(chat_model: tupl
     from lm_eval.tasks import TaskManager
 
     model, data = chat_model
-    datasets = {p.name: p.read_bytes() for p in data.glob("*.jsonl")}
-    chat = parse_spec(_spec('chat_template = true\nsystem_instruction = "Answer briefly."').encode())
-    plain = parse_spec(demo_spec_toml().encode())
+    datasets = {"mc.jsonl": (data / "mc.jsonl").read_bytes()}
+    chat = parse_spec(_spec('chat_template = true\nsystem_instruction = "Answer briefly."', mc_only=True).encode())
+    plain = parse_spec(_spec("", mc_only=True).encode())
     ran = run_audit(model, chat, datasets, device="cpu")
     before = run_audit(model, plain, datasets, device="cpu")
     hashes = {r["prompt_hash"] for r in ran.records}
