@@ -162,9 +162,11 @@ def _stop(child: multiprocessing.process.BaseProcess) -> None:
         child.join()
 
 
-def _parse(data: bytes) -> list:
-    """One message from the child, checked: `["progress", str, number, str]`, `["failed", str]` or
-    `["done", {AuditRun fields}]` (then with the AuditRun in place of the fields)."""
+def parse_message(data: bytes, done: Callable[[dict[str, Any]], Any], what: str) -> list:
+    """One message from a job's child, checked: `["progress", str, number, str]`, `["failed", str]`
+    or `["done", {...}]`, whose fields `done` turns into the job's result (raising TypeError or
+    ValueError when they are not what the job reports). JSON, never pickles: the child ran code
+    near the parties' files."""
     try:
         kind, *fields = json.loads(data)
         if kind == "progress" and len(fields) == 3 and isinstance(fields[0], str) \
@@ -173,10 +175,14 @@ def _parse(data: bytes) -> list:
         if kind == "failed" and len(fields) == 1 and isinstance(fields[0], str):
             return [kind, *fields]
         if kind == "done" and len(fields) == 1 and isinstance(fields[0], dict):
-            return [kind, AuditRun(**fields[0])]
+            return [kind, done(fields[0])]
     except (ValueError, TypeError):
         pass
-    raise JobFailed("the audit job's process sent a malformed message and was stopped")
+    raise JobFailed(f"the {what}'s process sent a malformed message and was stopped")
+
+
+def _parse(data: bytes) -> list:
+    return parse_message(data, lambda fields: AuditRun(**fields), "audit job")
 
 
 def _send(conn: Connection, *message: object) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.judges import weight_index_escapes
-from enclave.jobs import JobFailed, _detach, _die_with_parent, supervise
+from enclave.jobs import JobFailed, _detach, _die_with_parent, parse_message, supervise
 from enclave.keys import BootKeys
 from enclave.report import sign_and_attest
 from enclave.session import PrepareInputs
@@ -171,20 +171,14 @@ _DONE_KEYS = {"library": str, "version": str, "config": dict, "versions": dict, 
 
 def _parse(data: bytes) -> list:
     """One checked message from the child (it runs the provider's model files, so no pickles)."""
-    try:
-        kind, *fields = json.loads(data)
-        if kind == "progress" and len(fields) == 3 and isinstance(fields[0], str) \
-                and isinstance(fields[1], (int, float)) and isinstance(fields[2], str):
-            return [kind, *fields]
-        if kind == "failed" and len(fields) == 1 and isinstance(fields[0], str):
-            return [kind, *fields]
-        if kind == "done" and len(fields) == 1 and isinstance(fields[0], dict) and set(fields[0]) == set(_DONE_KEYS) \
-                and all(isinstance(fields[0][k], t) for k, t in _DONE_KEYS.items()) \
-                and all(isinstance(v, str) for v in fields[0]["versions"].values()):
-            return [kind, *fields]
-    except (ValueError, TypeError):
-        pass
-    raise JobFailed("the prepare job's process sent a malformed message and was stopped")
+    return parse_message(data, _done, "prepare job")
+
+
+def _done(fields: dict[str, Any]) -> dict[str, Any]:
+    if set(fields) != set(_DONE_KEYS) or not all(isinstance(fields[k], t) for k, t in _DONE_KEYS.items()) \
+            or not all(isinstance(v, str) for v in fields["versions"].values()):
+        raise ValueError("not a prepare job's result")
+    return fields
 
 
 def _child_main(conn: Connection) -> None:
