@@ -58,7 +58,10 @@ HEARTBEAT_S = 2.0
 # The encrypted per-sample records go out in chunks of this size, so no audit fails on the size of
 # its records (a gRPC message is capped; the client's receive cap then bounds only the bundle).
 SAMPLES_CHUNK_BYTES = 4 << 20
-UPLOAD_PREFETCH = 8  # upload messages (sealed chunks, 1 MiB by default) read ahead of the handler
+# Upload messages read ahead of the handler (sealed chunks, 1 MiB by default). Each is at most
+# MAX_MESSAGE_BYTES, so read-ahead holds at most 4 x 5 MiB per upload (160 MiB at the default 8
+# concurrent uploads); 8 measured no faster than 4 (perf/upload_speed.py).
+UPLOAD_PREFETCH = 4
 RESERVE_WORKERS = 16  # threads kept for Attest, GetManifest, Approve ... whatever uploads and jobs hold
 _DONE = object()
 

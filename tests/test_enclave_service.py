@@ -314,3 +314,42 @@ def test_sigterm_stops_the_enclave_within_seconds_mid_job(parties, tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_upload_read_ahead_keeps_order_errors_and_stops_with_the_handler() -> None:
+    """The read-ahead thread hands messages over in order, then the stream's own error (the RpcError
+    of a cut stream); a handler that stops early stops the reader, which then reads no further."""
+    import threading
+    import time
+
+    from enclave.service import _prefetched
+
+    class Cut(Exception):
+        pass
+
+    def stream():
+        yield from (1, 2, 3)
+        raise Cut("cut off")
+
+    got = []
+    with pytest.raises(Cut, match="cut off"):
+        for item in _prefetched(stream(), 2):
+            got.append(item)
+    assert got == [1, 2, 3]
+
+    read = []
+
+    def endless():
+        for i in range(1_000_000):
+            read.append(i)
+            yield i
+
+    before = threading.active_count()
+    items = _prefetched(endless(), 2)
+    assert next(items) == 0
+    items.close()  # the handler gave up (an error, a refused chunk)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before, "the reader thread ended"
+    assert len(read) <= 5, "and read no further than the queue's depth"
