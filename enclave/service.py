@@ -13,6 +13,7 @@ import collections
 import functools
 import json
 import logging
+import contextlib
 import queue
 import threading
 import time
@@ -133,6 +134,22 @@ class _Job:
     bundle: bytes | None = None
     samples: bytes | None = None
     prepared: Prepared | None = None  # a prepare job's result (step B)
+
+    def progress(self, stage: str, fraction: float, message: str = "") -> None:
+        self.events.put((stage, float(fraction), message))
+
+    @contextlib.contextmanager
+    def failures(self, session_id: str, what: str) -> Iterator[None]:
+        """A job's failure as its client sees it: our own errors with their message, anything else
+        by type only (a message could quote the secret inputs); logged by type."""
+        try:
+            yield
+        except AAuditError as exc:
+            self.error = exc if isinstance(exc, JobFailed) else JobFailed(f"{what} failed: {exc}")
+            log.error("session %s: %s ended: %s", session_id, what, type(exc).__name__)
+        except Exception as exc:
+            self.error = JobFailed(f"{what} failed: {type(exc).__name__}")
+            log.error("session %s: %s failed: %s", session_id, what, type(exc).__name__)
 
 
 @dataclass
@@ -380,37 +397,29 @@ class EnclaveService(pb_grpc.EnclaveServicer):
 
     def _run(self, job: _Job) -> None:
         inputs = job.inputs
-
-        def progress(stage: str, fraction: float, message: str = "") -> None:
-            job.events.put((stage, float(fraction), message))
-
+        progress = job.progress
         result = None
         try:
-            if not self.sessions.job_running(inputs.session_id, inputs.manifest.session.job):
-                raise JobCancelled("the job was cancelled before it started")
-            progress("run", 0.0, "loading model and running lm-eval in a job process")
-            run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
-                          deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel,
-                          judges_dir=inputs.judges_dir)
-            progress("report", 0.0, "signing the statement and taking the final attestation")
-            if inputs.spec.output == "aggregate+samples":
-                job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)
-            statement = build_statement(inputs, run, platform=self.attester.platform,
-                                        simulated=self.attester.platform == "sim",
-                                        code_identity=self.code_identity, nonce=job.nonce,
-                                        samples_ciphertext=job.samples)
-            bundle = build_bundle(statement, keys=self.keys, tls_public=self.tls_public, attester=self.attester,
-                                  nonce=job.nonce, prepare=inputs.prepared)
-            job.bundle = bundle
-            result = (bundle, job.samples)
-            progress("report", 1.0, "done")
-            log.info("session %s: job finished, manifest %s", inputs.session_id, inputs.manifest_digest)
-        except AAuditError as exc:  # the job's error goes to the client; never the secret inputs
-            job.error = exc if isinstance(exc, JobFailed) else JobFailed(f"audit job failed: {exc}")
-            log.error("session %s: job ended: %s", inputs.session_id, type(exc).__name__)
-        except Exception as exc:
-            job.error = JobFailed(f"audit job failed: {type(exc).__name__}")
-            log.error("session %s: job failed: %s", inputs.session_id, type(exc).__name__)
+            with job.failures(inputs.session_id, "audit job"):
+                if not self.sessions.job_running(inputs.session_id, inputs.manifest.session.job):
+                    raise JobCancelled("the job was cancelled before it started")
+                progress("run", 0.0, "loading model and running lm-eval in a job process")
+                run = run_job(inputs.model_dir, inputs.spec, inputs.datasets, device=self.device,
+                              deadline_s=inputs.deadline_s, progress=progress, cancel=inputs.cancel,
+                              judges_dir=inputs.judges_dir)
+                progress("report", 0.0, "signing the statement and taking the final attestation")
+                if inputs.spec.output == "aggregate+samples":
+                    job.samples = encrypt_samples(run, inputs.spec.samples_recipient, self.keys)
+                statement = build_statement(inputs, run, platform=self.attester.platform,
+                                            simulated=self.attester.platform == "sim",
+                                            code_identity=self.code_identity, nonce=job.nonce,
+                                            samples_ciphertext=job.samples)
+                bundle = build_bundle(statement, keys=self.keys, tls_public=self.tls_public, attester=self.attester,
+                                      nonce=job.nonce, prepare=inputs.prepared)
+                job.bundle = bundle
+                result = (bundle, job.samples)
+                progress("report", 1.0, "done")
+                log.info("session %s: job finished, manifest %s", inputs.session_id, inputs.manifest_digest)
         finally:
             self.sessions.end_job(inputs.session_id, inputs.manifest.session.job, result)
             job.events.put(_DONE)
@@ -461,30 +470,22 @@ class EnclaveService(pb_grpc.EnclaveServicer):
     def _run_prepare(self, job: _Job) -> None:
         inputs = job.inputs
         assert isinstance(inputs, PrepareInputs)
-
-        def progress(stage: str, fraction: float, message: str = "") -> None:
-            job.events.put((stage, float(fraction), message))
-
+        progress = job.progress
         reserved = output_bound(inputs.method, inputs.model_bytes) * 2  # Mq's plaintext, then its ciphertext
         try:
-            if not self.sessions.job_running(inputs.session_id, inputs.job):
-                raise JobCancelled("the prepare job was cancelled before it started")
-            self.sessions.tmpfs.reserve(reserved)
-            try:
-                job.prepared = prepare(inputs, workdir=self.workdir, keys=self.keys, tls_public=self.tls_public,
-                                       attester=self.attester, code_identity=self.code_identity, device=self.device,
-                                       progress=progress)
-            except BaseException:
-                self.sessions.tmpfs.release(reserved)
-                raise
-            log.info("session %s: prepare job %d finished: %s -> %s", inputs.session_id, inputs.job,
-                     inputs.model_digest, job.prepared.sealed.digest)
-        except AAuditError as exc:
-            job.error = exc if isinstance(exc, JobFailed) else JobFailed(f"prepare job failed: {exc}")
-            log.error("session %s: prepare job ended: %s", inputs.session_id, type(exc).__name__)
-        except Exception as exc:
-            job.error = JobFailed(f"prepare job failed: {type(exc).__name__}")
-            log.error("session %s: prepare job failed: %s", inputs.session_id, type(exc).__name__)
+            with job.failures(inputs.session_id, "prepare job"):
+                if not self.sessions.job_running(inputs.session_id, inputs.job):
+                    raise JobCancelled("the prepare job was cancelled before it started")
+                self.sessions.tmpfs.reserve(reserved)
+                try:
+                    job.prepared = prepare(inputs, workdir=self.workdir, keys=self.keys, tls_public=self.tls_public,
+                                           attester=self.attester, code_identity=self.code_identity, device=self.device,
+                                           progress=progress)
+                except BaseException:
+                    self.sessions.tmpfs.release(reserved)
+                    raise
+                log.info("session %s: prepare job %d finished: %s -> %s", inputs.session_id, inputs.job,
+                         inputs.model_digest, job.prepared.sealed.digest)
         finally:
             self.sessions.end_job(inputs.session_id, inputs.job, None)
             job.events.put(_DONE)
