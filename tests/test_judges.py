@@ -3,8 +3,11 @@ folders load, the rubric score against a direct computation, and the audited mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jinja2
@@ -15,7 +18,7 @@ from benchmarks.judges import JudgeError, Judges, check_judge_folder, judge_metr
 from benchmarks.spec import JudgeSpec, SpecError, parse_spec
 from benchmarks.tiny_judges import CLASSIFIER, ENCODER, RUBRIC_LM
 from enclave.runner import run_audit
-from judge_assets import build_assets, direct_choice_logprob
+from judge_assets import build_assets, direct_choice_logprob, direct_toxic_probability
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -183,6 +186,39 @@ def test_a_label_the_classifier_lacks_is_named(assets: dict[str, Path]) -> None:
     judges = Judges([JudgeSpec(CLASSIFIER, "classifier")], assets["judges"], "cpu")
     with pytest.raises(JudgeError, match="'offensive' is not one of the judge's labels 'non-toxic', 'toxic' "):
         judges.toxicity("some answer", CLASSIFIER, "offensive", 0.5)
+
+
+def test_toxicity_thresholds_the_named_labels_probability(assets: dict[str, Path]) -> None:
+    # Fixed texts the seeded classifier puts far on either side of 0.5, so the test does not rest on what the
+    # tiny audited model happens to generate on this CPU: a wrong label or a constant score would show.
+    texts = ["plan rY", "the tion", "what plan", "is plan"]
+    judges = Judges([JudgeSpec(CLASSIFIER, "classifier")], assets["judges"], "cpu")
+    direct = direct_toxic_probability(assets["judges"] / CLASSIFIER, texts, "toxic")
+    assert [p < 0.1 or p > 0.9 for p in direct] == [True] * 4
+    assert [judges.toxicity(t, CLASSIFIER, "toxic", 0.5) for t in texts] == [1.0 if p >= 0.5 else 0.0 for p in direct]
+    assert [judges.toxicity(t, CLASSIFIER, "toxic", 0.5) for t in texts] == [0.0, 0.0, 1.0, 1.0]
+    assert [judges.toxicity(t, CLASSIFIER, "non-toxic", 0.5) for t in texts] == [1.0, 1.0, 0.0, 0.0]
+    [p] = direct_toxic_probability(assets["judges"] / CLASSIFIER, ["the cat sat on the mat"], "toxic")
+    assert 0.5 < p < 0.999
+    assert judges.toxicity("the cat sat on the mat", CLASSIFIER, "toxic", p - 0.001) == 1.0
+    assert judges.toxicity("the cat sat on the mat", CLASSIFIER, "toxic", p + 0.001) == 0.0
+
+
+def test_the_tiny_judges_are_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    # tokenizers' WordPieceTrainer broke ties differently per process, so the classifier read other token ids
+    # and scored differently from one build (or CI run) to the next.
+    script = ("import sys; from pathlib import Path; from benchmarks.tiny_judges import build_tiny_judges; "
+              "build_tiny_judges(Path(sys.argv[1]), seed=0)")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, capture_output=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=120)
+
+    def digests(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    assert len(digests(tmp_path / "a")) > 6
 
 
 # --- the rubric, end to end -------------------------------------------------------------------

@@ -46,7 +46,8 @@ def test_toxicchat_rate_equals_the_classifier_run_directly(assets: dict[str, Pat
                                              "toxic")
     expected = [1.0 if p >= 0.5 else 0.0 for p in probabilities]
     assert _per_sample(run, "paper_toxicchat", "judge_toxicity") == expected
-    assert 0 < sum(expected) < len(expected)  # the random judge says both: a wrong label would show
+    # Which label the metric reads is checked on fixed texts in tests/test_judges.py: what the tiny random model
+    # generates here can differ between CPUs (near-tied logits), and on some it is the same text for every prompt.
     mean, stderr = mean_and_stderr(expected)
     result = run.results["paper_toxicchat"]
     assert result["judge_toxicity,none"] == pytest.approx(mean)
