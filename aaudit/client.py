@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave.keys import TLS_NAME
 from protos import enclave_pb2 as pb
+from protos import upload_wire
 from protos import enclave_pb2_grpc as pb_grpc
 from sealing import keywrap
 from sealing.secretfile import write_secret_file
@@ -263,18 +264,20 @@ class EnclaveClient:
         signature = identity.sign(upload_message(enclave.signing_public, session_id, asset.kind, asset.digest,
                                                  reader.header, wrapped, enclave.nonce))
 
-        def parts() -> Iterator[pb.UploadPart]:
+        def parts() -> Iterator[pb.UploadPart | bytes]:
             yield pb.UploadPart(header=pb.UploadHeader(
                 kind=asset.kind, digest=asset.digest, wrapped_key=wrapped, stream_header=reader.header,
                 party_public_key=party, attest_nonce=enclave.nonce, session_id=session_id, signature=signature))
             if on_progress:
                 on_progress(len(reader.header))  # the sealed file's header travels in the upload header
             for chunk in reader:
-                yield pb.UploadPart(chunk=chunk)
+                yield upload_wire.chunk_part(chunk)
                 if on_progress:
                     on_progress(len(chunk))
 
-        return self._call(self._stub.Upload, parts(), timeout=None)
+        upload = self._channel.stream_unary(upload_wire.METHOD, request_serializer=upload_wire.serialize_part,
+                                            response_deserializer=pb.UploadResult.FromString)
+        return self._call(upload, parts(), timeout=None)
 
     def manifest(self, session_id: str) -> ManifestView:
         m = self._call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)

@@ -43,6 +43,7 @@ from enclave.tee import CompositeAttester
 from enclave.workdir import wipe
 from protos import enclave_pb2 as pb
 from protos import enclave_pb2_grpc as pb_grpc
+from protos import upload_wire
 from verifier.binding import NONCE_LEN, key_binding
 from verifier.errors import AAuditError, UnusableInput
 
@@ -276,22 +277,22 @@ class EnclaveService(pb_grpc.EnclaveServicer):
 
     # --- provisioning --------------------------------------------------------------------------
     @_rpc
-    def Upload(self, request_iterator: Iterator[pb.UploadPart], context: grpc.ServicerContext) -> pb.UploadResult:
+    def Upload(self, request_iterator: Iterator[pb.UploadPart | memoryview], context: grpc.ServicerContext) -> pb.UploadResult:
         stream = self._uploads.open(context)
         try:
             return self._upload(request_iterator, stream)
         finally:
             self._uploads.close(stream)
 
-    def _upload(self, parts: Iterator[pb.UploadPart], stream: _Stream) -> pb.UploadResult:
+    def _upload(self, parts: Iterator[pb.UploadPart | memoryview], stream: _Stream) -> pb.UploadResult:
         try:
             return self._receive(parts, stream)
         except grpc.RpcError:  # the stream ended under us: cut by the watchdog, or the client went away
             raise UnusableInput(f"{stream.cut}; cut off" if stream.cut else "the client ended the upload") from None
 
-    def _receive(self, parts: Iterator[pb.UploadPart], stream: _Stream) -> pb.UploadResult:
+    def _receive(self, parts: Iterator[pb.UploadPart | memoryview], stream: _Stream) -> pb.UploadResult:
         first = next(parts, None)
-        if first is None or first.WhichOneof("part") != "header":
+        if not isinstance(first, pb.UploadPart) or first.WhichOneof("part") != "header":
             raise UnusableInput(f"{stream.cut}; cut off" if stream.cut else "an upload must start with its header")
         h = first.header
         up = self.sessions.begin_upload(h.session_id, h.kind, h.digest, h.wrapped_key, h.stream_header,
@@ -299,9 +300,11 @@ class EnclaveService(pb_grpc.EnclaveServicer):
         try:
             self._uploads.admit(stream, up)
             for part in _prefetched(parts, UPLOAD_PREFETCH):
-                if part.WhichOneof("part") != "chunk":
-                    raise UnusableInput(f"{h.kind}: a second header inside one upload")
-                up.feed(part.chunk)
+                if isinstance(part, pb.UploadPart):  # not the common shape upload_wire.parse_part reads itself
+                    if part.WhichOneof("part") != "chunk":
+                        raise UnusableInput(f"{h.kind}: a second header inside one upload")
+                    part = part.chunk
+                up.feed(part)
             if stream.cut:
                 raise UnusableInput(f"{h.kind}: {stream.cut}; cut off. Nothing of it was kept; upload again")
             asset, manifest_digest = self.sessions.finish_upload(up)
@@ -624,6 +627,10 @@ def serve(service: EnclaveService, listen: str) -> grpc.Server:
                  ("grpc.max_send_message_length", 64 << 20)],
     )
     pb_grpc.add_EnclaveServicer_to_server(service, server)
+    server.add_registered_method_handlers(upload_wire.SERVICE, {
+        "Upload": grpc.stream_unary_rpc_method_handler(  # chunks read without the runtime's copies
+            service.Upload, request_deserializer=upload_wire.parse_part,
+            response_serializer=pb.UploadResult.SerializeToString)})
     try:
         if service.tls:
             creds = grpc.ssl_server_credentials([(service.keys.tls.key_pem, service.keys.tls.cert_pem)])
