@@ -37,16 +37,17 @@ def serialize_part(part: pb.UploadPart | bytes) -> bytes:
 
 
 def parse_part(data: bytes) -> pb.UploadPart | memoryview:
-    """The enclave's request deserializer: a view of the chunk when `data` is exactly one `chunk` field,
-    else the message as the protobuf runtime parses it (a header, or any other valid encoding of a
-    chunk part: the runtime decides, so both answers agree on every input)."""
+    """The enclave's request deserializer: a view of the chunk when `data` is exactly what `chunk_part`
+    writes (one `chunk` field, its length in the shortest varint), else the message as the protobuf
+    runtime parses it or refuses it (a header, or any other encoding of a chunk part: the runtime
+    decides, so both answers agree on every input)."""
     if len(data) > 1 and data[0] == _CHUNK_TAG:
         length, shift = 0, 0
-        for i in range(1, min(len(data), 11)):  # a varint is at most 10 bytes
+        for i in range(1, min(len(data), 6)):  # 5 varint bytes: lengths up to 32 GiB, past any message limit
             length |= (data[i] & 0x7F) << shift
             shift += 7
             if not data[i] & 0x80:
-                if i + 1 + length == len(data):
+                if i + 1 + length == len(data) and data[1:i + 1] == _varint(length):
                     return memoryview(data)[i + 1:]
                 break
     return pb.UploadPart.FromString(data)

@@ -40,6 +40,7 @@ def _varint_padded(n: int, extra: int) -> bytes:
 HEADER = pb.UploadPart(header=pb.UploadHeader(kind="model", digest="sha256:" + "ab" * 32)).SerializeToString()
 ODD_SHAPES = {
     "non-minimal length": b"\x12" + _varint_padded(3, 2) + b"abc",
+    "non-minimal 5-byte length of a large chunk": b"\x12" + _varint_padded(200, 3) + b"\0" * 200,
     "chunk then an unknown field": b"\x12\x03abc" + b"\x18\x01",
     "an unknown field then the chunk": b"\x18\x01" + b"\x12\x03abc",
     "two chunks, the last wins": b"\x12\x01x" + b"\x12\x03abc",
@@ -61,7 +62,11 @@ def test_every_shape_reads_as_the_runtime_reads_it(name: str) -> None:
         assert part == expected
 
 
-@pytest.mark.parametrize("wire", [b"\x12\x05abc", b"\x12\x01abc", b"\x12\xff", b"\x12" + b"\xff" * 11, b"\x0a\x05ab"])
+@pytest.mark.parametrize("wire", [
+    b"\x12\x05abc", b"\x12\x01abc", b"\x12\xff", b"\x12" + b"\xff" * 11, b"\x0a\x05ab",
+    # lengths in 6 to 10 varint bytes, which the runtime refuses even when they are right
+    b"\x12" + b"\x80" * 9 + b"\x00", b"\x12\x83" + b"\x80" * 7 + b"\x00abc", b"\x12" + _varint_padded(3, 5) + b"abc",
+])
 def test_a_malformed_part_is_refused_as_the_runtime_refuses_it(wire: bytes) -> None:
     with pytest.raises(Exception) as ours:
         upload_wire.parse_part(wire)
@@ -81,7 +86,7 @@ def enclave_and_parties(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("encode", [
     lambda c: pb.UploadPart(chunk=c).SerializeToString(),
-    lambda c: b"\x12" + _varint_padded(len(c), 3) + c,  # the fast path, with a longer length
+    lambda c: b"\x12" + _varint_padded(len(c), 2) + c,  # a 5-byte length: the runtime's path
     lambda c: b"\x12" + _varint_padded(len(c), 0) + c + b"\x18\x07",  # the runtime's path: an unknown field
 ], ids=["runtime", "non-minimal-length", "unknown-field"])
 def test_the_enclave_accepts_any_valid_encoding_of_a_chunk(enclave_and_parties, monkeypatch, encode) -> None:
@@ -91,6 +96,27 @@ def test_the_enclave_accepts_any_valid_encoding_of_a_chunk(enclave_and_parties, 
         sid = open_session(c, parties)
         result = c.upload(c.attest(parties.enclave_policy), sid, parties.sealed["model"], parties.provider)
         assert result.digest == parties.sealed["model"].digest
+
+
+def test_the_served_upload_reads_chunks_as_views(enclave_and_parties, monkeypatch) -> None:
+    # Were the override of the generated handler lost (registered under another name, or after the server
+    # started, which grpc only logs), every part would arrive as a parsed UploadPart.
+    import enclave.service
+
+    seen: list[type] = []
+    original = enclave.service._prefetched
+
+    def spy(parts, depth):  # noqa: ANN001, ANN202
+        for part in original(parts, depth):
+            seen.append(type(part))
+            yield part
+
+    monkeypatch.setattr(enclave.service, "_prefetched", spy)
+    enclave, parties = enclave_and_parties
+    with enclave.client() as c:
+        sid = open_session(c, parties)
+        c.upload(c.attest(parties.enclave_policy), sid, parties.sealed["model"], parties.provider)
+    assert seen and set(seen) == {memoryview}
 
 
 def test_a_header_inside_a_chunk_part_is_refused_and_nothing_kept(enclave_and_parties, monkeypatch) -> None:
