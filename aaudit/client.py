@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave.keys import TLS_NAME
 from protos import enclave_pb2 as pb
-from protos import upload_wire
 from protos import enclave_pb2_grpc as pb_grpc
+from protos import upload_wire
 from sealing import keywrap
 from sealing.secretfile import write_secret_file
 from sealing.stream import SealedAsset, SealedReader, read_key_file

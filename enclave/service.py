@@ -277,7 +277,8 @@ class EnclaveService(pb_grpc.EnclaveServicer):
 
     # --- provisioning --------------------------------------------------------------------------
     @_rpc
-    def Upload(self, request_iterator: Iterator[pb.UploadPart | memoryview], context: grpc.ServicerContext) -> pb.UploadResult:
+    def Upload(self, request_iterator: Iterator[pb.UploadPart | memoryview],
+               context: grpc.ServicerContext) -> pb.UploadResult:
         stream = self._uploads.open(context)
         try:
             return self._upload(request_iterator, stream)
