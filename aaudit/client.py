@@ -181,6 +181,9 @@ class EnclaveClient:
             self._channel = grpc.secure_channel(target, creds,
                                                 options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)])
         self._stub = pb_grpc.EnclaveStub(self._channel)
+        self._upload = self._channel.stream_unary(  # the stub's Upload, with chunks written by upload_wire
+            upload_wire.METHOD, request_serializer=upload_wire.serialize_part,
+            response_deserializer=pb.UploadResult.FromString)
         self.samples: bytearray | None = None  # encrypted per-sample records of the last run/result
 
     def close(self) -> None:
@@ -275,9 +278,7 @@ class EnclaveClient:
                 if on_progress:
                     on_progress(len(chunk))
 
-        upload = self._channel.stream_unary(upload_wire.METHOD, request_serializer=upload_wire.serialize_part,
-                                            response_deserializer=pb.UploadResult.FromString)
-        return self._call(upload, parts(), timeout=None)
+        return self._call(self._upload, parts(), timeout=None)
 
     def manifest(self, session_id: str) -> ManifestView:
         m = self._call(self._stub.GetManifest, pb.ManifestRequest(session_id=session_id), timeout=self.timeout)
